@@ -1,0 +1,55 @@
+# The commands a user runs. Each one sets up what it needs on first use (see README.md).
+SHELL := /bin/bash
+.SHELLFLAGS := -euo pipefail -c
+ROOT := $(CURDIR)
+
+HA_ENV = $$(scripts/ensure-env.sh ha)
+COMPANION_ENV = $$(scripts/ensure-env.sh companion)
+
+.PHONY: help test test-ha test-companion lint demo bench lock envs clean-envs
+
+help:
+	@echo "make test   set up everything on first use, then run the whole test suite in both environments"
+	@echo "make demo   run the live demo (see README.md)"
+	@echo "make lint   ruff check, ruff format --check, mypy --strict"
+	@echo "make bench  run the benchmarks; figures go to bench/results/"
+
+envs:
+	@echo "HA environment:        $(HA_ENV)"
+	@echo "companion environment: $(COMPANION_ENV)"
+
+test: test-companion test-ha
+
+test-companion:
+	@scripts/ensure-mosquitto.sh
+	@env="$(COMPANION_ENV)"; export MLMULE_HA_ENV="$(HA_ENV)"; \
+	  echo "== companion environment ($$env)"; \
+	  cd tests/companion && "$$env/bin/python" -m pytest
+
+test-ha:
+	@env="$(HA_ENV)"; export MLMULE_COMPANION_ENV="$(COMPANION_ENV)"; \
+	  echo "== Home Assistant environment ($$env)"; \
+	  cd tests/ha && "$$env/bin/python" -m pytest
+
+lint:
+	@ha="$(HA_ENV)"; companion="$(COMPANION_ENV)"; \
+	  "$$ha/bin/ruff" check . && "$$ha/bin/ruff" format --check . && \
+	  "$$ha/bin/mypy" custom_components/mlmule && \
+	  "$$companion/bin/mypy" --python-version 3.11 -p mule_companion -p mlmule_core -p mlmule_models
+
+demo:
+	@echo "make demo will start a real Home Assistant with the mlmule integration, a simulated home"
+	@echo "replayed at x60, an MQTT broker and two phone companions, and print live predictions."
+	@echo "It is not built yet (issue: 'The main job: a live demo home')." >&2
+	@exit 1
+
+bench:
+	@env="$(COMPANION_ENV)"; mkdir -p bench/results; \
+	  for script in bench/bench_*.py; do echo "== $$script"; "$$env/bin/python" "$$script"; done
+
+lock:
+	scripts/lock.sh ha
+	scripts/lock.sh companion
+
+clean-envs:
+	rm -rf "$${MLMULE_CACHE:-$${XDG_CACHE_HOME:-$$HOME/.cache}/mlmule}/venvs"

@@ -1,0 +1,63 @@
+#!/usr/bin/env bash
+# Usage: ensure-env.sh ha|companion
+# Create (or reuse) the pinned virtualenv for one of the project's two environments and print its path.
+#   ha         CPython 3.13 (>= 3.13.2), Home Assistant 2026.2.3 and its test harness; no torch.
+#   companion  CPython 3.11+, torch 2.13.0 (CPU), onnx, onnxruntime, paho-mqtt; the project installed.
+# Environments live outside the repo under $MLMULE_CACHE (default ~/.cache/mlmule/venvs) and are keyed by
+# the hash of their pinned requirements, so an up-to-date one is reused and a stale one is rebuilt.
+set -euo pipefail
+
+kind="${1:?usage: ensure-env.sh ha|companion}"
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+CACHE="${MLMULE_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/mlmule}"
+log() { echo "[env:$kind] $*" >&2; }
+# pip warns about every package absent from the local mirror folders; keep the real errors only
+quiet_pip() { "$venv/bin/python" -m pip "$@" 2> >(grep -v "is ignored: it is neither a file nor a directory" >&2); }
+
+case "$kind" in
+  ha) python="$("$ROOT/scripts/ensure-python313.sh")" ;;
+  companion)
+    python=""
+    for cand in "${MLMULE_PYTHON311:-}" python3.11 "${PYENV_ROOT:-$HOME/.pyenv}/versions/3.11.7/bin/python3.11" python3.12 python3; do
+      p="$(command -v "$cand" 2>/dev/null || true)"
+      # torch 2.13.0's CPU wheel on these machines is built for CPython 3.11
+      if [ -n "$p" ] && "$p" -c 'import sys; assert sys.version_info[:2] == (3, 11)' 2>/dev/null; then python="$p"; break; fi
+    done
+    [ -n "$python" ] || { log "no CPython 3.11 found (torch 2.13.0's CPU wheel needs it)"; exit 1; }
+    ;;
+  *) echo "unknown environment: $kind" >&2; exit 2 ;;
+esac
+
+req_in="$ROOT/requirements/$kind.in"
+lock="$ROOT/requirements/$kind.lock"
+key="$( { cat "$req_in" "$lock"; "$python" -VV; } | sha256sum | cut -c1-12)"
+venv="$CACHE/venvs/$kind-$key"
+
+if [ ! -f "$venv/.complete" ]; then
+  log "creating $venv with $("$python" -V)"
+  rm -rf "$venv"
+  mkdir -p "$CACHE/venvs"
+  "$python" -m venv "$venv"
+  quiet_pip install -q --upgrade "pip>=24" "setuptools>=70" wheel >&2
+  [ -f "$lock" ] || { log "missing $lock: run 'make lock'"; exit 1; }
+  quiet_pip install -q -r "$req_in" -c "$lock" >&2
+  touch "$venv/.complete"
+  # drop stale environments of the same kind
+  for old in "$CACHE/venvs/$kind"-*; do
+    [ "$old" = "$venv" ] || rm -rf "$old"
+  done
+fi
+
+if [ "$kind" = companion ]; then
+  # Editable install in strict mode: a link tree maps custom_components/mlmule/core to mlmule_core,
+  # which static tools (mypy) follow too. Redo it when the checkout or its file list changes.
+  stamp="$( { echo "$ROOT"; cat "$ROOT/pyproject.toml";
+              cd "$ROOT" && find custom_components/mlmule/core models mule_companion -type f \( -name '*.py' -o -name '*.onnx' -o -name '*.json' -o -name 'py.typed' \) | sort; } | sha256sum | cut -c1-16)"
+  if [ "$(cat "$venv/.project-stamp" 2>/dev/null)" != "$stamp" ]; then
+    log "installing the project (editable) from $ROOT"
+    quiet_pip install -q --no-deps --no-build-isolation \
+      --config-settings editable_mode=strict -e "$ROOT" >&2
+    echo "$stamp" >"$venv/.project-stamp"
+  fi
+fi
+echo "$venv"

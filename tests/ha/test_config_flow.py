@@ -1,0 +1,59 @@
+"""The hub's config flow, on a real Home Assistant core."""
+
+from __future__ import annotations
+
+from homeassistant import config_entries
+from homeassistant.core import HomeAssistant
+from homeassistant.data_entry_flow import FlowResultType
+from pytest_homeassistant_custom_component.common import MockConfigEntry
+from pytest_homeassistant_custom_component.typing import MqttMockHAClient
+
+from custom_components.mlmule.const import CONF_HOME_NAME, CONF_TOPIC_PREFIX, DOMAIN
+
+
+async def test_user_step_creates_the_hub(hass: HomeAssistant, mqtt_mock: MqttMockHAClient) -> None:
+    result = await hass.config_entries.flow.async_init(
+        DOMAIN, context={"source": config_entries.SOURCE_USER}
+    )
+    assert result["type"] is FlowResultType.FORM
+    assert result["step_id"] == "user"
+
+    result = await hass.config_entries.flow.async_configure(
+        result["flow_id"], {CONF_HOME_NAME: "Maple Street", CONF_TOPIC_PREFIX: " mlmule/maple/ "}
+    )
+    assert result["type"] is FlowResultType.CREATE_ENTRY
+    assert result["title"] == "Maple Street"
+    assert result["data"] == {CONF_HOME_NAME: "Maple Street", CONF_TOPIC_PREFIX: "mlmule/maple"}
+
+
+async def test_bad_topic_prefix_is_an_error_on_the_field(
+    hass: HomeAssistant, mqtt_mock: MqttMockHAClient
+) -> None:
+    result = await hass.config_entries.flow.async_init(
+        DOMAIN, context={"source": config_entries.SOURCE_USER}
+    )
+    for bad in ("mlmule/#", "MLMule", "a//b", "with space"):
+        result = await hass.config_entries.flow.async_configure(
+            result["flow_id"], {CONF_HOME_NAME: "Home", CONF_TOPIC_PREFIX: bad}
+        )
+        assert result["type"] is FlowResultType.FORM, bad
+        assert result["errors"] == {CONF_TOPIC_PREFIX: "invalid_topic_prefix"}, bad
+
+
+async def test_aborts_without_mqtt(hass: HomeAssistant) -> None:
+    result = await hass.config_entries.flow.async_init(
+        DOMAIN, context={"source": config_entries.SOURCE_USER}
+    )
+    assert result["type"] is FlowResultType.ABORT
+    assert result["reason"] == "mqtt_not_configured"
+
+
+async def test_only_one_hub_per_instance(hass: HomeAssistant, mqtt_mock: MqttMockHAClient) -> None:
+    MockConfigEntry(
+        domain=DOMAIN, data={CONF_HOME_NAME: "Home", CONF_TOPIC_PREFIX: "mlmule"}
+    ).add_to_hass(hass)
+    result = await hass.config_entries.flow.async_init(
+        DOMAIN, context={"source": config_entries.SOURCE_USER}
+    )
+    assert result["type"] is FlowResultType.ABORT
+    assert result["reason"] == "single_instance_allowed"
