@@ -31,11 +31,16 @@ test-ha:
 	  echo "== Home Assistant environment ($$env)"; \
 	  cd tests/ha && "$$env/bin/python" -m pytest
 
+# mypy cannot follow setuptools' import finder, so it sees mlmule_core and mlmule_models
+# through directory links under build/ (gitignored).
 lint:
 	@ha="$(HA_ENV)"; companion="$(COMPANION_ENV)"; \
 	  "$$ha/bin/ruff" check . && "$$ha/bin/ruff" format --check . && \
 	  "$$ha/bin/mypy" custom_components/mlmule && \
-	  "$$companion/bin/mypy" --python-version 3.11 -p mule_companion -p mlmule_core -p mlmule_models
+	  mkdir -p build/mypy-path && ln -sfn ../../custom_components/mlmule/core build/mypy-path/mlmule_core && \
+	  ln -sfn ../../models build/mypy-path/mlmule_models && \
+	  MYPYPATH=build/mypy-path "$$companion/bin/mypy" --python-version 3.11 \
+	    -p mule_companion -p mlmule_core -p mlmule_models
 
 demo:
 	@echo "make demo will start a real Home Assistant with the mlmule integration, a simulated home"

@@ -49,14 +49,12 @@ if [ ! -f "$venv/.complete" ]; then
 fi
 
 if [ "$kind" = companion ]; then
-  # Editable install in strict mode: a link tree maps custom_components/mlmule/core to mlmule_core,
-  # which static tools (mypy) follow too. Redo it when the checkout or its file list changes.
-  stamp="$( { echo "$ROOT"; cat "$ROOT/pyproject.toml";
-              cd "$ROOT" && find custom_components/mlmule/core models mule_companion -type f \( -name '*.py' -o -name '*.onnx' -o -name '*.json' -o -name 'py.typed' \) | sort; } | sha256sum | cut -c1-16)"
+  # Editable install: setuptools' import finder maps custom_components/mlmule/core to mlmule_core
+  # and models/ to mlmule_models, so edits and new modules are live. Redo it for another checkout.
+  stamp="$( { echo "$ROOT"; cat "$ROOT/pyproject.toml"; } | sha256sum | cut -c1-16)"
   if [ "$(cat "$venv/.project-stamp" 2>/dev/null)" != "$stamp" ]; then
     log "installing the project (editable) from $ROOT"
-    quiet_pip install -q --no-deps --no-build-isolation \
-      --config-settings editable_mode=strict -e "$ROOT" >&2
+    quiet_pip install -q --no-deps --no-build-isolation -e "$ROOT" >&2
     echo "$stamp" >"$venv/.project-stamp"
   fi
 fi
