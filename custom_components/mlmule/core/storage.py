@@ -36,7 +36,7 @@ def atomic_write_text(path: Path, text: str, *, mode: int = 0o644) -> None:
 
 
 def fsync_directory(directory: Path) -> None:
-    """Make a rename or unlink in `directory` durable (a no-op where directories cannot be opened)."""
+    """Make a rename or unlink in `directory` durable (no-op where directories cannot be opened)."""
     try:
         fd = os.open(directory, os.O_RDONLY)
     except OSError:
@@ -48,7 +48,7 @@ def fsync_directory(directory: Path) -> None:
 
 
 def remove_stale_temporaries(directory: Path) -> int:
-    """Delete temporaries left by a crash in the middle of `atomic_write_bytes`; returns the count."""
+    """Delete temporaries a crash left behind in `atomic_write_bytes`; returns how many."""
     removed = 0
     if directory.is_dir():
         for leftover in directory.glob(".*.tmp"):
