@@ -1,17 +1,68 @@
-"""Config flow for the mlmule hub: one per Home Assistant instance."""
+"""Config flow: one hub per Home Assistant instance, and a `space` subentry per room or home."""
 
 from __future__ import annotations
 
+import uuid
+from collections.abc import Mapping
 from typing import Any
 
 import voluptuous as vol
 from homeassistant.components.mqtt import DOMAIN as MQTT_DOMAIN
-from homeassistant.config_entries import ConfigFlow, ConfigFlowResult
+from homeassistant.config_entries import (
+    SOURCE_RECONFIGURE,
+    ConfigEntry,
+    ConfigFlow,
+    ConfigFlowResult,
+    ConfigSubentryFlow,
+    SubentryFlowResult,
+)
+from homeassistant.const import CONF_NAME
+from homeassistant.core import HomeAssistant, callback
+from homeassistant.data_entry_flow import section
 from homeassistant.helpers import selector
 
-from .const import CONF_HOME_NAME, CONF_TOPIC_PREFIX, DEFAULT_TOPIC_PREFIX, DOMAIN
+from .const import (
+    CONF_ACTIVITY_LABEL,
+    CONF_ADVANCED,
+    CONF_AREA,
+    CONF_HOLD_ONLY,
+    CONF_HOME_ID,
+    CONF_HOME_NAME,
+    CONF_INPUTS,
+    CONF_MAX_UNAVAILABLE,
+    CONF_MIN_HOLD,
+    CONF_OCCUPANCY_LABEL,
+    CONF_OCCUPANCY_LABEL_STATE,
+    CONF_OFF_THRESHOLD,
+    CONF_ON_THRESHOLD,
+    CONF_ROOM_KIND,
+    CONF_SHARING,
+    CONF_TASKS,
+    CONF_TOPIC_PREFIX,
+    DEFAULT_MAX_UNAVAILABLE,
+    DEFAULT_MIN_HOLD,
+    DEFAULT_OFF_THRESHOLD,
+    DEFAULT_ON_THRESHOLD,
+    DEFAULT_TOPIC_PREFIX,
+    DOMAIN,
+    SUBENTRY_SPACE,
+    RoomKind,
+    Sharing,
+    Task,
+)
+from .inputs import input_filters, suggested_inputs, unusable_inputs
 
 TOPIC_PREFIX_CHARS = frozenset("abcdefghijklmnopqrstuvwxyz0123456789_-/")
+
+OCCUPANCY_LABEL_FILTERS = [
+    selector.EntityFilterSelectorConfig(
+        domain="binary_sensor", device_class=["occupancy", "presence"]
+    ),
+    selector.EntityFilterSelectorConfig(
+        domain="sensor"
+    ),  # room-presence sensors (Bermuda, ESPresense)
+    selector.EntityFilterSelectorConfig(domain=["person", "device_tracker"]),
+]
 
 
 def valid_topic_prefix(prefix: str) -> bool:
@@ -19,10 +70,113 @@ def valid_topic_prefix(prefix: str) -> bool:
     return bool(prefix) and set(prefix) <= TOPIC_PREFIX_CHARS and all(prefix.split("/"))
 
 
+def _choice(options: list[str], key: str, *, multiple: bool = False) -> selector.SelectSelector:
+    return selector.SelectSelector(
+        selector.SelectSelectorConfig(
+            options=options,
+            translation_key=key,
+            multiple=multiple,
+            mode=selector.SelectSelectorMode.LIST
+            if multiple
+            else selector.SelectSelectorMode.DROPDOWN,
+        )
+    )
+
+
+def _threshold() -> selector.NumberSelector:
+    return selector.NumberSelector(
+        selector.NumberSelectorConfig(
+            min=0.05, max=0.95, step=0.05, mode=selector.NumberSelectorMode.SLIDER
+        )
+    )
+
+
+SPACE_SCHEMA = vol.Schema(
+    {
+        vol.Required(CONF_NAME): selector.TextSelector(),
+        vol.Required(CONF_AREA): selector.AreaSelector(),
+        vol.Required(CONF_ROOM_KIND): _choice([k.value for k in RoomKind], "room_kind"),
+        vol.Required(CONF_TASKS, default=[Task.OCCUPANCY.value]): _choice(
+            [t.value for t in Task], "task", multiple=True
+        ),
+        vol.Required(CONF_SHARING, default=Sharing.OWNERS.value): _choice(
+            [s.value for s in Sharing], "sharing"
+        ),
+    }
+)
+
+ADVANCED_SCHEMA = vol.Schema(
+    {
+        vol.Required(CONF_ON_THRESHOLD, default=DEFAULT_ON_THRESHOLD): _threshold(),
+        vol.Required(CONF_OFF_THRESHOLD, default=DEFAULT_OFF_THRESHOLD): _threshold(),
+        vol.Required(CONF_MIN_HOLD, default=DEFAULT_MIN_HOLD): selector.NumberSelector(
+            selector.NumberSelectorConfig(
+                min=0,
+                max=3600,
+                step=10,
+                unit_of_measurement="s",
+                mode=selector.NumberSelectorMode.BOX,
+            )
+        ),
+        vol.Required(CONF_MAX_UNAVAILABLE, default=DEFAULT_MAX_UNAVAILABLE): _threshold(),
+    }
+)
+
+INPUTS_SCHEMA = vol.Schema(
+    {
+        vol.Required(CONF_INPUTS): selector.EntitySelector(
+            selector.EntitySelectorConfig(multiple=True, filter=input_filters())
+        ),
+        vol.Optional(CONF_HOLD_ONLY, default=[]): selector.EntitySelector(
+            selector.EntitySelectorConfig(multiple=True, filter=input_filters())
+        ),
+        vol.Required(CONF_OCCUPANCY_LABEL): selector.EntitySelector(
+            selector.EntitySelectorConfig(multiple=True, filter=OCCUPANCY_LABEL_FILTERS)
+        ),
+        vol.Optional(CONF_OCCUPANCY_LABEL_STATE): selector.TextSelector(),
+        vol.Optional(CONF_ACTIVITY_LABEL): selector.EntitySelector(
+            selector.EntitySelectorConfig(
+                filter=[
+                    selector.EntityFilterSelectorConfig(domain=["input_select", "select", "sensor"])
+                ]
+            )
+        ),
+        vol.Required(CONF_ADVANCED): section(ADVANCED_SCHEMA, {"collapsed": True}),
+    }
+)
+
+
+def validate_inputs(
+    hass: HomeAssistant, user_input: Mapping[str, Any], tasks: list[str]
+) -> dict[str, str]:
+    """Field errors for the inputs step, keyed by field (empty when valid)."""
+    errors: dict[str, str] = {}
+    inputs = list(user_input.get(CONF_INPUTS, []))
+    if not inputs:
+        errors[CONF_INPUTS] = "no_inputs"
+    elif unusable_inputs(hass, inputs):
+        errors[CONF_INPUTS] = "unsupported_input"
+    if not set(user_input.get(CONF_HOLD_ONLY, [])) <= set(inputs):
+        errors[CONF_HOLD_ONLY] = "hold_only_not_input"
+    if Task.ACTIVITY.value in tasks and not user_input.get(CONF_ACTIVITY_LABEL):
+        errors[CONF_ACTIVITY_LABEL] = "activity_label_required"
+    advanced = user_input.get(CONF_ADVANCED, {})
+    if advanced.get(CONF_OFF_THRESHOLD, 0.0) >= advanced.get(CONF_ON_THRESHOLD, 1.0):
+        errors[CONF_ADVANCED] = "thresholds_inverted"
+    return errors
+
+
 class MlmuleConfigFlow(ConfigFlow, domain=DOMAIN):
     """Create the hub entry that holds this home's identity and MQTT topic prefix."""
 
     VERSION = 1
+
+    @classmethod
+    @callback
+    def async_get_supported_subentry_types(
+        cls, config_entry: ConfigEntry
+    ) -> dict[str, type[ConfigSubentryFlow]]:
+        return {SUBENTRY_SPACE: SpaceSubentryFlow}
 
     async def async_step_user(self, user_input: dict[str, Any] | None = None) -> ConfigFlowResult:
         """Ask for the home's name and topic prefix; MQTT must already be set up."""
@@ -34,7 +188,11 @@ class MlmuleConfigFlow(ConfigFlow, domain=DOMAIN):
             if valid_topic_prefix(prefix):
                 return self.async_create_entry(
                     title=user_input[CONF_HOME_NAME],
-                    data={CONF_HOME_NAME: user_input[CONF_HOME_NAME], CONF_TOPIC_PREFIX: prefix},
+                    data={
+                        CONF_HOME_NAME: user_input[CONF_HOME_NAME],
+                        CONF_HOME_ID: uuid.uuid4().hex[:12],
+                        CONF_TOPIC_PREFIX: prefix,
+                    },
                 )
             errors[CONF_TOPIC_PREFIX] = "invalid_topic_prefix"
         schema = vol.Schema(
@@ -52,3 +210,66 @@ class MlmuleConfigFlow(ConfigFlow, domain=DOMAIN):
             data_schema=self.add_suggested_values_to_schema(schema, user_input),
             errors=errors,
         )
+
+
+class SpaceSubentryFlow(ConfigSubentryFlow):
+    """Add or reconfigure a space: a room, or the whole home."""
+
+    def __init__(self) -> None:
+        self._space: dict[str, Any] = {}
+
+    async def async_step_user(self, user_input: dict[str, Any] | None = None) -> SubentryFlowResult:
+        return await self._async_space_step("user", user_input, SPACE_SCHEMA)
+
+    async def async_step_reconfigure(
+        self, user_input: dict[str, Any] | None = None
+    ) -> SubentryFlowResult:
+        if not self._space:
+            self._space = dict(self._get_reconfigure_subentry().data)
+        return await self._async_space_step("reconfigure", user_input, SPACE_SCHEMA)
+
+    async def _async_space_step(
+        self, step_id: str, user_input: dict[str, Any] | None, schema: vol.Schema
+    ) -> SubentryFlowResult:
+        errors: dict[str, str] = {}
+        if user_input is not None:
+            if not user_input[CONF_TASKS]:
+                errors[CONF_TASKS] = "no_task"
+            else:
+                self._space.update(user_input)
+                return await self.async_step_inputs()
+        return self.async_show_form(
+            step_id=step_id,
+            data_schema=self.add_suggested_values_to_schema(schema, user_input or self._space),
+            errors=errors,
+        )
+
+    async def async_step_inputs(
+        self, user_input: dict[str, Any] | None = None
+    ) -> SubentryFlowResult:
+        """Pick the feature inputs (suggested from the area) and the label sources."""
+        errors: dict[str, str] = {}
+        if user_input is not None:
+            errors = validate_inputs(self.hass, user_input, self._space[CONF_TASKS])
+            if not errors:
+                self._space.update(user_input)
+                return self._async_finish()
+        suggested: Mapping[str, Any] = user_input or self._space
+        if CONF_INPUTS not in suggested:
+            suggested = {
+                **suggested,
+                CONF_INPUTS: suggested_inputs(self.hass, self._space[CONF_AREA]),
+            }
+        return self.async_show_form(
+            step_id="inputs",
+            data_schema=self.add_suggested_values_to_schema(INPUTS_SCHEMA, suggested),
+            errors=errors,
+        )
+
+    def _async_finish(self) -> SubentryFlowResult:
+        title = self._space[CONF_NAME]
+        if self.source == SOURCE_RECONFIGURE:
+            return self.async_update_reload_and_abort(
+                self._get_entry(), self._get_reconfigure_subentry(), title=title, data=self._space
+            )
+        return self.async_create_entry(title=title, data=self._space)

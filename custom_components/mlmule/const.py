@@ -3,12 +3,64 @@
 from __future__ import annotations
 
 import logging
+from enum import StrEnum
 from typing import Final
 
 DOMAIN: Final = "mlmule"
 LOGGER: Final = logging.getLogger(__package__)
 
-CONF_HOME_NAME: Final = "home_name"
-CONF_TOPIC_PREFIX: Final = "topic_prefix"
+SUBENTRY_SPACE: Final = "space"
 
+# hub entry data
+CONF_HOME_NAME: Final = "home_name"
+CONF_HOME_ID: Final = "home_id"
+CONF_TOPIC_PREFIX: Final = "topic_prefix"
 DEFAULT_TOPIC_PREFIX: Final = "mlmule"
+
+# space subentry data
+CONF_AREA: Final = "area"
+CONF_ROOM_KIND: Final = "room_kind"
+CONF_TASKS: Final = "tasks"
+CONF_SHARING: Final = "sharing"
+CONF_INPUTS: Final = "inputs"
+CONF_HOLD_ONLY: Final = "hold_only_inputs"
+CONF_OCCUPANCY_LABEL: Final = "occupancy_label"
+CONF_OCCUPANCY_LABEL_STATE: Final = "occupancy_label_state"
+CONF_ACTIVITY_LABEL: Final = "activity_label"
+CONF_PRESENCE: Final = "presence"
+CONF_PRESENCE_ENTITY: Final = "entity"
+CONF_PRESENCE_STATE: Final = "state"
+CONF_ADVANCED: Final = "advanced"
+CONF_ON_THRESHOLD: Final = "on_threshold"
+CONF_OFF_THRESHOLD: Final = "off_threshold"
+CONF_MIN_HOLD: Final = "min_hold_seconds"
+CONF_MAX_UNAVAILABLE: Final = "max_unavailable_fraction"
+
+DEFAULT_ON_THRESHOLD: Final = 0.6
+DEFAULT_OFF_THRESHOLD: Final = 0.4
+DEFAULT_MIN_HOLD: Final = 120
+DEFAULT_MAX_UNAVAILABLE: Final = 0.5
+
+
+class RoomKind(StrEnum):
+    """The kind of space; with the task it makes the context key models are shared under."""
+
+    BEDROOM = "bedroom"
+    KITCHEN = "kitchen"
+    LIVING_ROOM = "living_room"
+    OFFICE = "office"
+    BATHROOM = "bathroom"
+    HALLWAY = "hallway"
+    HOME = "home"
+
+
+class Task(StrEnum):
+    OCCUPANCY = "occupancy"
+    ACTIVITY = "activity"
+
+
+class Sharing(StrEnum):
+    """Which paired mules may exchange models with a space."""
+
+    OWNERS = "owners"
+    GUESTS = "guests"
