@@ -2,38 +2,252 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
 
 from homeassistant.components import mqtt
-from homeassistant.config_entries import ConfigEntry
+from homeassistant.config_entries import ConfigSubentry
+from homeassistant.const import Platform
 from homeassistant.core import HomeAssistant
 from homeassistant.exceptions import ConfigEntryNotReady
+from homeassistant.helpers import config_validation as cv
+from homeassistant.helpers import device_registry as dr
+from homeassistant.helpers.start import async_at_started
+from homeassistant.helpers.typing import ConfigType
 
-from .const import CONF_HOME_NAME, CONF_TOPIC_PREFIX, DOMAIN
+from .const import (
+    CONF_ACTIVITY_LABEL,
+    CONF_ADVANCED,
+    CONF_HOLD_ONLY,
+    CONF_HOME_NAME,
+    CONF_INPUT_ROLES,
+    CONF_INPUTS,
+    CONF_MAX_UNAVAILABLE,
+    CONF_MIN_HOLD,
+    CONF_OCCUPANCY_LABEL,
+    CONF_OCCUPANCY_LABEL_STATE,
+    CONF_OFF_THRESHOLD,
+    CONF_ON_THRESHOLD,
+    CONF_PRESENCE,
+    CONF_PRESENCE_ENTITY,
+    CONF_PRESENCE_STATE,
+    CONF_ROOM_KIND,
+    CONF_SHARING,
+    CONF_TASKS,
+    CONF_TOPIC_PREFIX,
+    DOMAIN,
+    SUBENTRY_SPACE,
+    Sharing,
+)
+from .coordinator import PHONE_ACTIVITY, PresenceTrigger, SpaceCoordinator, SpaceSettings
+from .core.errors import MlmuleError
+from .core.features import Role
+from .core.host import HostSettings, ModelHost
+from .core.hysteresis import HysteresisConfig
+from .core.identity import Identity, TrustStore
+from .core.onnx import load_model, runtime_backend
+from .core.space import SpaceInputs
+from .core.starter import load_starter, starter_index
+from .data import MlmuleConfigEntry, MlmuleData
+from .exchange import Exchange
+from .inputs import input_role
+from .repairs import ISSUE_FAST_RUNTIME, ISSUE_MQTT, RejectionWatch, async_set_issue
+from .services import async_setup_services
+
+CONFIG_SCHEMA = cv.config_entry_only_config_schema(DOMAIN)
+PLATFORMS: list[Platform] = [Platform.BINARY_SENSOR, Platform.SENSOR]
+
+SPACE_STRATEGY = "mlmule"
+GUEST_GATE_EPSILON = 0.02
 
 
-@dataclass
-class MlmuleRuntime:
-    """What a loaded hub entry holds while Home Assistant runs."""
-
-    home_name: str
-    topic_prefix: str
-
-
-type MlmuleConfigEntry = ConfigEntry[MlmuleRuntime]
+async def async_setup(hass: HomeAssistant, config: ConfigType) -> bool:
+    """Register the actions; they work on whichever hub entry is loaded."""
+    async_setup_services(hass)
+    return True
 
 
 async def async_setup_entry(hass: HomeAssistant, entry: MlmuleConfigEntry) -> bool:
-    """Set up the hub once Home Assistant's MQTT client is connected."""
+    """Set up the hub and its spaces once Home Assistant's MQTT client is connected."""
     if not await mqtt.async_wait_for_mqtt_client(hass):
         raise ConfigEntryNotReady(translation_domain=DOMAIN, translation_key="mqtt_unavailable")
-    entry.runtime_data = MlmuleRuntime(
-        home_name=entry.data[CONF_HOME_NAME],
+    root = Path(hass.config.path(DOMAIN))
+    home_name = entry.data[CONF_HOME_NAME]
+    try:
+        identity, trust = await hass.async_add_executor_job(_load_identity, root, home_name)
+    except MlmuleError as err:
+        raise ConfigEntryNotReady(
+            translation_domain=DOMAIN,
+            translation_key="identity_unreadable",
+            translation_placeholders={"error": str(err)},
+        ) from err
+    entry.runtime_data = MlmuleData(
+        home_name=home_name,
         topic_prefix=entry.data[CONF_TOPIC_PREFIX],
+        root=root,
+        identity=identity,
+        trust=trust,
+        rejections=RejectionWatch(hass),
     )
+    async_set_issue(hass, ISSUE_MQTT, False, translation_key=ISSUE_MQTT)
+    for subentry in entry.subentries.values():
+        if subentry.subentry_type == SUBENTRY_SPACE:
+            entry.runtime_data.spaces[subentry.subentry_id] = await _async_create_space(
+                hass, entry, subentry, identity=identity, trust=trust, root=root
+            )
+    backend = await hass.async_add_executor_job(runtime_backend)
+    async_set_issue(
+        hass, ISSUE_FAST_RUNTIME, backend != "onnxruntime", translation_key=ISSUE_FAST_RUNTIME
+    )
+    for coordinator in entry.runtime_data.spaces.values():
+        coordinator.async_check_entities()
+        await coordinator.async_config_entry_first_refresh()
+        coordinator.async_start_listening()
+    await hass.config_entries.async_forward_entry_setups(entry, PLATFORMS)
+    exchange = Exchange(
+        hass,
+        entry,
+        identity=identity,
+        trust=trust,
+        spaces=entry.runtime_data.spaces,
+        prefix=entry.runtime_data.topic_prefix,
+    )
+    entry.runtime_data.exchange = exchange
+    await exchange.async_start()
+
+    async def _async_train_after_start(_hass: HomeAssistant) -> None:
+        # history training is heavy: only once HA has started, never during start-up
+        for coordinator in entry.runtime_data.spaces.values():
+            entry.async_create_background_task(
+                hass,
+                coordinator.async_train(reason="start"),
+                f"{DOMAIN} train {coordinator.settings.name}",
+            )
+
+    entry.async_on_unload(async_at_started(hass, _async_train_after_start))
+    loaded = _configuration(entry)
+
+    async def _async_reload_if_changed(hass: HomeAssistant, entry: MlmuleConfigEntry) -> None:
+        # spaces added, reconfigured or removed, or options changed: rebuild the spaces
+        if _configuration(entry) != loaded:
+            hass.config_entries.async_schedule_reload(entry.entry_id)
+
+    entry.async_on_unload(entry.add_update_listener(_async_reload_if_changed))
     return True
+
+
+def _configuration(entry: MlmuleConfigEntry) -> Any:
+    """What the loaded spaces were built from; a change to it needs a reload."""
+    return (
+        dict(entry.options),
+        {
+            subentry_id: (subentry.title, dict(subentry.data))
+            for subentry_id, subentry in entry.subentries.items()
+        },
+    )
+
+
+def _load_identity(root: Path, home_name: str) -> tuple[Identity, TrustStore]:
+    identity = Identity.load_or_create(root / "identity.pem", kind="space", name=home_name)
+    return identity, TrustStore.load(root / "trust.json")
+
+
+def space_inputs(hass: HomeAssistant, subentry: ConfigSubentry) -> SpaceInputs:
+    """The space's entities and their roles, as its subentry configures them."""
+    data = subentry.data
+    stored = data.get(CONF_INPUT_ROLES, {})
+    roles = {
+        entity_id: Role(role)
+        for entity_id in data[CONF_INPUTS]
+        if (role := stored.get(entity_id) or input_role(hass, entity_id)) is not None
+    }
+    return SpaceInputs(
+        roles=roles,
+        occupancy_labels=tuple(data.get(CONF_OCCUPANCY_LABEL, ())),
+        occupancy_label_state=data.get(CONF_OCCUPANCY_LABEL_STATE) or None,
+        activity_label=data.get(CONF_ACTIVITY_LABEL) or None,
+        hold_only=frozenset(data.get(CONF_HOLD_ONLY, ())) & set(roles),
+        tz=hass.config.time_zone,
+    )
+
+
+async def _async_create_space(
+    hass: HomeAssistant,
+    entry: MlmuleConfigEntry,
+    subentry: ConfigSubentry,
+    *,
+    identity: Identity,
+    trust: TrustStore,
+    root: Path,
+) -> SpaceCoordinator:
+    data = subentry.data
+    advanced = data.get(CONF_ADVANCED, {})
+    settings = SpaceSettings(
+        space_id=subentry.subentry_id,
+        name=subentry.title,
+        room_kind=data[CONF_ROOM_KIND],
+        tasks=tuple(data[CONF_TASKS]),
+        guests_allowed=data.get(CONF_SHARING) == Sharing.GUESTS,
+        inputs=tuple(data[CONF_INPUTS]),
+        hysteresis=HysteresisConfig(
+            on_threshold=advanced.get(CONF_ON_THRESHOLD, HysteresisConfig.on_threshold),
+            off_threshold=advanced.get(CONF_OFF_THRESHOLD, HysteresisConfig.off_threshold),
+            min_hold_seconds=advanced.get(CONF_MIN_HOLD, HysteresisConfig.min_hold_seconds),
+        ),
+        max_unavailable=advanced.get(CONF_MAX_UNAVAILABLE, 0.5),
+    )
+    inputs = space_inputs(hass, subentry)
+
+    def open_host() -> ModelHost:
+        host = ModelHost(
+            root / subentry.subentry_id,
+            identity,
+            trust,
+            HostSettings(
+                strategy=SPACE_STRATEGY,
+                strategy_options={"gate": "guests", "gate_epsilon": GUEST_GATE_EPSILON},
+            ),
+        )
+        shipped = starter_index()
+        keys = [settings.context_key(task) for task in settings.tasks]
+        mobile = settings.context_key(PHONE_ACTIVITY)
+        for context_key in [*keys, *([mobile] if mobile in shipped else [])]:
+            if not host.has(context_key):
+                starter = load_starter(context_key)
+                host.install(load_model(starter.onnx_bytes), context_key=context_key)
+        return host
+
+    try:
+        host = await hass.async_add_executor_job(open_host)
+    except MlmuleError as err:
+        raise ConfigEntryNotReady(
+            translation_domain=DOMAIN,
+            translation_key="space_unloadable",
+            translation_placeholders={"space": subentry.title, "error": str(err)},
+        ) from err
+    return SpaceCoordinator(
+        hass,
+        entry,
+        settings,
+        inputs=inputs,
+        host=host,
+        rejections=entry.runtime_data.rejections,
+        presence={
+            mule: PresenceTrigger(trigger[CONF_PRESENCE_ENTITY], trigger[CONF_PRESENCE_STATE])
+            for mule, trigger in data.get(CONF_PRESENCE, {}).items()
+        },
+    )
 
 
 async def async_unload_entry(hass: HomeAssistant, entry: MlmuleConfigEntry) -> bool:
-    """Unload the hub."""
-    return True
+    return await hass.config_entries.async_unload_platforms(entry, PLATFORMS)
+
+
+async def async_remove_config_entry_device(
+    hass: HomeAssistant, entry: MlmuleConfigEntry, device: dr.DeviceEntry
+) -> bool:
+    """A space's device can be removed once its space subentry is gone."""
+    return not any(
+        identifier[0] == DOMAIN and identifier[1] in entry.runtime_data.spaces
+        for identifier in device.identifiers
+    )

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import uuid
 from collections.abc import Mapping
 from typing import Any
 
@@ -19,6 +18,7 @@ from homeassistant.config_entries import (
 from homeassistant.const import CONF_NAME
 from homeassistant.core import HomeAssistant, callback
 from homeassistant.data_entry_flow import section
+from homeassistant.helpers import issue_registry as ir
 from homeassistant.helpers import selector
 
 from .const import (
@@ -26,8 +26,8 @@ from .const import (
     CONF_ADVANCED,
     CONF_AREA,
     CONF_HOLD_ONLY,
-    CONF_HOME_ID,
     CONF_HOME_NAME,
+    CONF_INPUT_ROLES,
     CONF_INPUTS,
     CONF_MAX_UNAVAILABLE,
     CONF_MIN_HOLD,
@@ -50,7 +50,8 @@ from .const import (
     Sharing,
     Task,
 )
-from .inputs import input_filters, suggested_inputs, unusable_inputs
+from .inputs import input_filters, input_role, suggested_inputs, unusable_inputs
+from .repairs import ISSUE_MQTT, async_set_issue
 
 TOPIC_PREFIX_CHARS = frozenset("abcdefghijklmnopqrstuvwxyz0123456789_-/")
 
@@ -181,6 +182,13 @@ class MlmuleConfigFlow(ConfigFlow, domain=DOMAIN):
     async def async_step_user(self, user_input: dict[str, Any] | None = None) -> ConfigFlowResult:
         """Ask for the home's name and topic prefix; MQTT must already be set up."""
         if not self.hass.config_entries.async_entries(MQTT_DOMAIN):
+            async_set_issue(
+                self.hass,
+                ISSUE_MQTT,
+                True,
+                translation_key=ISSUE_MQTT,
+                severity=ir.IssueSeverity.ERROR,
+            )
             return self.async_abort(reason="mqtt_not_configured")
         errors: dict[str, str] = {}
         if user_input is not None:
@@ -190,7 +198,6 @@ class MlmuleConfigFlow(ConfigFlow, domain=DOMAIN):
                     title=user_input[CONF_HOME_NAME],
                     data={
                         CONF_HOME_NAME: user_input[CONF_HOME_NAME],
-                        CONF_HOME_ID: uuid.uuid4().hex[:12],
                         CONF_TOPIC_PREFIX: prefix,
                     },
                 )
@@ -253,6 +260,11 @@ class SpaceSubentryFlow(ConfigSubentryFlow):
             errors = validate_inputs(self.hass, user_input, self._space[CONF_TASKS])
             if not errors:
                 self._space.update(user_input)
+                # the roles are fixed now: at start-up an input may not have a state yet
+                self._space[CONF_INPUT_ROLES] = {
+                    entity_id: input_role(self.hass, entity_id)
+                    for entity_id in user_input[CONF_INPUTS]
+                }
                 return self._async_finish()
         suggested: Mapping[str, Any] = user_input or self._space
         if CONF_INPUTS not in suggested:
@@ -269,7 +281,8 @@ class SpaceSubentryFlow(ConfigSubentryFlow):
     def _async_finish(self) -> SubentryFlowResult:
         title = self._space[CONF_NAME]
         if self.source == SOURCE_RECONFIGURE:
-            return self.async_update_reload_and_abort(
+            # the hub's update listener reloads the entry for the changed space
+            return self.async_update_and_abort(
                 self._get_entry(), self._get_reconfigure_subentry(), title=title, data=self._space
             )
         return self.async_create_entry(title=title, data=self._space)

@@ -13,7 +13,6 @@ SUBENTRY_SPACE: Final = "space"
 
 # hub entry data
 CONF_HOME_NAME: Final = "home_name"
-CONF_HOME_ID: Final = "home_id"
 CONF_TOPIC_PREFIX: Final = "topic_prefix"
 DEFAULT_TOPIC_PREFIX: Final = "mlmule"
 
@@ -23,6 +22,7 @@ CONF_ROOM_KIND: Final = "room_kind"
 CONF_TASKS: Final = "tasks"
 CONF_SHARING: Final = "sharing"
 CONF_INPUTS: Final = "inputs"
+CONF_INPUT_ROLES: Final = "input_roles"
 CONF_HOLD_ONLY: Final = "hold_only_inputs"
 CONF_OCCUPANCY_LABEL: Final = "occupancy_label"
 CONF_OCCUPANCY_LABEL_STATE: Final = "occupancy_label_state"

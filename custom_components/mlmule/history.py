@@ -8,7 +8,11 @@ from functools import partial
 from typing import cast
 
 from homeassistant.components.recorder import history
-from homeassistant.const import COMPRESSED_STATE_LAST_UPDATED, COMPRESSED_STATE_STATE
+from homeassistant.const import (
+    COMPRESSED_STATE_LAST_UPDATED,
+    COMPRESSED_STATE_STATE,
+    STATE_UNAVAILABLE,
+)
 from homeassistant.core import HomeAssistant, State
 from homeassistant.helpers.recorder import get_instance
 
@@ -62,4 +66,6 @@ async def async_state_changes(
 def _as_change(row: State | dict[str, object]) -> tuple[float, str]:
     if isinstance(row, State):
         return row.last_updated_timestamp, row.state
-    return cast(float, row[COMPRESSED_STATE_LAST_UPDATED]), cast(str, row[COMPRESSED_STATE_STATE])
+    # the recorder stores a removed entity as a row without a state
+    state = cast(str | None, row[COMPRESSED_STATE_STATE])
+    return cast(float, row[COMPRESSED_STATE_LAST_UPDATED]), state or STATE_UNAVAILABLE

@@ -8,7 +8,7 @@ from homeassistant.data_entry_flow import FlowResultType
 from pytest_homeassistant_custom_component.common import MockConfigEntry
 from pytest_homeassistant_custom_component.typing import MqttMockHAClient
 
-from custom_components.mlmule.const import CONF_HOME_ID, CONF_HOME_NAME, CONF_TOPIC_PREFIX, DOMAIN
+from custom_components.mlmule.const import CONF_HOME_NAME, CONF_TOPIC_PREFIX, DOMAIN
 
 
 async def test_user_step_creates_the_hub(hass: HomeAssistant, mqtt_mock: MqttMockHAClient) -> None:
@@ -23,11 +23,7 @@ async def test_user_step_creates_the_hub(hass: HomeAssistant, mqtt_mock: MqttMoc
     )
     assert result["type"] is FlowResultType.CREATE_ENTRY
     assert result["title"] == "Maple Street"
-    data = dict(result["data"])
-    home_id = data.pop(CONF_HOME_ID)
-    assert data == {CONF_HOME_NAME: "Maple Street", CONF_TOPIC_PREFIX: "mlmule/maple"}
-    assert len(home_id) == 12
-    assert int(home_id, 16) >= 0
+    assert result["data"] == {CONF_HOME_NAME: "Maple Street", CONF_TOPIC_PREFIX: "mlmule/maple"}
 
 
 async def test_bad_topic_prefix_is_an_error_on_the_field(

@@ -18,7 +18,6 @@ from custom_components.mlmule.const import (
     CONF_ADVANCED,
     CONF_AREA,
     CONF_HOLD_ONLY,
-    CONF_HOME_ID,
     CONF_HOME_NAME,
     CONF_INPUTS,
     CONF_MAX_UNAVAILABLE,
@@ -46,7 +45,7 @@ ADVANCED = {
 def hub(hass: HomeAssistant, mqtt_mock: MqttMockHAClient) -> MockConfigEntry:
     entry = MockConfigEntry(
         domain=DOMAIN,
-        data={CONF_HOME_NAME: "Maple", CONF_HOME_ID: "abc123", CONF_TOPIC_PREFIX: "mlmule"},
+        data={CONF_HOME_NAME: "Maple", CONF_TOPIC_PREFIX: "mlmule"},
     )
     entry.add_to_hass(hass)
     return entry

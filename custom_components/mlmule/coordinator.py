@@ -1,0 +1,419 @@
+"""One coordinator per space: predictions on input changes and a timer, training on history.
+
+The coordinator is glue: every decision lives in the HA-free core (`core.space`, `core.host`).
+It feeds the core from the recorder and from live state changes, and runs every piece of model
+work (feature extraction, inference, training, snapshot I/O) in an executor, training in short
+chunks so that the event loop keeps running while a space learns.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections import deque
+from dataclasses import dataclass, field
+from datetime import timedelta
+from functools import partial
+from typing import TYPE_CHECKING, Any
+
+from homeassistant.const import STATE_UNAVAILABLE
+from homeassistant.core import Event, EventStateChangedData, HomeAssistant, callback
+from homeassistant.helpers.debounce import Debouncer
+from homeassistant.helpers.event import async_track_state_change_event
+from homeassistant.helpers.update_coordinator import DataUpdateCoordinator, UpdateFailed
+from homeassistant.util import dt as dt_util
+
+from .const import DOMAIN, LOGGER, Task
+from .core.errors import MlmuleError
+from .core.host import ModelHost, Outcome, TrainingJob
+from .core.hysteresis import Hysteresis, HysteresisConfig
+from .core.protocol import Mode
+from .core.space import (
+    LOOKBACK_SECONDS,
+    SpaceInputs,
+    current_features,
+    explain,
+    held,
+    training_set,
+    unavailable_fraction,
+)
+from .core.train_numpy import TrainConfig, TrainReport
+from .history import async_state_changes
+from .repairs import RejectionWatch, async_check_space_entities
+
+if TYPE_CHECKING:
+    from homeassistant.config_entries import ConfigEntry
+
+PREDICT_INTERVAL = timedelta(seconds=60)
+PREDICT_COOLDOWN = 10.0  # at most one prediction per this many seconds on input changes
+TRAIN_CHUNK_SECONDS = 0.05  # one executor job of training; the loop runs between chunks
+HISTORY_DAYS = 10  # the recorder's default retention
+MIN_TRAINING_FRAMES = 120
+PHONE_ACTIVITY = "phone_activity"  # the phones' own model, trained by mules (mobile-data mode)
+
+
+@dataclass(frozen=True)
+class SpaceSettings:
+    """Per-space settings from its subentry."""
+
+    space_id: str
+    name: str
+    room_kind: str
+    tasks: tuple[str, ...]
+    guests_allowed: bool
+    inputs: tuple[str, ...]  # as configured, also those that have gone
+    hysteresis: HysteresisConfig
+    max_unavailable: float
+
+    def context_key(self, task: str) -> str:
+        return f"{task}/{self.room_kind}"
+
+
+@dataclass(frozen=True)
+class PresenceTrigger:
+    """The entity and state that mean "this phone is in this space"."""
+
+    entity: str
+    state: str
+
+    def matches(self, state: str) -> bool:
+        return state.strip().lower() == self.state.strip().lower()
+
+
+@dataclass(frozen=True)
+class SpacePrediction:
+    """What the entities of a space show."""
+
+    available: bool
+    unavailable_fraction: float
+    occupancy_probability: float | None = None
+    occupied: bool | None = None
+    activity: str | None = None
+    activity_probability: float | None = None
+    why: tuple[tuple[str, float], ...] = ()
+
+
+@dataclass
+class TrainingSummary:
+    """The last training run of one task, for the accuracy sensor and the `train` action."""
+
+    report: TrainReport
+    frames: int
+    finished_at: float
+    version: int
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "frames": self.frames,
+            "version": self.version,
+            "finished_at": dt_util.utc_from_timestamp(self.finished_at).isoformat(),
+            "epochs": self.report.epochs,
+            "seconds": round(self.report.seconds, 3),
+            "stop_reason": self.report.stop_reason,
+            "val_balanced_accuracy": self.report.val_balanced_accuracy,
+            "val_macro_f1": self.report.val_macro_f1,
+        }
+
+
+@dataclass
+class HeldOut:
+    """Recent labelled data the space keeps for validating guests' snapshots."""
+
+    x: Any
+    y: Any
+
+
+@dataclass
+class SpaceState:
+    """Mutable learning state of a space that outlives single predictions."""
+
+    training: dict[str, TrainingSummary] = field(default_factory=dict)
+    held_out: dict[str, HeldOut] = field(default_factory=dict)
+
+
+class SpaceCoordinator(DataUpdateCoordinator[SpacePrediction]):
+    """Predictions and learning for one space."""
+
+    config_entry: ConfigEntry
+
+    def __init__(
+        self,
+        hass: HomeAssistant,
+        entry: ConfigEntry,
+        settings: SpaceSettings,
+        *,
+        inputs: SpaceInputs,
+        host: ModelHost,
+        rejections: RejectionWatch,
+        presence: dict[str, PresenceTrigger] | None = None,
+    ) -> None:
+        super().__init__(
+            hass,
+            LOGGER,
+            config_entry=entry,
+            name=f"{DOMAIN} {settings.name}",
+            update_interval=PREDICT_INTERVAL,
+            request_refresh_debouncer=Debouncer(
+                hass, LOGGER, cooldown=PREDICT_COOLDOWN, immediate=True
+            ),
+        )
+        self.settings = settings
+        self.inputs = inputs
+        self.host = host
+        self.rejections = rejections
+        self.presence = presence or {}
+        self.state = SpaceState()
+        self.hysteresis = Hysteresis(settings.hysteresis)
+        self._changes: dict[str, deque[tuple[float, str]]] = {}
+        self._history_loaded = False
+        self._train_lock = asyncio.Lock()
+        self._was_available = True
+
+    def exchanged_keys(self) -> dict[str, Mode]:
+        """The context keys this space swaps with phones, and in which mode.
+
+        The space trains its own tasks (fixed-data mode). It also hosts and merges the phones'
+        own activity model of its kind of room (mobile-data mode), if there is a starter for it.
+        """
+        keys = {self.settings.context_key(task): Mode.FIXED for task in self.settings.tasks}
+        mobile = self.settings.context_key(PHONE_ACTIVITY)
+        if self.host.has(mobile):
+            keys[mobile] = Mode.MOBILE
+        return keys
+
+    # ---- live inputs
+
+    @callback
+    def async_check_entities(self) -> None:
+        """Raise or clear the repair issues of inputs and label sources that are gone."""
+        labels = [*self.inputs.occupancy_labels]
+        if self.inputs.activity_label:
+            labels.append(self.inputs.activity_label)
+        async_check_space_entities(
+            self.hass,
+            self.settings.space_id,
+            self.settings.name,
+            inputs=self.settings.inputs,
+            labels=labels,
+        )
+
+    @callback
+    def async_start_listening(self) -> None:
+        """Follow the feature inputs; the subscription ends when the entry unloads."""
+        self.config_entry.async_on_unload(
+            async_track_state_change_event(
+                self.hass, list(self.inputs.roles), self._async_input_changed
+            )
+        )
+
+    @callback
+    def _async_input_changed(self, event: Event[EventStateChangedData]) -> None:
+        new_state = event.data["new_state"]
+        state = new_state.state if new_state is not None else STATE_UNAVAILABLE
+        when = new_state.last_updated_timestamp if new_state is not None else time.time()
+        self._changes.setdefault(event.data["entity_id"], deque()).append((when, state))
+        self.hass.async_create_task(self.async_request_refresh(), eager_start=True)
+
+    async def _async_load_recent_history(self, now: float) -> None:
+        changes = await async_state_changes(
+            self.hass,
+            self.inputs.roles,
+            dt_util.utc_from_timestamp(now - LOOKBACK_SECONDS),
+            dt_util.utc_from_timestamp(now),
+        )
+        for entity_id, recorded in changes.items():
+            live = self._changes.get(entity_id, deque())
+            # live changes that arrived while the history query ran come after it
+            newest = recorded[-1][0] if recorded else float("-inf")
+            self._changes[entity_id] = deque(
+                [*recorded, *(change for change in live if change[0] > newest)]
+            )
+        self._history_loaded = True
+
+    def _recent_changes(self, now: float) -> dict[str, list[tuple[float, str]]]:
+        horizon = now - LOOKBACK_SECONDS
+        snapshot: dict[str, list[tuple[float, str]]] = {}
+        for entity_id, changes in self._changes.items():
+            # keep the last change before the horizon: it is the state in force at its start
+            while len(changes) > 1 and changes[1][0] <= horizon:
+                changes.popleft()
+            snapshot[entity_id] = list(changes)
+        return snapshot
+
+    def _current_states(self) -> dict[str, str]:
+        return {
+            entity_id: state.state
+            for entity_id in self.inputs.roles
+            if (state := self.hass.states.get(entity_id)) is not None
+        }
+
+    # ---- prediction
+
+    async def _async_update_data(self) -> SpacePrediction:
+        now = time.time()
+        if not self._history_loaded:
+            await self._async_load_recent_history(now)
+        states = self._current_states()
+        missing = unavailable_fraction(self.inputs, states)
+        if missing > self.settings.max_unavailable:
+            if self._was_available:
+                LOGGER.warning(
+                    "%s: %.0f%% of its inputs are unavailable; predictions are unavailable",
+                    self.settings.name,
+                    100 * missing,
+                )
+            self._was_available = False
+            return SpacePrediction(available=False, unavailable_fraction=missing)
+        if not self._was_available:
+            LOGGER.info("%s: enough inputs are back; predicting again", self.settings.name)
+        self._was_available = True
+        changes = self._recent_changes(now)
+        try:
+            prediction = await self.hass.async_add_executor_job(
+                self._predict, changes, now, held(self.inputs, states), missing
+            )
+        except MlmuleError as err:
+            raise UpdateFailed(
+                translation_domain=DOMAIN,
+                translation_key="prediction_failed",
+                translation_placeholders={"space": self.settings.name, "error": str(err)},
+            ) from err
+        return prediction
+
+    def _predict(
+        self, changes: dict[str, list[tuple[float, str]]], now: float, hold: bool, missing: float
+    ) -> SpacePrediction:
+        """Runs in an executor: features, inference and the "why" of one prediction."""
+        result: dict[str, Any] = {"available": True, "unavailable_fraction": missing}
+        if Task.OCCUPANCY in self.settings.tasks:
+            slot = self.host.slot(self.settings.context_key(Task.OCCUPANCY))
+            x = current_features(self.inputs, changes, schema=slot.schema, now=now)
+            probability = float(slot.predict(x)[0, 0])
+            result["occupancy_probability"] = probability
+            result["occupied"] = self.hysteresis.update(probability, now, held=hold)
+            result["why"] = tuple(explain(slot.predict, slot.schema, self.inputs, x))
+        if Task.ACTIVITY in self.settings.tasks:
+            slot = self.host.slot(self.settings.context_key(Task.ACTIVITY))
+            x = current_features(self.inputs, changes, schema=slot.schema, now=now)
+            probabilities = slot.predict(x)[0]
+            best = int(probabilities.argmax())
+            result["activity"] = slot.spec.labels[best]
+            result["activity_probability"] = float(probabilities[best])
+        return SpacePrediction(**result)
+
+    # ---- learning
+
+    async def async_train(self, *, reason: str) -> dict[str, TrainingSummary]:
+        """Train every task on the recorder history, warm-started from the current models."""
+        return await self._async_train(list(self.settings.tasks), reason=reason)
+
+    async def async_train_key(self, context_key: str, *, reason: str) -> TrainingSummary | None:
+        """Train the task of one context key (after a merge in fixed-data mode)."""
+        task = context_key.partition("/")[0]
+        return (await self._async_train([task], reason=reason)).get(task)
+
+    async def _async_train(self, tasks: list[str], *, reason: str) -> dict[str, TrainingSummary]:
+        self.async_check_entities()
+        async with self._train_lock:
+            now = time.time()
+            changes = await async_state_changes(
+                self.hass,
+                self.inputs.entities,
+                dt_util.utc_from_timestamp(now - HISTORY_DAYS * 86400),
+                dt_util.utc_from_timestamp(now),
+            )
+            summaries: dict[str, TrainingSummary] = {}
+            for task in tasks:
+                summary = await self._async_train_task(task, changes, now)
+                if summary is not None:
+                    summaries[task] = summary
+            LOGGER.info(
+                "%s: trained (%s): %s",
+                self.settings.name,
+                reason,
+                {task: s.as_dict() for task, s in summaries.items()} or "not enough labelled data",
+            )
+        await self.async_request_refresh()
+        return summaries
+
+    async def _async_train_task(
+        self, task: str, changes: dict[str, list[tuple[float, str]]], now: float
+    ) -> TrainingSummary | None:
+        context_key = self.settings.context_key(task)
+        slot = self.host.slot(context_key)
+        step = slot.schema.step_seconds
+        end = now // step * step
+        start = end - (HISTORY_DAYS * 86400) // step * step
+        data = await self.hass.async_add_executor_job(
+            lambda: training_set(
+                self.inputs, changes, task=task, schema=slot.schema, start=start, end=end
+            )
+        )
+        if data.y.size < MIN_TRAINING_FRAMES:
+            LOGGER.debug(
+                "%s: %d labelled %s frames, too few to train", context_key, data.y.size, task
+            )
+            return None
+        job: TrainingJob = await self.hass.async_add_executor_job(
+            lambda: self.host.start_training(
+                context_key,
+                data.x,
+                data.y,
+                config=TrainConfig(max_epochs=20, prox_mu=0.01, max_seconds=120.0),
+                data_time=data.data_time,
+            )
+        )
+        done = False
+        while not done:  # each chunk is one executor job; the loop runs between them
+            done = await self.hass.async_add_executor_job(
+                partial(job.run, max_seconds=TRAIN_CHUNK_SECONDS)
+            )
+        report = await self.hass.async_add_executor_job(job.commit)
+        held_back = max(1, data.y.size // 5)
+        self.state.held_out[task] = HeldOut(data.x[-held_back:], data.y[-held_back:])
+        summary = TrainingSummary(
+            report, int(data.y.size), time.time(), self.host.slot(context_key).version
+        )
+        self.state.training[task] = summary
+        return summary
+
+    async def async_receive(
+        self, snapshot: bytes, *, guest: bool, mule: str | None = None
+    ) -> Outcome:
+        """Verify and merge a snapshot from a mule (in an executor); logs and counts the result.
+
+        `mule` is the sender as the exchange knows it; a snapshot's own origin is used otherwise.
+        """
+
+        def receive() -> Outcome:
+            evaluators = {
+                self.settings.context_key(task): self.host.evaluator(
+                    self.settings.context_key(task), held_out.x, held_out.y
+                )
+                for task, held_out in self.state.held_out.items()
+            }
+            return self.host.receive(snapshot, guest=guest, evaluators=evaluators)
+
+        outcome = await self.hass.async_add_executor_job(receive)
+        if outcome.accepted:
+            LOGGER.info(
+                "%s: merged %s v%s from %s (weight %.2f) -> v%s",
+                self.settings.name,
+                outcome.context_key,
+                outcome.received_version,
+                outcome.origin,
+                outcome.weight,
+                outcome.version,
+            )
+        else:
+            LOGGER.warning(
+                "%s: rejected a snapshot (%s): %s",
+                self.settings.name,
+                outcome.reason,
+                outcome.detail,
+            )
+        self.rejections.record(
+            mule or outcome.origin or "unknown", outcome.accepted, outcome.reason
+        )
+        self.async_update_listeners()
+        return outcome

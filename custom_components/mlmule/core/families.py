@@ -1,0 +1,518 @@
+"""Model families: a small spec becomes weights, a numpy forward pass and one canonical ONNX graph.
+
+Every context key has exactly one architecture: a `FamilySpec` plus a `FeatureSchema`. The
+canonical graph is what travels between spaces and mules, so it is fixed down to the node and
+tensor names; `from_onnx` refuses anything else, which is what lets two snapshots be merged
+parameter by parameter.
+
+Canonical graph (opset 17), input `features` float `[batch, n_inputs]`:
+
+    Sub(features, input.mean) -> Div(input.std)          frozen normalisation of the schema
+    Gemm(transB=1, body.i.weight [out, in], body.i.bias) -> Relu      per hidden layer
+    Gemm(transB=1, head.weight, head.bias) -> logits
+    binary:      Mul(calib.scale) -> Add(calib.bias) -> Sigmoid -> probability [batch, 1]
+    multi-class: Softmax(axis=1) -> probability [batch, n_classes]
+
+`calib.*` is Platt scaling fitted on the space's own validation data, so it is never merged;
+`input.*` comes from the feature schema and is never trained.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+
+from .errors import FamilyError, MlmuleError, NonCanonicalModel
+from .features import FeatureSchema
+from .onnx import Node, OnnxModel, ValueInfo
+from .weights import FloatArray, Weights
+
+OPSET = 17
+IR_VERSION = 8
+PRODUCER = "mlmule"
+INPUT_NAME = "features"
+OUTPUT_NAME = "probability"
+# Bump when the canonical graph changes: it is part of every architecture hash.
+GRAPH_FORMAT = "mlmule-mlp/1"
+
+OCCUPANCY_MLP = "occupancy-mlp"
+ACTIVITY_MLP = "activity-mlp"
+TASKS_OF_FAMILY: Mapping[str, frozenset[str]] = {
+    OCCUPANCY_MLP: frozenset({"occupancy"}),
+    ACTIVITY_MLP: frozenset({"activity", "phone_activity"}),
+}
+
+# Metadata keys the canonical export owns; callers' metadata may not reuse them.
+META_SPEC = "mlmule.family_spec"
+META_SCHEMA = "mlmule.feature_schema"
+META_ARCH_HASH = "mlmule.arch_hash"
+META_LABELS = "mlmule.class_labels"
+RESERVED_METADATA = frozenset({META_SPEC, META_SCHEMA, META_ARCH_HASH, META_LABELS})
+
+# Bounds that keep a spec read from an untrusted model from allocating without limit.
+MAX_INPUTS = 4096
+MAX_WIDTH = 1024
+MAX_HIDDEN_LAYERS = 8
+MAX_CLASSES = 64
+MAX_LABEL_LENGTH = 64
+MAX_SPEC_JSON = 16_384
+
+
+@dataclass(frozen=True)
+class FamilySpec:
+    """The architecture of one model: what it predicts, from how many inputs, through which layers.
+
+    `n_classes` is 1 for a binary task (one sigmoid output, `labels` = negative then positive
+    class) and K >= 2 for a softmax over K classes (`labels` has K entries). With
+    `personal_head` the last layer stays local to the space (FedPer / MetaPatch style): it is
+    trained but not merged. That changes what is shared, not what is computed, so it is not part
+    of the architecture hash.
+    """
+
+    family: str
+    task: str
+    n_inputs: int
+    hidden: tuple[int, ...]
+    n_classes: int
+    labels: tuple[str, ...]
+    personal_head: bool = False
+
+    def __post_init__(self) -> None:
+        tasks = TASKS_OF_FAMILY.get(self.family)
+        if tasks is None:
+            raise FamilyError(f"unknown model family {self.family!r}", reason="unknown_family")
+        if self.task not in tasks:
+            raise FamilyError(f"family {self.family} does not serve task {self.task!r}")
+        if not _is_int_in(self.n_inputs, 1, MAX_INPUTS):
+            raise FamilyError(f"n_inputs must be an integer in 1..{MAX_INPUTS}")
+        if not isinstance(self.hidden, tuple) or len(self.hidden) > MAX_HIDDEN_LAYERS:
+            raise FamilyError(f"hidden must be a tuple of at most {MAX_HIDDEN_LAYERS} widths")
+        if not all(_is_int_in(width, 1, MAX_WIDTH) for width in self.hidden):
+            raise FamilyError(f"hidden widths must be integers in 1..{MAX_WIDTH}")
+        binary = self.family == OCCUPANCY_MLP
+        if binary and self.n_classes != 1:
+            raise FamilyError(f"{self.family} is binary: n_classes must be 1")
+        if not binary and not _is_int_in(self.n_classes, 2, MAX_CLASSES):
+            raise FamilyError(f"{self.family} needs n_classes in 2..{MAX_CLASSES}")
+        expected_labels = 2 if binary else self.n_classes
+        if not isinstance(self.labels, tuple) or len(self.labels) != expected_labels:
+            raise FamilyError(f"{self.family} needs {expected_labels} class labels")
+        if len(set(self.labels)) != len(self.labels) or not all(
+            isinstance(label, str) and 0 < len(label) <= MAX_LABEL_LENGTH for label in self.labels
+        ):
+            raise FamilyError(
+                f"class labels must be distinct strings of 1..{MAX_LABEL_LENGTH} characters"
+            )
+        if not isinstance(self.personal_head, bool):
+            raise FamilyError("personal_head must be a boolean")
+
+    @property
+    def binary(self) -> bool:
+        return self.n_classes == 1
+
+    def to_json(self) -> str:
+        return json.dumps(
+            {
+                "family": self.family,
+                "task": self.task,
+                "n_inputs": self.n_inputs,
+                "hidden": list(self.hidden),
+                "n_classes": self.n_classes,
+                "labels": list(self.labels),
+                "personal_head": self.personal_head,
+            },
+            sort_keys=True,
+            separators=(",", ":"),
+        )
+
+    @classmethod
+    def from_json(cls, text: str) -> FamilySpec:
+        """Parse and validate; anything malformed raises `FamilyError`."""
+        if len(text) > MAX_SPEC_JSON:
+            raise FamilyError("family spec JSON is too long")
+        try:
+            raw = json.loads(text)
+        except ValueError as err:
+            raise FamilyError(f"family spec is not JSON: {err}") from err
+        fields = {"family", "task", "n_inputs", "hidden", "n_classes", "labels", "personal_head"}
+        if not isinstance(raw, dict) or set(raw) != fields:
+            raise FamilyError(
+                f"family spec must be an object with exactly the keys {sorted(fields)}"
+            )
+        if not isinstance(raw["hidden"], list) or not isinstance(raw["labels"], list):
+            raise FamilyError("hidden and labels must be lists")
+        return cls(
+            family=raw["family"],
+            task=raw["task"],
+            n_inputs=raw["n_inputs"],
+            hidden=tuple(raw["hidden"]),
+            n_classes=raw["n_classes"],
+            labels=tuple(raw["labels"]),
+            personal_head=raw["personal_head"],
+        )
+
+
+def _is_int_in(value: object, low: int, high: int) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and low <= value <= high
+
+
+# --- parameters ---------------------------------------------------------------------------
+
+
+def parameter_shapes(spec: FamilySpec) -> dict[str, tuple[int, ...]]:
+    """The canonical parameter layout, in order (the same as the torch module's state_dict)."""
+    shapes: dict[str, tuple[int, ...]] = {
+        "input.mean": (spec.n_inputs,),
+        "input.std": (spec.n_inputs,),
+    }
+    fan_in = spec.n_inputs
+    for index, width in enumerate(spec.hidden):
+        shapes[f"body.{index}.weight"] = (width, fan_in)
+        shapes[f"body.{index}.bias"] = (width,)
+        fan_in = width
+    shapes["head.weight"] = (spec.n_classes, fan_in)
+    shapes["head.bias"] = (spec.n_classes,)
+    if spec.binary:
+        shapes["calib.scale"] = (1,)
+        shapes["calib.bias"] = (1,)
+    return shapes
+
+
+def trainable_names(spec: FamilySpec) -> tuple[str, ...]:
+    """What gradient descent updates: the body and the head."""
+    return tuple(name for name in parameter_shapes(spec) if name.startswith(("body.", "head.")))
+
+
+def shared_names(spec: FamilySpec) -> frozenset[str]:
+    """What aggregation strategies merge: the body, plus the head unless it is personal.
+
+    Never `input.*` (frozen by the feature schema) nor `calib.*` (each space's own calibration).
+    """
+    return frozenset(
+        name
+        for name in trainable_names(spec)
+        if not (spec.personal_head and name.startswith("head."))
+    )
+
+
+def init_weights(
+    spec: FamilySpec, rng: np.random.Generator, schema: FeatureSchema | None = None
+) -> Weights:
+    """Fresh weights: He-uniform for the ReLU layers, Glorot-uniform for the head, zero biases.
+
+    The normalisation comes from `schema` (identity without one); calibration starts neutral.
+    """
+    weights: Weights = {}
+    for name, shape in parameter_shapes(spec).items():
+        if name.endswith(".weight"):
+            fan_out, fan_in = shape
+            # ReLU layers keep activation variance with 6/fan_in; the linear head with Glorot.
+            limit = (
+                math.sqrt(6.0 / fan_in)
+                if name.startswith("body.")
+                else math.sqrt(6.0 / (fan_in + fan_out))
+            )
+            weights[name] = rng.uniform(-limit, limit, size=shape).astype(np.float32)
+        elif name in {"input.std", "calib.scale"}:
+            weights[name] = np.ones(shape, dtype=np.float32)
+        else:
+            weights[name] = np.zeros(shape, dtype=np.float32)
+    if schema is not None:
+        _check_schema_fits(spec, schema)
+        weights["input.mean"], weights["input.std"] = input_normalisation(schema)
+    return weights
+
+
+def input_normalisation(schema: FeatureSchema) -> tuple[FloatArray, FloatArray]:
+    """`input.mean` / `input.std` of a model on this schema: its statistics repeated per lag.
+
+    The model normalises inside its graph, so it is fed *unnormalised* windowed frames
+    (`features.window_frames` of the extracted frames), lag-major like those.
+    """
+    repeat = len(schema.window)
+    mean = np.tile(np.asarray(schema.mean, dtype=np.float32), repeat)
+    std = np.tile(np.asarray(schema.std, dtype=np.float32), repeat)
+    return mean, std
+
+
+def check_weights(spec: FamilySpec, weights: Mapping[str, FloatArray]) -> None:
+    """Raise `FamilyError` unless `weights` is exactly the family's layout, finite and usable."""
+    shapes = parameter_shapes(spec)
+    if list(weights) != list(shapes):
+        raise FamilyError(
+            f"weights must hold exactly {list(shapes)} in that order, got {list(weights)}",
+            reason="weights_layout",
+        )
+    for name, shape in shapes.items():
+        value = weights[name]
+        if not isinstance(value, np.ndarray) or value.dtype != np.float32 or value.shape != shape:
+            raise FamilyError(
+                f"{name} must be a float32 array of shape {shape}", reason="weights_layout"
+            )
+        if not np.isfinite(value).all():
+            raise FamilyError(f"{name} holds non-finite values", reason="weights_non_finite")
+    if not (weights["input.std"] > 0).all():
+        raise FamilyError("input.std must be positive", reason="weights_layout")
+
+
+# --- forward pass --------------------------------------------------------------------------
+
+
+def hidden_activations(
+    spec: FamilySpec, weights: Mapping[str, FloatArray], x: npt.ArrayLike
+) -> list[FloatArray]:
+    """The normalised input followed by each hidden layer's ReLU output (kept for backprop)."""
+    features = np.asarray(x, dtype=np.float32)
+    if features.ndim != 2 or features.shape[1] != spec.n_inputs:
+        raise FamilyError(
+            f"expected features of shape [batch, {spec.n_inputs}], got {features.shape}",
+            reason="bad_input_shape",
+        )
+    activations = [(features - weights["input.mean"]) / weights["input.std"]]
+    for index in range(len(spec.hidden)):
+        linear = activations[-1] @ weights[f"body.{index}.weight"].T + weights[f"body.{index}.bias"]
+        activations.append(np.maximum(linear, np.float32(0.0)))
+    return activations
+
+
+def logits(
+    spec: FamilySpec,
+    weights: Mapping[str, FloatArray],
+    x: npt.ArrayLike,
+    *,
+    calibrated: bool = True,
+) -> FloatArray:
+    """Pre-activation outputs `[batch, n_classes]`; binary ones Platt-scaled unless told not to.
+
+    Training works on the uncalibrated logits; prediction uses the calibrated ones.
+    """
+    last = hidden_activations(spec, weights, x)[-1]
+    raw: FloatArray = last @ weights["head.weight"].T + weights["head.bias"]
+    if spec.binary and calibrated:
+        raw = raw * weights["calib.scale"] + weights["calib.bias"]
+    return raw.astype(np.float32, copy=False)
+
+
+def forward(spec: FamilySpec, weights: Mapping[str, FloatArray], x: npt.ArrayLike) -> FloatArray:
+    """Probabilities, exactly what the canonical ONNX graph outputs."""
+    return probabilities_from_logits(spec, logits(spec, weights, x))
+
+
+def probabilities_from_logits(spec: FamilySpec, raw: FloatArray) -> FloatArray:
+    if spec.binary:
+        return sigmoid(raw)
+    shifted = raw - raw.max(axis=1, keepdims=True)
+    exp = np.exp(shifted)
+    probabilities: FloatArray = (exp / exp.sum(axis=1, keepdims=True)).astype(np.float32)
+    return probabilities
+
+
+def sigmoid(raw: FloatArray) -> FloatArray:
+    # exp of a non-positive number only: no overflow for large |logit|.
+    exp = np.exp(-np.abs(raw))
+    probabilities: FloatArray = np.where(raw >= 0, 1.0 / (1.0 + exp), exp / (1.0 + exp)).astype(
+        np.float32
+    )
+    return probabilities
+
+
+def predict_classes(spec: FamilySpec, probabilities: FloatArray) -> npt.NDArray[np.int64]:
+    """Class indices: binary at probability 0.5 (0 = negative, 1 = positive), else the argmax."""
+    classes: npt.NDArray[np.int64] = (
+        (probabilities[:, 0] >= 0.5) if spec.binary else probabilities.argmax(axis=1)
+    ).astype(np.int64)
+    return classes
+
+
+# --- architecture hash and the canonical ONNX graph ------------------------------------------
+
+
+def _check_schema_fits(spec: FamilySpec, schema: FeatureSchema) -> None:
+    if schema.n_inputs != spec.n_inputs:
+        raise FamilyError(
+            f"feature schema {schema.name!r} gives {schema.n_inputs} inputs, the family "
+            f"expects {spec.n_inputs}",
+            reason="schema_mismatch",
+        )
+
+
+def arch_hash(spec: FamilySpec, schema: FeatureSchema) -> str:
+    """SHA-256 of the structure, the parameter shapes and the schema hash; never the values."""
+    _check_schema_fits(spec, schema)
+    structure = {
+        "format": GRAPH_FORMAT,
+        "opset": OPSET,
+        "family": spec.family,
+        "task": spec.task,
+        "n_inputs": spec.n_inputs,
+        "hidden": list(spec.hidden),
+        "n_classes": spec.n_classes,
+        "labels": list(spec.labels),
+        "parameters": [[name, list(shape)] for name, shape in parameter_shapes(spec).items()],
+        "schema": schema.schema_hash(),
+    }
+    canonical = json.dumps(structure, sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(canonical.encode("utf-8")).hexdigest()
+
+
+def _graph(spec: FamilySpec) -> tuple[list[Node], ValueInfo, ValueInfo]:
+    nodes = [
+        Node("Sub", (INPUT_NAME, "input.mean"), ("centred",), {}, name="input.sub"),
+        Node("Div", ("centred", "input.std"), ("normalised",), {}, name="input.div"),
+    ]
+    previous = "normalised"
+    for index in range(len(spec.hidden)):
+        layer = f"body.{index}"
+        nodes.append(
+            Node(
+                "Gemm",
+                (previous, f"{layer}.weight", f"{layer}.bias"),
+                (f"{layer}.linear",),
+                {"transB": 1},
+                name=f"{layer}.gemm",
+            )
+        )
+        nodes.append(
+            Node("Relu", (f"{layer}.linear",), (f"{layer}.relu",), {}, name=f"{layer}.relu")
+        )
+        previous = f"{layer}.relu"
+    nodes.append(
+        Node(
+            "Gemm",
+            (previous, "head.weight", "head.bias"),
+            ("logits",),
+            {"transB": 1},
+            name="head.gemm",
+        )
+    )
+    if spec.binary:
+        nodes += [
+            Node("Mul", ("logits", "calib.scale"), ("calib.scaled",), {}, name="calib.mul"),
+            Node("Add", ("calib.scaled", "calib.bias"), ("calib.logit",), {}, name="calib.add"),
+            Node("Sigmoid", ("calib.logit",), (OUTPUT_NAME,), {}, name="output.sigmoid"),
+        ]
+    else:
+        nodes.append(
+            Node("Softmax", ("logits",), (OUTPUT_NAME,), {"axis": 1}, name="output.softmax")
+        )
+    graph_input = ValueInfo(INPUT_NAME, shape=("batch", spec.n_inputs))
+    graph_output = ValueInfo(OUTPUT_NAME, shape=("batch", spec.n_classes))
+    return nodes, graph_input, graph_output
+
+
+def build_onnx(
+    spec: FamilySpec,
+    weights: Mapping[str, FloatArray],
+    schema: FeatureSchema,
+    metadata: Mapping[str, str] | None = None,
+) -> OnnxModel:
+    """The canonical ONNX model of `spec` with `weights`; `metadata` is added to its own keys."""
+    check_weights(spec, weights)
+    digest = arch_hash(spec, schema)
+    mean, std = input_normalisation(schema)
+    if not (
+        np.array_equal(weights["input.mean"], mean) and np.array_equal(weights["input.std"], std)
+    ):
+        raise FamilyError(
+            "input.mean / input.std differ from the feature schema's normalisation",
+            reason="schema_mismatch",
+        )
+    extra = dict(metadata or {})
+    clash = RESERVED_METADATA & set(extra)
+    if clash:
+        raise FamilyError(f"metadata keys {sorted(clash)} are reserved", reason="metadata")
+    nodes, graph_input, graph_output = _graph(spec)
+    props = {
+        META_SPEC: spec.to_json(),
+        META_SCHEMA: schema.to_json(),
+        META_ARCH_HASH: digest,
+        META_LABELS: json.dumps(list(spec.labels)),
+        **extra,
+    }
+    return OnnxModel(
+        nodes=tuple(nodes),
+        inputs=(graph_input,),
+        outputs=(graph_output,),
+        initializers={name: np.array(weights[name], dtype=np.float32) for name in weights},
+        opset=OPSET,
+        ir_version=IR_VERSION,
+        metadata=props,
+        graph_name=f"mlmule_{spec.family.replace('-', '_')}",
+        producer_name=PRODUCER,
+    )
+
+
+def from_onnx(model: OnnxModel) -> tuple[FamilySpec, FeatureSchema, Weights]:
+    """Read a canonical model back; raise `NonCanonicalModel` for anything else.
+
+    The graph is rebuilt from the spec in the metadata and compared node by node, so a model
+    that computes something other than its declared family is refused.
+    """
+    metadata = dict(model.metadata)
+    missing = RESERVED_METADATA - set(metadata)
+    if missing:
+        raise NonCanonicalModel(f"model metadata lacks {sorted(missing)}")
+    try:
+        spec = FamilySpec.from_json(metadata[META_SPEC])
+        schema = FeatureSchema.from_json(metadata[META_SCHEMA])
+        digest = arch_hash(spec, schema)
+    except MlmuleError as err:
+        raise NonCanonicalModel(f"model metadata is unusable: {err}") from err
+    if metadata[META_ARCH_HASH] != digest:
+        raise NonCanonicalModel("architecture hash does not match the declared spec and schema")
+    if metadata[META_LABELS] != json.dumps(list(spec.labels)):
+        raise NonCanonicalModel("class labels do not match the declared spec")
+    shapes = parameter_shapes(spec)
+    initializers = model.initializers
+    if set(initializers) != set(shapes):
+        raise NonCanonicalModel(
+            f"initializers {sorted(initializers)} are not the family's {sorted(shapes)}"
+        )
+    weights: Weights = {}
+    for name, shape in shapes.items():
+        value = np.asarray(initializers[name])
+        if value.dtype != np.float32 or value.shape != shape:
+            raise NonCanonicalModel(f"initializer {name} is not float32 of shape {shape}")
+        weights[name] = np.array(value, dtype=np.float32)
+    try:
+        expected = build_onnx(spec, weights, schema, _caller_metadata(metadata))
+    except MlmuleError as err:
+        raise NonCanonicalModel(f"model cannot be rebuilt canonically: {err}") from err
+    if _structure(model) != _structure(expected):
+        raise NonCanonicalModel("graph differs from the canonical graph of its declared family")
+    return spec, schema, weights
+
+
+def _caller_metadata(metadata: Mapping[str, str]) -> dict[str, str]:
+    return {key: value for key, value in metadata.items() if key not in RESERVED_METADATA}
+
+
+def _structure(model: OnnxModel) -> Any:
+    """Everything about a model but the parameter values and the free-form metadata."""
+    return (
+        model.opset,
+        dict(model.extra_opsets),
+        [
+            (node.op_type, node.domain, tuple(node.inputs), tuple(node.outputs), _attrs(node))
+            for node in model.nodes
+        ],
+        [(value.name, value.elem_type, tuple(value.shape)) for value in model.inputs],
+        [(value.name, value.elem_type, tuple(value.shape)) for value in model.outputs],
+    )
+
+
+def _attrs(node: Node) -> tuple[tuple[str, str, Any], ...]:
+    # Typed and array-free, so that comparing a hostile model's attributes cannot raise.
+    return tuple(
+        sorted(
+            (key, type(value).__name__, value.tobytes() if isinstance(value, np.ndarray) else value)
+            for key, value in node.attributes.items()
+        )
+    )

@@ -1,0 +1,628 @@
+"""A model host: the snapshots one peer keeps, and everything it does with them.
+
+A space (in Home Assistant), a mule (the phone companion) and every peer of the benchmark's
+simulator are model hosts. A host keeps one current model per context key in a versioned store,
+predicts with it, trains it warm-started on its own data, merges snapshots it receives with its
+aggregation strategy, and exports its current model as a snapshot signed by its own identity.
+
+Every snapshot that arrives is verified (`snapshot.unpack`: signature, trust, limits, architecture,
+replay, staleness) before the strategy sees it; a rejection is counted by reason and leaves the
+current model exactly as it was. Every new version is written to the store before it becomes
+current, so a crash never loses or corrupts a model.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections import Counter
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+
+from . import families
+from .errors import MlmuleError, SnapshotError
+from .families import FamilySpec
+from .features import FeatureSchema
+from .identity import Identity, Verifier
+from .metrics import balanced_accuracy, macro_f1
+from .onnx import OnnxModel, Session, create_session, save_model
+from .protocol import SnapshotInfo
+from .snapshot import (
+    DEFAULT_LIMITS,
+    Compression,
+    ReplayGuard,
+    Snapshot,
+    SnapshotLimits,
+    SnapshotMeta,
+    pack,
+    unpack,
+)
+from .storage import atomic_write_text
+from .store import SnapshotStore, StoreError
+from .strategies import AggregationContext, ModelState, Strategy, make_strategy, merged_state
+from .train_numpy import TrainConfig, Trainer, TrainReport
+from .weights import FloatArray, Weights
+
+HOST_STATE_FILE = "host.json"
+HOST_STATE_VERSION = 1
+
+
+class HostError(MlmuleError):
+    """An operation on a context key this host does not serve, or has no model for."""
+
+    reason = "host"
+
+
+@dataclass(frozen=True)
+class HostSettings:
+    """How a host stores, merges and bounds what it keeps."""
+
+    keep_versions: int = 5
+    max_store_bytes: int | None = None
+    strategy: str = "mlmule"
+    strategy_options: Mapping[str, Any] = field(default_factory=dict)
+    limits: SnapshotLimits = DEFAULT_LIMITS
+    # a hard ceiling on data age; the strategy's adaptive filter decides below it
+    max_age_seconds: float | None = 90 * 86400.0
+    compression: Compression = "none"
+    backend: str = "auto"
+    max_lineage: int = 64
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """What became of one received snapshot."""
+
+    accepted: bool
+    reason: str
+    context_key: str | None = None
+    origin: str | None = None
+    received_version: int | None = None
+    version: int | None = None  # the host's version after the merge
+    weight: float = 0.0
+    sha256: str = ""
+    detail: str = ""  # the human explanation, for logs
+
+
+@dataclass
+class ModelSlot:
+    """The current model of one context key, decoded, with its inference session."""
+
+    snapshot: Snapshot
+    container: bytes
+    spec: FamilySpec
+    schema: FeatureSchema
+    weights: Weights
+    backend: str = "auto"
+    _session: Session | None = None
+
+    @classmethod
+    def from_snapshot(cls, snapshot: Snapshot, container: bytes, backend: str) -> ModelSlot:
+        spec, schema, weights = families.from_onnx(snapshot.model)
+        return cls(snapshot, container, spec, schema, weights, backend)
+
+    @property
+    def meta(self) -> SnapshotMeta:
+        return self.snapshot.meta
+
+    @property
+    def context_key(self) -> str:
+        return self.snapshot.meta.context_key
+
+    @property
+    def version(self) -> int:
+        return self.snapshot.meta.version
+
+    @property
+    def session(self) -> Session:
+        if self._session is None:
+            self._session = create_session(self.snapshot.model, self.backend)
+        return self._session
+
+    def predict(self, features: npt.ArrayLike) -> FloatArray:
+        """Class probabilities for raw (unnormalised) feature rows: [N, 1] binary, else [N, K]."""
+        x = np.ascontiguousarray(features, dtype=np.float32)
+        if x.ndim != 2 or x.shape[1] != self.spec.n_inputs:
+            raise HostError(f"{self.context_key} expects [N, {self.spec.n_inputs}] features")
+        outputs = self.session.run({families.INPUT_NAME: x})
+        return np.asarray(outputs[families.OUTPUT_NAME], dtype=np.float32)
+
+    def offer(self) -> SnapshotInfo:
+        """How the encounter protocol describes this slot's stored container."""
+        return SnapshotInfo(
+            context_key=self.context_key,
+            version=self.version,
+            sha256=self.snapshot.sha256,
+            size=len(self.container),
+            arch=self.meta.arch_hash,
+            data_time=int(self.meta.data_time),
+        )
+
+    def state(self, *, guest: bool = False) -> ModelState:
+        meta = self.meta
+        return ModelState(
+            weights=self.weights,
+            created_at=meta.created_at,
+            data_time=meta.data_time,
+            samples=meta.samples,
+            version=meta.version,
+            origin=self.snapshot.origin,
+            lineage=meta.lineage,
+            guest=guest,
+        )
+
+
+def score(spec: FamilySpec, weights: Mapping[str, FloatArray], x: FloatArray, y: Any) -> float:
+    """The task's held-out score: balanced accuracy (binary) or macro-F1 (multi-class)."""
+    predicted = families.predict_classes(spec, families.forward(spec, weights, x))
+    labels = np.asarray(y, dtype=np.int64)
+    return balanced_accuracy(labels, predicted) if spec.binary else macro_f1(labels, predicted)
+
+
+class TrainingJob:
+    """A warm-started training run that advances in bounded chunks and commits once at the end."""
+
+    def __init__(
+        self,
+        host: ModelHost,
+        context_key: str,
+        trainer: Trainer,
+        *,
+        samples: int,
+        data_time: float,
+    ) -> None:
+        self._host = host
+        self.context_key = context_key
+        self._trainer = trainer
+        self._samples = samples
+        self._data_time = data_time
+        self._base_version = host.slot(context_key).version
+
+    def run(self, *, max_seconds: float | None = None, max_steps: int | None = None) -> bool:
+        """Train for at most this long; returns True when training is finished."""
+        return self._trainer.run(max_seconds=max_seconds, max_steps=max_steps)
+
+    def commit(self, *, now: float | None = None) -> TrainReport:
+        """Finish training and store the result as the host's next version."""
+        weights, report = self._trainer.result()
+        slot = self._host.slot(self.context_key)
+        if slot.version != self._base_version:
+            # a merge landed while training ran: keep the merge, train again next time
+            raise HostError(
+                f"{self.context_key} changed during training (v{self._base_version} -> "
+                f"v{slot.version}); the result was discarded",
+                reason="superseded",
+            )
+        now = time.time() if now is None else now
+        local = slot.state()
+        self._host.commit(
+            self.context_key,
+            ModelState(
+                weights=weights,
+                created_at=now,
+                data_time=max(local.data_time, self._data_time),
+                samples=local.samples + self._samples,
+                version=local.version + 1,
+                origin=self._host.identity.id,
+                lineage=(*local.lineage, self._host.identity.id),
+            ),
+        )
+        self._host.counters["trained"] += 1
+        self._host.save_state()
+        return report
+
+
+class ModelHost:
+    """The models one peer keeps, under `root`, signed with its `identity`."""
+
+    def __init__(
+        self,
+        root: Path,
+        identity: Identity,
+        trust: Verifier,
+        settings: HostSettings | None = None,
+        *,
+        known_arch: Mapping[str, str] | None = None,
+    ) -> None:
+        self.root = root
+        # architectures of context keys this host may start carrying (the starter models')
+        self.known_arch = dict(known_arch or {})
+        self.identity = identity
+        self.trust = trust
+        self.settings = settings or HostSettings()
+        self.store = SnapshotStore(
+            root / "snapshots",
+            keep_versions=self.settings.keep_versions,
+            max_bytes=self.settings.max_store_bytes,
+        )
+        self.replay_guard = ReplayGuard(root / "replay.json")
+        self.counters: Counter[str] = Counter()
+        self.rejections: Counter[str] = Counter()
+        self.last_outcomes: list[Outcome] = []
+        self._slots: dict[str, ModelSlot] = {}
+        self._strategies: dict[str, Strategy] = {}
+        self._strategy_state: dict[str, object] = {}
+        self._load_state()
+        for context_key in self.store.context_keys():
+            self._load_slot(context_key)
+
+    # ---- what is served
+
+    def context_keys(self) -> list[str]:
+        return sorted(self._slots)
+
+    def slot(self, context_key: str) -> ModelSlot:
+        try:
+            return self._slots[context_key]
+        except KeyError:
+            raise HostError(f"no model for {context_key!r}") from None
+
+    def has(self, context_key: str) -> bool:
+        return context_key in self._slots
+
+    def expected_arch(self) -> dict[str, str]:
+        """The architecture each acceptable context key must have: served ones, then known ones."""
+        served = {key: slot.meta.arch_hash for key, slot in self._slots.items()}
+        return {**self.known_arch, **served}
+
+    def install(
+        self,
+        model: OnnxModel,
+        *,
+        context_key: str,
+        samples: int = 0,
+        data_time: float = 0.0,
+        now: float | None = None,
+        replace: bool = False,
+    ) -> ModelSlot:
+        """Serve `context_key` starting from a canonical model (a starter model, or an import).
+
+        An existing model is kept unless `replace`; then the installed one becomes the next
+        version, so versions never go back.
+        """
+        if context_key in self._slots and not replace:
+            return self._slots[context_key]
+        spec, schema, weights = families.from_onnx(model)
+        if spec.task != context_key.split("/", 1)[0]:
+            raise HostError(f"a {spec.task} model cannot serve {context_key!r}")
+        previous = self._slots.get(context_key)
+        return self._write(
+            spec,
+            schema,
+            ModelState(
+                weights=weights,
+                created_at=time.time() if now is None else now,
+                data_time=data_time,
+                samples=samples,
+                version=previous.version + 1 if previous else 1,
+                origin=self.identity.id,
+                lineage=(),
+            ),
+            context_key=context_key,
+        )
+
+    # ---- inference
+
+    def predict(self, context_key: str, features: npt.ArrayLike) -> FloatArray:
+        return self.slot(context_key).predict(features)
+
+    def evaluator(
+        self, context_key: str, x: npt.ArrayLike, y: npt.ArrayLike
+    ) -> Callable[[Weights], float]:
+        """A held-out score of candidate weights on this host's recent data (for the gate)."""
+        spec = self.slot(context_key).spec
+        features = np.ascontiguousarray(x, dtype=np.float32)
+        labels = np.asarray(y, dtype=np.int64)
+        return lambda weights: score(spec, weights, features, labels)
+
+    # ---- learning
+
+    def start_training(
+        self,
+        context_key: str,
+        x: npt.ArrayLike,
+        y: npt.ArrayLike,
+        *,
+        config: TrainConfig | None = None,
+        data_time: float,
+        validation: tuple[npt.ArrayLike, npt.ArrayLike] | None = None,
+    ) -> TrainingJob:
+        """A training job warm-started from the current model of `context_key`."""
+        slot = self.slot(context_key)
+        trainer = Trainer(slot.spec, slot.weights, x, y, config, validation=validation)
+        samples = int(np.asarray(y).shape[0])
+        return TrainingJob(self, context_key, trainer, samples=samples, data_time=data_time)
+
+    def train(
+        self,
+        context_key: str,
+        x: npt.ArrayLike,
+        y: npt.ArrayLike,
+        *,
+        config: TrainConfig | None = None,
+        data_time: float,
+        now: float | None = None,
+    ) -> TrainReport:
+        """Train to completion (within the config's bounds) and store the next version."""
+        job = self.start_training(context_key, x, y, config=config, data_time=data_time)
+        return job.commit(now=now)
+
+    def receive(
+        self,
+        data: bytes,
+        *,
+        guest: bool = False,
+        now: float | None = None,
+        evaluators: Mapping[str, Callable[[Weights], float]] | None = None,
+    ) -> Outcome:
+        """Verify a snapshot and merge it with the strategy; never raises for bad input.
+
+        `evaluators` score candidate weights per context key on this host's recent data; the
+        validation gate (strategy option `gate`) uses them.
+        """
+        now = time.time() if now is None else now
+        self.counters["received"] += 1
+        try:
+            snapshot = unpack(
+                data,
+                trust=self.trust,
+                expected_arch=self.expected_arch(),
+                limits=self.settings.limits,
+                replay_guard=self.replay_guard,
+                now=now,
+                max_age=self.settings.max_age_seconds,
+            )
+        except SnapshotError as err:
+            return self._reject(err.reason, str(err))
+        slot = self._slots[snapshot.meta.context_key]
+        try:
+            incoming = ModelSlot.from_snapshot(snapshot, data, self.settings.backend)
+            result = self._strategy(slot).aggregate(
+                slot.state(),
+                [incoming.state(guest=guest)],
+                now=now,
+                context=AggregationContext(
+                    shared=families.shared_names(slot.spec),
+                    evaluate=(evaluators or {}).get(slot.context_key),
+                ),
+            )
+        except MlmuleError as err:
+            return self._reject(err.reason, str(err), snapshot)
+        decision = result.decisions[0]
+        self._strategy_state[slot.context_key] = self._strategy(slot).state_dict()
+        if not decision.accepted:
+            self.save_state()
+            return self._reject(decision.reason, f"strategy: {decision.reason}", snapshot)
+        meta = snapshot.meta
+        new = self.commit(
+            slot.context_key,
+            merged_state(
+                slot.state(),
+                [incoming.state(guest=guest)],
+                result,
+                now=now,
+                origin=self.identity.id,
+                lineage_limit=self.settings.max_lineage,
+            ),
+        )
+        self.counters["merged"] += 1
+        outcome = Outcome(
+            accepted=True,
+            reason="merged",
+            context_key=slot.context_key,
+            origin=snapshot.origin,
+            received_version=meta.version,
+            version=new.version,
+            weight=decision.weight,
+            sha256=snapshot.sha256,
+        )
+        self._remember(outcome)
+        self.save_state()
+        return outcome
+
+    def adopt(self, data: bytes, *, now: float | None = None) -> Outcome:
+        """Take a received model as it is (after every check), as the next version.
+
+        A mule adopts the merged, trained model a space hands back in fixed-data mode: it
+        already contains what the mule brought, so merging it again would count that twice.
+        """
+        now = time.time() if now is None else now
+        self.counters["received"] += 1
+        try:
+            snapshot = unpack(
+                data,
+                trust=self.trust,
+                expected_arch=self.expected_arch(),
+                limits=self.settings.limits,
+                replay_guard=self.replay_guard,
+                now=now,
+                max_age=self.settings.max_age_seconds,
+            )
+            spec, schema, weights = families.from_onnx(snapshot.model)
+        except MlmuleError as err:
+            return self._reject(err.reason, str(err))
+        meta = snapshot.meta
+        current = self._slots.get(meta.context_key)
+        new = self._write(
+            spec,
+            schema,
+            ModelState(
+                weights=weights,
+                created_at=now,
+                data_time=meta.data_time,
+                samples=meta.samples,
+                version=current.version + 1 if current else 1,
+                origin=self.identity.id,
+                lineage=(*meta.lineage, snapshot.origin)[-self.settings.max_lineage :],
+            ),
+            context_key=meta.context_key,
+        )
+        self.counters["adopted"] += 1
+        outcome = Outcome(
+            accepted=True,
+            reason="adopted",
+            context_key=meta.context_key,
+            origin=snapshot.origin,
+            received_version=meta.version,
+            version=new.version,
+            weight=1.0,
+            sha256=snapshot.sha256,
+        )
+        self._remember(outcome)
+        self.save_state()
+        return outcome
+
+    def export(self, context_key: str, *, compression: Compression | None = None) -> bytes:
+        """The current model of `context_key` as a snapshot signed by this host."""
+        slot = self.slot(context_key)
+        self.counters["exported"] += 1
+        chosen = self.settings.compression if compression is None else compression
+        if chosen == slot.snapshot.compression:
+            return slot.container
+        return pack(
+            slot.snapshot.onnx_bytes,
+            slot.meta,
+            self.identity,
+            compression=chosen,
+            limits=self.settings.limits,
+        )
+
+    def rollback(self, context_key: str, to_version: int | None = None) -> ModelSlot:
+        """Make an older kept version current again (it stays signed as it was)."""
+        self.slot(context_key)
+        try:
+            self.store.rollback(context_key, to_version)
+        except StoreError as err:
+            raise HostError(str(err), reason="rollback") from err
+        return self._load_slot(context_key)
+
+    # ---- writing versions
+
+    def commit(self, context_key: str, state: ModelState) -> ModelSlot:
+        """Sign `state` as the next version of `context_key`, store it, and make it current."""
+        slot = self.slot(context_key)
+        return self._write(slot.spec, slot.schema, state, context_key=context_key)
+
+    def _write(
+        self, spec: FamilySpec, schema: FeatureSchema, state: ModelState, *, context_key: str
+    ) -> ModelSlot:
+        model = families.build_onnx(spec, state.weights, schema)
+        meta = SnapshotMeta(
+            task=spec.task,
+            context_key=context_key,
+            arch_hash=families.arch_hash(spec, schema),
+            schema_hash=schema.schema_hash(),
+            created_at=state.created_at,
+            data_time=state.data_time,
+            samples=state.samples,
+            version=state.version,
+            lineage=state.lineage[-self.settings.max_lineage :],
+        )
+        container = pack(
+            save_model(model),
+            meta,
+            self.identity,
+            compression=self.settings.compression,
+            limits=self.settings.limits,
+        )
+        self.store.put(context_key, state.version, container, now=state.created_at)
+        return self._load_slot(context_key)
+
+    # ---- state
+
+    def _load_slot(self, context_key: str) -> ModelSlot:
+        stored = self.store.current(context_key)
+        if stored is None:
+            raise HostError(f"nothing stored for {context_key!r}")
+        container = self.store.read(stored)
+        # our own snapshots: verified against our own key, structure and canonical form
+        snapshot = unpack(
+            container, trust=self.identity, expected_arch=None, limits=self.settings.limits
+        )
+        slot = ModelSlot.from_snapshot(snapshot, container, self.settings.backend)
+        self._slots[context_key] = slot
+        return slot
+
+    def _strategy(self, slot: ModelSlot) -> Strategy:
+        strategy = self._strategies.get(slot.context_key)
+        if strategy is None:
+            strategy = make_strategy(self.settings.strategy, **dict(self.settings.strategy_options))
+            saved = self._strategy_state.get(slot.context_key)
+            if saved is not None:
+                strategy.load_state_dict(saved)
+            self._strategies[slot.context_key] = strategy
+        return strategy
+
+    def _reject(self, reason: str, message: str, snapshot: Snapshot | None = None) -> Outcome:
+        self.counters["rejected"] += 1
+        self.rejections[reason] += 1
+        outcome = Outcome(
+            accepted=False,
+            reason=reason,
+            context_key=snapshot.meta.context_key if snapshot else None,
+            origin=snapshot.origin if snapshot else None,
+            received_version=snapshot.meta.version if snapshot else None,
+            sha256=snapshot.sha256 if snapshot else "",
+            detail=message,
+        )
+        self._remember(outcome)
+        self.save_state()
+        return outcome
+
+    def _remember(self, outcome: Outcome) -> None:
+        self.last_outcomes = [*self.last_outcomes[-19:], outcome]
+
+    def status(self) -> dict[str, Any]:
+        """A JSON-able summary for diagnostics, status lines and entities."""
+        return {
+            "identity": self.identity.id,
+            "counters": dict(self.counters),
+            "rejections": dict(self.rejections),
+            "models": {
+                key: {
+                    "version": slot.version,
+                    "origin": slot.snapshot.origin,
+                    "created_at": slot.meta.created_at,
+                    "data_time": slot.meta.data_time,
+                    "samples": slot.meta.samples,
+                    "lineage": list(slot.meta.lineage[-5:]),
+                    "size": slot.snapshot.size,
+                    "sha256": slot.snapshot.sha256,
+                    "backend": slot.session.backend,
+                }
+                for key, slot in sorted(self._slots.items())
+            },
+        }
+
+    def save_state(self) -> None:
+        document = {
+            "version": HOST_STATE_VERSION,
+            "counters": dict(self.counters),
+            "rejections": dict(self.rejections),
+            "strategies": self._strategy_state,
+        }
+        atomic_write_text(
+            self.root / HOST_STATE_FILE, json.dumps(document, indent=1, sort_keys=True)
+        )
+
+    def _load_state(self) -> None:
+        path = self.root / HOST_STATE_FILE
+        try:
+            document = json.loads(path.read_text())
+        except FileNotFoundError:
+            return
+        except (OSError, ValueError):
+            # counters are conveniences; a damaged file must not keep the models from loading
+            return
+        if not isinstance(document, dict) or document.get("version") != HOST_STATE_VERSION:
+            return
+        self.counters.update({str(k): int(v) for k, v in document.get("counters", {}).items()})
+        self.rejections.update({str(k): int(v) for k, v in document.get("rejections", {}).items()})
+        strategies = document.get("strategies", {})
+        if isinstance(strategies, dict):
+            self._strategy_state = dict(strategies)

@@ -1,0 +1,52 @@
+"""The encounter protocol: how a space and a mule exchange snapshots over MQTT.
+
+`docs/protocol.md` specifies the wire format. This package is pure: endpoints take messages and
+the time, and return actions (`Publish`, `Deliver`, `Completed`, `Failed`, `Closed`) that a
+transport carries out, the Home Assistant MQTT integration on a space's side, paho-mqtt on a
+mule's (`mule_companion.mqtt_link`).
+"""
+
+from __future__ import annotations
+
+from .actions import Action, Closed, Completed, Deliver, EncounterRef, Failed, Publish
+from .config import EndpointStats, ProtocolConfig
+from .encounter import MlMulePolicy, WantPolicy
+from .endpoint import Endpoint, MuleEndpoint, PeerTrust, SpaceEndpoint
+from .wire import (
+    MAX_CHUNK_SIZE,
+    PROTOCOL_VERSION,
+    Mode,
+    OfferEntry,
+    Role,
+    Signer,
+    SnapshotInfo,
+    Topics,
+    leader_of,
+)
+
+__all__ = [
+    "MAX_CHUNK_SIZE",
+    "PROTOCOL_VERSION",
+    "Action",
+    "Closed",
+    "Completed",
+    "Deliver",
+    "EncounterRef",
+    "Endpoint",
+    "EndpointStats",
+    "Failed",
+    "MlMulePolicy",
+    "Mode",
+    "MuleEndpoint",
+    "OfferEntry",
+    "PeerTrust",
+    "ProtocolConfig",
+    "Publish",
+    "Role",
+    "Signer",
+    "SnapshotInfo",
+    "SpaceEndpoint",
+    "Topics",
+    "WantPolicy",
+    "leader_of",
+]

@@ -1,0 +1,434 @@
+"""The two ends of the protocol: a home's spaces and a mule. Each routes, authenticates and
+rate-limits messages for its encounters, and holds the snapshots it can offer.
+
+Drive one from any transport: feed it `receive(topic, payload, now)` for every message on its
+`subscriptions()`, call `tick(now)` every second or so, and carry out the actions it returns.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from abc import ABC, abstractmethod
+from collections import OrderedDict
+from collections.abc import Callable
+from typing import Protocol
+
+from ..errors import (
+    BadSignature,
+    ProtocolError,
+    StaleMessage,
+    TransferError,
+    UnauthenticatedMessage,
+    UnexpectedMessage,
+    UnknownSigner,
+)
+from ..identity import verify
+from .actions import Action, EncounterRef
+from .config import EndpointStats, ProtocolConfig
+from .encounter import (
+    BufferBudget,
+    Encounter,
+    Holding,
+    MlMulePolicy,
+    RecentHashes,
+    Shared,
+    WantPolicy,
+    check_offer_size,
+)
+from .wire import (
+    RESERVED_HOME_ID,
+    Envelope,
+    Mode,
+    Offer,
+    OfferEntry,
+    Role,
+    Signer,
+    SnapshotInfo,
+    check_context_key,
+    check_id,
+    decode_chunk,
+    decode_control,
+    is_chunk,
+)
+
+_TOKEN_BYTES = 16
+
+
+class PeerTrust(Protocol):
+    """Who may talk to this endpoint (`identity.TrustStore` is one)."""
+
+    def public_key_for(self, key_id: str) -> bytes:
+        """The peer's Ed25519 public key; raises `UnknownSigner` for a peer not paired."""
+        ...
+
+    def is_allowed(self, peer_id: str, space_id: str) -> bool: ...
+
+
+def check_holding(snapshot: SnapshotInfo, payload: bytes, config: ProtocolConfig) -> Holding:
+    """A snapshot and its bytes, checked to agree and to fit the payload limit."""
+    if len(payload) != snapshot.size or hashlib.sha256(payload).hexdigest() != snapshot.sha256:
+        raise ProtocolError(
+            "the payload's size or sha256 is not the snapshot's", reason="payload_mismatch"
+        )
+    if snapshot.size > config.max_payload:
+        raise TransferError(
+            f"a snapshot of {snapshot.size} bytes exceeds {config.max_payload}", reason="too_large"
+        )
+    return snapshot, payload
+
+
+class Endpoint(ABC):
+    """What both ends share: sessions, authentication, replay protection, timers."""
+
+    role: Role
+
+    def __init__(
+        self,
+        identity: Signer,
+        trust: PeerTrust,
+        *,
+        config: ProtocolConfig | None = None,
+        policy: WantPolicy | None = None,
+        random_bytes: Callable[[int], bytes] = os.urandom,
+    ) -> None:
+        self.config = config or ProtocolConfig()
+        self.topics = self.config.topics
+        self.identity_id = check_id(identity.id, "identity id")
+        self.stats = EndpointStats()
+        self._trust = trust
+        self._random_bytes = random_bytes
+        self._shared = Shared(
+            config=self.config,
+            signer=identity,
+            policy=policy or MlMulePolicy(),
+            stats=self.stats,
+            random_token=self._token,
+            recent=RecentHashes(self.config.remembered_snapshots),
+            buffers=BufferBudget(self.config.max_buffered_bytes),
+        )
+        self._sessions: dict[str, Encounter] = {}
+        self._by_pair: dict[tuple[str, str, str], str] = {}  # (home, space, mule) -> session
+        self._ended: OrderedDict[str, float] = OrderedDict()  # session -> when it ended
+
+    # -- for the transport ----------------------------------------------------------------
+
+    @abstractmethod
+    def subscriptions(self) -> list[str]:
+        """The topic filters to subscribe to, at QoS 1."""
+
+    def receive(self, topic: str, payload: bytes, now: float) -> list[Action]:
+        """Handle one message. Raises a `ProtocolError` subclass for a message it drops."""
+        self.stats.bytes_received += len(payload)
+        try:
+            actions = self._receive(topic, payload, now)
+        except ProtocolError:
+            self.stats.messages_rejected += 1
+            raise
+        self.stats.messages_received += 1
+        return actions
+
+    def tick(self, now: float) -> list[Action]:
+        """Run the timers of every session; call it about once a second."""
+        actions: list[Action] = []
+        for encounter in list(self._sessions.values()):
+            actions += encounter.tick(now)
+            self._forget_if_closed(encounter, now)
+        horizon = now - self.config.freshness
+        while self._ended and next(iter(self._ended.values())) < horizon:
+            self._ended.popitem(last=False)
+        return actions
+
+    # -- for the caller -------------------------------------------------------------------
+
+    def settle(
+        self, session: str, transfer: str, *, accepted: bool, reason: str, now: float
+    ) -> list[Action]:
+        """Return the verdict on a `Deliver`ed snapshot: accepted, or rejected with a reason
+        code (an error's `reason`). Does nothing if the session has ended meanwhile."""
+        encounter = self._sessions.get(session)
+        if encounter is None:
+            return []
+        return encounter.settle(transfer, accepted, "ok" if accepted else reason, now)
+
+    def reply(
+        self,
+        session: str,
+        snapshot: SnapshotInfo,
+        payload: bytes,
+        *,
+        in_reply_to: str | None,
+        now: float,
+    ) -> list[Action]:
+        """Offer a snapshot made during the encounter, e.g. by merging the peer's (whose sha256
+        goes in `in_reply_to`). Does nothing if the session has ended meanwhile."""
+        encounter = self._sessions.get(session)
+        if encounter is None:
+            return []
+        held = check_holding(snapshot, payload, self.config)
+        return encounter.reply(*held, in_reply_to, now)
+
+    def close(self, session: str, reason: str, now: float) -> list[Action]:
+        """End a session, telling the peer (`bye`)."""
+        encounter = self._sessions.get(session)
+        if encounter is None:
+            return []
+        actions = encounter.close(reason, now)
+        self._forget_if_closed(encounter, now)
+        return actions
+
+    def active_sessions(self) -> list[EncounterRef]:
+        return [encounter.ref for encounter in self._sessions.values()]
+
+    @property
+    def buffered_bytes(self) -> int:
+        """Bytes held in reassembly buffers right now, across all sessions."""
+        return self._shared.buffers.used
+
+    # -- internals ------------------------------------------------------------------------
+
+    @abstractmethod
+    def _peer_of(self, topic: str) -> tuple[str, str, str]:
+        """(home, space, mule) of an inbox topic."""
+
+    @abstractmethod
+    def _accept_session(
+        self, envelope: Envelope, pair: tuple[str, str, str], now: float
+    ) -> list[Action]:
+        """Handle the first message of a session this endpoint does not know."""
+
+    @abstractmethod
+    def _current(self, space: str, context_key: str) -> Holding | None:
+        """What this side holds now for a context key in a space."""
+
+    def _receive(self, topic: str, payload: bytes, now: float) -> list[Action]:
+        pair = self._peer_of(topic)
+        if is_chunk(payload):
+            frame = decode_chunk(payload)
+            session = self._by_pair.get(pair)
+            if session is None:
+                raise UnexpectedMessage(f"no transfer {frame.transfer}", reason="unknown_transfer")
+            return self._sessions[session].receive_chunk(frame, now)
+        signed = decode_control(payload, self.config.max_control_bytes)
+        envelope = signed.envelope
+        home, space, mule = pair
+        peer = mule if self.role is Role.SPACE else home
+        if (
+            envelope.sender != peer
+            or envelope.recipient != self.identity_id
+            or envelope.space != space
+        ):
+            raise UnexpectedMessage(
+                "the message's sender, recipient or space is not its topic's", reason="misaddressed"
+            )
+        self._authenticate(peer, space)
+        try:
+            verify(self._trust.public_key_for(peer), signed.signed, signed.signature)
+        except BadSignature as err:
+            raise UnauthenticatedMessage(str(err), reason="bad_signature") from err
+        if abs(now * 1000 - envelope.sent_at_ms) > self.config.freshness * 1000:
+            raise StaleMessage(f"sent {envelope.sent_at_ms / 1000 - now:+.0f} s from now")
+        encounter = self._sessions.get(envelope.session)
+        if encounter is None:
+            if envelope.session in self._ended:
+                raise UnexpectedMessage("that session has ended", reason="session_closed")
+            return self._accept_session(envelope, pair, now)
+        if (encounter.ref.home, encounter.ref.space, encounter.ref.mule) != pair:
+            raise UnexpectedMessage("that session belongs to another peer", reason="misaddressed")
+        actions = encounter.receive(envelope, now)
+        self._forget_if_closed(encounter, now)
+        return actions
+
+    def _authenticate(self, peer: str, space: str) -> None:
+        """Raise unless `peer` is paired and allowed in `space`."""
+        try:
+            self._trust.public_key_for(peer)
+        except UnknownSigner as err:
+            raise UnauthenticatedMessage(f"{peer} is not paired", reason="unknown_peer") from err
+        if not self._trust.is_allowed(peer, space):
+            raise UnauthenticatedMessage(f"{peer} may not use space {space}", reason="not_allowed")
+
+    def _start(
+        self,
+        pair: tuple[str, str, str],
+        session: str,
+        modes: dict[str, Mode],
+        topic_out: str,
+        now: float,
+    ) -> tuple[Encounter, list[Action]]:
+        """A new encounter with `pair`, superseding an older one with the same peer."""
+        actions: list[Action] = []
+        previous = self._by_pair.get(pair)
+        if previous is not None:
+            old = self._sessions[previous]
+            actions += old.close("superseded", now, tell_peer=False)
+            self._forget_if_closed(old, now)
+        if len(self._sessions) >= self.config.max_sessions:
+            raise UnexpectedMessage("too many encounters at once", reason="too_many_sessions")
+        home, space, mule = pair
+        encounter = Encounter(
+            self._shared,
+            ref=EncounterRef(session, home, space, mule),
+            role=self.role,
+            topic_out=topic_out,
+            modes=modes,
+            current=lambda context_key: self._current(space, context_key),
+            now=now,
+        )
+        self._sessions[session] = encounter
+        self._by_pair[pair] = session
+        return encounter, actions
+
+    def _forget_if_closed(self, encounter: Encounter, now: float) -> None:
+        if encounter.closed:
+            ref = encounter.ref
+            self._sessions.pop(ref.session, None)
+            if self._by_pair.get((ref.home, ref.space, ref.mule)) == ref.session:
+                del self._by_pair[(ref.home, ref.space, ref.mule)]
+            self._ended[ref.session] = now
+
+    def _token(self) -> str:
+        return self._random_bytes(_TOKEN_BYTES).hex()
+
+
+class SpaceEndpoint(Endpoint):
+    """The spaces of one home, which share its identity; a space starts each encounter."""
+
+    role = Role.SPACE
+
+    def __init__(
+        self,
+        identity: Signer,
+        trust: PeerTrust,
+        *,
+        config: ProtocolConfig | None = None,
+        policy: WantPolicy | None = None,
+        random_bytes: Callable[[int], bytes] = os.urandom,
+    ) -> None:
+        super().__init__(identity, trust, config=config, policy=policy, random_bytes=random_bytes)
+        if self.identity_id == RESERVED_HOME_ID:
+            raise ProtocolError(
+                f"a home cannot be called {RESERVED_HOME_ID!r}", reason="bad_config"
+            )
+        self._served: dict[str, dict[str, tuple[Mode, Holding | None]]] = {}
+
+    def subscriptions(self) -> list[str]:
+        return [self.topics.home_filter(self.identity_id)]
+
+    def serve(
+        self,
+        space: str,
+        context_key: str,
+        mode: Mode,
+        snapshot: SnapshotInfo | None = None,
+        payload: bytes | None = None,
+    ) -> None:
+        """Let `space` exchange `context_key` in `mode`, offering `snapshot` (None: not yet
+        trained). Call again whenever the space's snapshot for the key changes."""
+        check_id(space, "space id")
+        check_context_key(context_key)
+        held = None
+        if snapshot is not None:
+            if payload is None or snapshot.context_key != context_key:
+                raise ProtocolError(
+                    "a served snapshot needs its payload and key", reason="payload_mismatch"
+                )
+            held = check_holding(snapshot, payload, self.config)
+        self._served.setdefault(space, {})[context_key] = (Mode(mode), held)
+
+    def open(
+        self, space: str, mule: str, now: float, context_keys: list[str] | None = None
+    ) -> list[Action]:
+        """Start an encounter because presence saw `mule` in `space`: offer what the space has
+        for the context keys (all it serves by default). Does nothing while one is going on."""
+        pair = (self.identity_id, space, check_id(mule, "mule id"))
+        if pair in self._by_pair:
+            return []
+        self._authenticate(mule, space)
+        served = self._served.get(space, {})
+        keys = list(served) if context_keys is None else context_keys
+        if not keys or any(key not in served for key in keys):
+            raise ProtocolError(f"space {space} does not serve {keys}", reason="unknown_context")
+        modes = {key: served[key][0] for key in keys}
+        topic_out = self.topics.to_mule(mule, self.identity_id, space)
+        encounter, actions = self._start(pair, self._token(), modes, topic_out, now)
+        holdings: list[tuple[OfferEntry, bytes | None]] = []
+        for key in keys:
+            mode, held = served[key]
+            snapshot, payload = held if held is not None else (None, None)
+            holdings.append((OfferEntry(key, mode, snapshot), payload))
+        return actions + encounter.offer(holdings, now)
+
+    def _peer_of(self, topic: str) -> tuple[str, str, str]:
+        space, mule = self.topics.parse_to_space(topic, self.identity_id)
+        return self.identity_id, space, mule
+
+    def _accept_session(
+        self, envelope: Envelope, pair: tuple[str, str, str], now: float
+    ) -> list[Action]:
+        raise UnexpectedMessage("mules do not start encounters", reason="unknown_session")
+
+    def _current(self, space: str, context_key: str) -> Holding | None:
+        served = self._served.get(space, {}).get(context_key)
+        return None if served is None else served[1]
+
+
+class MuleEndpoint(Endpoint):
+    """A phone's end: answers the spaces that open encounters, offering what it carries.
+
+    One endpoint serves one broker; a mule that visits several homes runs one per home broker.
+    """
+
+    role = Role.MULE
+
+    def __init__(
+        self,
+        identity: Signer,
+        trust: PeerTrust,
+        *,
+        config: ProtocolConfig | None = None,
+        policy: WantPolicy | None = None,
+        random_bytes: Callable[[int], bytes] = os.urandom,
+    ) -> None:
+        super().__init__(identity, trust, config=config, policy=policy, random_bytes=random_bytes)
+        self._carried: dict[str, Holding] = {}
+
+    def subscriptions(self) -> list[str]:
+        return [self.topics.mule_filter(self.identity_id)]
+
+    def carry(self, snapshot: SnapshotInfo, payload: bytes) -> None:
+        """Carry `snapshot` for its context key from now on, instead of any earlier one."""
+        self._carried[snapshot.context_key] = check_holding(snapshot, payload, self.config)
+
+    def carried(self, context_key: str) -> SnapshotInfo | None:
+        held = self._carried.get(context_key)
+        return None if held is None else held[0]
+
+    def _peer_of(self, topic: str) -> tuple[str, str, str]:
+        home, space = self.topics.parse_to_mule(topic, self.identity_id)
+        return home, space, self.identity_id
+
+    def _accept_session(
+        self, envelope: Envelope, pair: tuple[str, str, str], now: float
+    ) -> list[Action]:
+        offer = envelope.body
+        if not isinstance(offer, Offer) or offer.number != 1:
+            raise UnexpectedMessage(
+                "a session starts with the space's first offer", reason="unknown_session"
+            )
+        check_offer_size(offer, self.config)
+        home, space, _ = pair
+        topic_out = self.topics.to_space(home, space, self.identity_id)
+        modes = {entry.context_key: entry.mode for entry in offer.entries}
+        encounter, actions = self._start(pair, envelope.session, modes, topic_out, now)
+        holdings: list[tuple[OfferEntry, bytes | None]] = []
+        for entry in offer.entries:
+            held = self._carried.get(entry.context_key)
+            snapshot, payload = held if held is not None else (None, None)
+            holdings.append((OfferEntry(entry.context_key, entry.mode, snapshot), payload))
+        # Our offer goes first, so the answer to the space's offer knows what we carry.
+        actions += encounter.offer(holdings, now)
+        return actions + encounter.receive(envelope, now)
+
+    def _current(self, space: str, context_key: str) -> Holding | None:
+        return self._carried.get(context_key)

@@ -1,0 +1,46 @@
+"""The seeded synthetic world: homes, residents, sensors and phones, as data to learn from.
+
+`generate_world(WorldConfig(...), seed)` is a pure function of its arguments. Its homes emit
+HA-like state changes per entity, and the frames models train on come from running the one
+feature extractor (`..features`) on those changes, exactly as the integration does on HA's
+recorder history.
+"""
+
+from __future__ import annotations
+
+from .config import ELSEWHERE, PlaceKind, RoomKind, ScheduleType, WorldConfig
+from .generate import (
+    Encounter,
+    HomePhysics,
+    PhoneData,
+    RoomData,
+    Trajectories,
+    World,
+    generate_world,
+    time_split,
+)
+from .homes import HomeSpec, Household, PersonSpec, RoomSpec, SensorSpec
+from .stats import divergence_report, jensen_shannon
+
+__all__ = [
+    "ELSEWHERE",
+    "Encounter",
+    "HomePhysics",
+    "HomeSpec",
+    "Household",
+    "PersonSpec",
+    "PhoneData",
+    "PlaceKind",
+    "RoomData",
+    "RoomKind",
+    "RoomSpec",
+    "ScheduleType",
+    "SensorSpec",
+    "Trajectories",
+    "World",
+    "WorldConfig",
+    "divergence_report",
+    "generate_world",
+    "jensen_shannon",
+    "time_split",
+]

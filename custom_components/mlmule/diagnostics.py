@@ -1,0 +1,91 @@
+"""Diagnostics of the hub and its spaces, with keys, people, phones and places redacted."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from homeassistant.components.diagnostics import async_redact_data
+from homeassistant.core import HomeAssistant
+
+from .const import (
+    CONF_ACTIVITY_LABEL,
+    CONF_AREA,
+    CONF_HOME_NAME,
+    CONF_OCCUPANCY_LABEL,
+    CONF_OCCUPANCY_LABEL_STATE,
+)
+from .core.onnx import runtime_diagnostics
+from .data import MlmuleConfigEntry
+
+# key ids and hashes identify homes and phones; label sources name people and their phones
+TO_REDACT = {
+    CONF_HOME_NAME,
+    CONF_AREA,
+    CONF_OCCUPANCY_LABEL,
+    CONF_OCCUPANCY_LABEL_STATE,
+    CONF_ACTIVITY_LABEL,
+    "identity",
+    "origin",
+    "lineage",
+    "sha256",
+    "peer_id",
+    "public_key",
+    "label",
+    "title",
+}
+
+
+async def async_get_config_entry_diagnostics(
+    hass: HomeAssistant, entry: MlmuleConfigEntry
+) -> dict[str, Any]:
+    data = entry.runtime_data
+    runtime = await hass.async_add_executor_job(runtime_diagnostics)
+    spaces: dict[str, Any] = {}
+    for space_id, coordinator in data.spaces.items():
+        prediction = coordinator.data
+        spaces[space_id] = {
+            "settings": {
+                "room_kind": coordinator.settings.room_kind,
+                "tasks": list(coordinator.settings.tasks),
+                "guests_allowed": coordinator.settings.guests_allowed,
+            },
+            "inputs": {entity: role.value for entity, role in coordinator.inputs.roles.items()},
+            "prediction": None
+            if prediction is None
+            else {
+                "available": prediction.available,
+                "unavailable_fraction": prediction.unavailable_fraction,
+                "occupancy_probability": prediction.occupancy_probability,
+                "occupied": prediction.occupied,
+                "activity": prediction.activity,
+                "why": [list(item) for item in prediction.why],
+            },
+            "training": {task: s.as_dict() for task, s in coordinator.state.training.items()},
+            "host": coordinator.host.status(),
+            "recent_outcomes": [
+                {"accepted": o.accepted, "reason": o.reason, "context_key": o.context_key}
+                for o in coordinator.host.last_outcomes
+            ],
+        }
+    return async_redact_data(
+        {
+            "entry": {"data": dict(entry.data), "options": dict(entry.options)},
+            "subentries": {
+                subentry_id: {"title": subentry.title, "data": dict(subentry.data)}
+                for subentry_id, subentry in entry.subentries.items()
+            },
+            "runtime": runtime,
+            "identity": data.identity.id,
+            "trust": [
+                {
+                    "peer_id": t.peer_id,
+                    "role": t.role,
+                    "label": t.label,
+                    "spaces": "all" if t.spaces is None else sorted(t.spaces),
+                }
+                for t in data.trust
+            ],
+            "spaces": spaces,
+        },
+        TO_REDACT,
+    )

@@ -1,0 +1,178 @@
+"""Sensors of each space: probabilities, the predicted activity, and model health."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from homeassistant.components.sensor import (
+    SensorDeviceClass,
+    SensorEntity,
+    SensorEntityDescription,
+    SensorStateClass,
+)
+from homeassistant.const import PERCENTAGE, EntityCategory
+from homeassistant.core import HomeAssistant
+from homeassistant.helpers.entity_platform import AddConfigEntryEntitiesCallback
+from homeassistant.util import dt as dt_util
+
+from .const import Task
+from .coordinator import SpaceCoordinator
+from .data import MlmuleConfigEntry
+from .entity import MlmuleEntity
+
+PARALLEL_UPDATES = 0
+
+StateValue = float | int | str | datetime | None
+
+
+@dataclass(frozen=True, kw_only=True)
+class MlmuleSensorDescription(SensorEntityDescription):
+    """A sensor of a space, optionally tied to one task."""
+
+    task: Task | None = None
+    value_fn: Callable[[SpaceCoordinator, str], StateValue]
+    attributes_fn: Callable[[SpaceCoordinator, str], dict[str, Any]] | None = None
+
+
+def _percent(value: float | None) -> float | None:
+    return None if value is None else round(100.0 * value, 1)
+
+
+def _accuracy(coordinator: SpaceCoordinator, task: str) -> float | None:
+    summary = coordinator.state.training.get(task)
+    if summary is None:
+        return None
+    report = summary.report
+    score = report.val_balanced_accuracy if task == Task.OCCUPANCY else report.val_macro_f1
+    return _percent(score)
+
+
+def _data_time(coordinator: SpaceCoordinator, task: str) -> datetime | None:
+    meta = coordinator.host.slot(coordinator.settings.context_key(task)).meta
+    return dt_util.utc_from_timestamp(meta.data_time) if meta.data_time > 0 else None
+
+
+def _activity_labels(coordinator: SpaceCoordinator) -> list[str]:
+    slot = coordinator.host.slot(coordinator.settings.context_key(Task.ACTIVITY))
+    return list(slot.spec.labels)
+
+
+SENSORS: tuple[MlmuleSensorDescription, ...] = (
+    MlmuleSensorDescription(
+        key="occupancy_probability",
+        task=Task.OCCUPANCY,
+        native_unit_of_measurement=PERCENTAGE,
+        state_class=SensorStateClass.MEASUREMENT,
+        suggested_display_precision=0,
+        value_fn=lambda c, _: _percent(c.data.occupancy_probability),
+    ),
+    MlmuleSensorDescription(
+        key="activity",
+        task=Task.ACTIVITY,
+        device_class=SensorDeviceClass.ENUM,
+        value_fn=lambda c, _: c.data.activity,
+        attributes_fn=lambda c, _: {"probability": _percent(c.data.activity_probability)},
+    ),
+    MlmuleSensorDescription(
+        key="occupancy_accuracy",
+        task=Task.OCCUPANCY,
+        native_unit_of_measurement=PERCENTAGE,
+        state_class=SensorStateClass.MEASUREMENT,
+        entity_category=EntityCategory.DIAGNOSTIC,
+        value_fn=_accuracy,
+        attributes_fn=lambda c, t: s.as_dict() if (s := c.state.training.get(t)) else {},
+    ),
+    MlmuleSensorDescription(
+        key="activity_accuracy",
+        task=Task.ACTIVITY,
+        native_unit_of_measurement=PERCENTAGE,
+        state_class=SensorStateClass.MEASUREMENT,
+        entity_category=EntityCategory.DIAGNOSTIC,
+        value_fn=_accuracy,
+        attributes_fn=lambda c, t: s.as_dict() if (s := c.state.training.get(t)) else {},
+    ),
+    MlmuleSensorDescription(
+        key="occupancy_model_freshness",
+        task=Task.OCCUPANCY,
+        device_class=SensorDeviceClass.TIMESTAMP,
+        entity_category=EntityCategory.DIAGNOSTIC,
+        entity_registry_enabled_default=False,
+        value_fn=_data_time,
+        attributes_fn=lambda c, t: {
+            "model_version": c.host.slot(c.settings.context_key(t)).version,
+            "lineage": list(c.host.slot(c.settings.context_key(t)).meta.lineage[-5:]),
+        },
+    ),
+    MlmuleSensorDescription(
+        key="activity_model_freshness",
+        task=Task.ACTIVITY,
+        device_class=SensorDeviceClass.TIMESTAMP,
+        entity_category=EntityCategory.DIAGNOSTIC,
+        entity_registry_enabled_default=False,
+        value_fn=_data_time,
+        attributes_fn=lambda c, t: {
+            "model_version": c.host.slot(c.settings.context_key(t)).version,
+            "lineage": list(c.host.slot(c.settings.context_key(t)).meta.lineage[-5:]),
+        },
+    ),
+    MlmuleSensorDescription(
+        key="snapshots_merged",
+        state_class=SensorStateClass.TOTAL_INCREASING,
+        entity_category=EntityCategory.DIAGNOSTIC,
+        value_fn=lambda c, _: c.host.counters["merged"],
+    ),
+    MlmuleSensorDescription(
+        key="snapshots_rejected",
+        state_class=SensorStateClass.TOTAL_INCREASING,
+        entity_category=EntityCategory.DIAGNOSTIC,
+        value_fn=lambda c, _: c.host.counters["rejected"],
+        attributes_fn=lambda c, _: {"reasons": dict(c.host.rejections)},
+    ),
+)
+
+
+async def async_setup_entry(
+    hass: HomeAssistant,
+    entry: MlmuleConfigEntry,
+    async_add_entities: AddConfigEntryEntitiesCallback,
+) -> None:
+    for subentry_id, coordinator in entry.runtime_data.spaces.items():
+        async_add_entities(
+            [
+                MlmuleSensor(coordinator, description)
+                for description in SENSORS
+                if description.task is None or description.task in coordinator.settings.tasks
+            ],
+            config_subentry_id=subentry_id,
+        )
+
+
+class MlmuleSensor(MlmuleEntity, SensorEntity):
+    entity_description: MlmuleSensorDescription
+
+    def __init__(self, coordinator: SpaceCoordinator, description: MlmuleSensorDescription) -> None:
+        super().__init__(coordinator, description.key)
+        self.entity_description = description
+        self._task = description.task.value if description.task else ""
+        if description.key == "activity":
+            self._attr_options = _activity_labels(coordinator)
+
+    @property
+    def available(self) -> bool:
+        # model health stays visible while the inputs that feed predictions are unavailable
+        if self.entity_category is EntityCategory.DIAGNOSTIC:
+            return self.coordinator.last_update_success or self.coordinator.data is not None
+        return super().available
+
+    @property
+    def native_value(self) -> StateValue:
+        return self.entity_description.value_fn(self.coordinator, self._task)
+
+    @property
+    def extra_state_attributes(self) -> dict[str, Any] | None:
+        if self.entity_description.attributes_fn is None:
+            return None
+        return self.entity_description.attributes_fn(self.coordinator, self._task)

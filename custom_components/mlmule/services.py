@@ -1,0 +1,313 @@
+"""The actions of mlmule: train, export, import, roll back, exchange, pair and unpair."""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import time
+from pathlib import Path
+from typing import Any
+
+import voluptuous as vol
+from homeassistant.components.mqtt import DOMAIN as MQTT_DOMAIN
+from homeassistant.core import (
+    HomeAssistant,
+    ServiceCall,
+    ServiceResponse,
+    SupportsResponse,
+    callback,
+)
+from homeassistant.exceptions import HomeAssistantError, ServiceValidationError
+from homeassistant.helpers import config_validation as cv
+from homeassistant.helpers import device_registry as dr
+
+from .const import DOMAIN, LOGGER, Task
+from .coordinator import SpaceCoordinator
+from .core.errors import MlmuleError
+from .core.identity import BrokerInfo, PairingCode, TrustEntry
+from .core.snapshot import COMPRESSIONS
+from .core.storage import atomic_write_bytes
+from .data import MlmuleConfigEntry
+
+ATTR_DEVICE_ID = "device_id"
+ATTR_TASK = "task"
+ATTR_COMPRESSION = "compression"
+ATTR_PATH = "path"
+ATTR_DATA = "data"
+ATTR_VERSION = "version"
+ATTR_CODE = "code"
+ATTR_ROLE = "role"
+ATTR_LABEL = "label"
+ATTR_SPACES = "spaces"
+ATTR_MULE_ID = "mule_id"
+ATTR_BROKER_HOST = "broker_host"
+ATTR_BROKER_PORT = "broker_port"
+ATTR_BROKER_TLS = "broker_tls"
+
+SERVICE_TRAIN = "train"
+SERVICE_EXPORT = "export_snapshot"
+SERVICE_IMPORT = "import_snapshot"
+SERVICE_ROLLBACK = "rollback"
+SERVICE_PAIR = "pair_mule"
+SERVICE_UNPAIR = "unpair_mule"
+SERVICE_EXCHANGE = "exchange_now"
+
+TASKS = [task.value for task in Task]
+SPACE_SCHEMA: dict[vol.Marker, Any] = {vol.Required(ATTR_DEVICE_ID): cv.string}
+TASK_SCHEMA: dict[vol.Marker, Any] = {
+    vol.Optional(ATTR_TASK, default=Task.OCCUPANCY.value): vol.In(TASKS)
+}
+
+TRAIN_SCHEMA = vol.Schema(SPACE_SCHEMA)
+EXPORT_SCHEMA = vol.Schema(
+    {
+        **SPACE_SCHEMA,
+        **TASK_SCHEMA,
+        vol.Optional(ATTR_COMPRESSION, default="none"): vol.In(COMPRESSIONS),
+        vol.Optional(ATTR_PATH): cv.string,
+    }
+)
+IMPORT_SCHEMA = vol.Schema(
+    {
+        **SPACE_SCHEMA,
+        vol.Exclusive(ATTR_PATH, "source"): cv.string,
+        vol.Exclusive(ATTR_DATA, "source"): cv.string,
+    }
+)
+ROLLBACK_SCHEMA = vol.Schema(
+    {**SPACE_SCHEMA, **TASK_SCHEMA, vol.Optional(ATTR_VERSION): vol.All(int, vol.Range(min=1))}
+)
+PAIR_SCHEMA = vol.Schema(
+    {
+        vol.Required(ATTR_CODE): cv.string,
+        vol.Optional(ATTR_ROLE, default="owner"): vol.In(["owner", "guest"]),
+        vol.Optional(ATTR_LABEL): cv.string,
+        vol.Optional(ATTR_SPACES): vol.All(cv.ensure_list, [cv.string]),
+        vol.Optional(ATTR_BROKER_HOST): cv.string,
+        vol.Optional(ATTR_BROKER_PORT): cv.port,
+        vol.Optional(ATTR_BROKER_TLS): cv.boolean,
+    }
+)
+UNPAIR_SCHEMA = vol.Schema({vol.Required(ATTR_MULE_ID): cv.string})
+EXCHANGE_SCHEMA = vol.Schema({**SPACE_SCHEMA, vol.Required(ATTR_MULE_ID): cv.string})
+
+
+def _loaded_entry(hass: HomeAssistant) -> MlmuleConfigEntry:
+    entries: list[MlmuleConfigEntry] = hass.config_entries.async_loaded_entries(DOMAIN)
+    if not entries:
+        raise ServiceValidationError(translation_domain=DOMAIN, translation_key="not_loaded")
+    return entries[0]
+
+
+def _space(hass: HomeAssistant, call: ServiceCall) -> SpaceCoordinator:
+    entry = _loaded_entry(hass)
+    device = dr.async_get(hass).async_get(call.data[ATTR_DEVICE_ID])
+    if device is not None:
+        for domain, space_id in device.identifiers:
+            if domain == DOMAIN and space_id in entry.runtime_data.spaces:
+                return entry.runtime_data.spaces[space_id]
+    raise ServiceValidationError(
+        translation_domain=DOMAIN,
+        translation_key="unknown_space",
+        translation_placeholders={"device_id": call.data[ATTR_DEVICE_ID]},
+    )
+
+
+def _task_key(space: SpaceCoordinator, task: str) -> str:
+    if task not in space.settings.tasks:
+        raise ServiceValidationError(
+            translation_domain=DOMAIN,
+            translation_key="task_not_served",
+            translation_placeholders={"space": space.settings.name, "task": task},
+        )
+    return space.settings.context_key(task)
+
+
+def _allowed_path(hass: HomeAssistant, path: str) -> Path:
+    if not hass.config.is_allowed_path(path):
+        raise ServiceValidationError(
+            translation_domain=DOMAIN,
+            translation_key="path_not_allowed",
+            translation_placeholders={"path": path},
+        )
+    return Path(path)
+
+
+async def _async_train(call: ServiceCall) -> ServiceResponse:
+    space = _space(call.hass, call)
+    summaries = await space.async_train(reason="action")
+    return {"space": space.settings.name, "tasks": {t: s.as_dict() for t, s in summaries.items()}}
+
+
+async def _async_export(call: ServiceCall) -> ServiceResponse:
+    hass = call.hass
+    space = _space(hass, call)
+    context_key = _task_key(space, call.data[ATTR_TASK])
+    data: bytes = await hass.async_add_executor_job(
+        lambda: space.host.export(context_key, compression=call.data[ATTR_COMPRESSION])
+    )
+    slot = space.host.slot(context_key)
+    response: dict[str, Any] = {
+        "context_key": context_key,
+        "version": slot.version,
+        "size": len(data),
+        "sha256": slot.snapshot.sha256 if len(data) == slot.snapshot.size else None,
+    }
+    if ATTR_PATH in call.data:
+        target = _allowed_path(hass, call.data[ATTR_PATH])
+        await hass.async_add_executor_job(atomic_write_bytes, target, data)
+        response["path"] = str(target)
+    else:
+        response["snapshot"] = base64.b64encode(data).decode("ascii")
+    return response
+
+
+async def _async_import(call: ServiceCall) -> ServiceResponse:
+    hass = call.hass
+    space = _space(hass, call)
+    if ATTR_PATH in call.data:
+        source = _allowed_path(hass, call.data[ATTR_PATH])
+        try:
+            data = await hass.async_add_executor_job(source.read_bytes)
+        except OSError as err:
+            raise HomeAssistantError(
+                translation_domain=DOMAIN,
+                translation_key="unreadable_file",
+                translation_placeholders={"path": str(source), "error": err.strerror or str(err)},
+            ) from err
+    elif ATTR_DATA in call.data:
+        try:
+            data = base64.b64decode(call.data[ATTR_DATA], validate=True)
+        except (binascii.Error, ValueError) as err:
+            raise ServiceValidationError(
+                translation_domain=DOMAIN, translation_key="bad_base64"
+            ) from err
+    else:
+        raise ServiceValidationError(translation_domain=DOMAIN, translation_key="no_source")
+    outcome = await space.async_receive(data, guest=False)
+    if not outcome.accepted:
+        raise HomeAssistantError(
+            translation_domain=DOMAIN,
+            translation_key="snapshot_rejected",
+            translation_placeholders={"reason": outcome.reason, "detail": outcome.detail},
+        )
+    return {
+        "context_key": outcome.context_key,
+        "version": outcome.version,
+        "weight": outcome.weight,
+    }
+
+
+async def _async_rollback(call: ServiceCall) -> ServiceResponse:
+    hass = call.hass
+    space = _space(hass, call)
+    context_key = _task_key(space, call.data[ATTR_TASK])
+    try:
+        slot = await hass.async_add_executor_job(
+            lambda: space.host.rollback(context_key, call.data.get(ATTR_VERSION))
+        )
+    except MlmuleError as err:
+        raise ServiceValidationError(
+            translation_domain=DOMAIN,
+            translation_key="rollback_failed",
+            translation_placeholders={"error": str(err)},
+        ) from err
+    LOGGER.info("%s: rolled %s back to v%s", space.settings.name, context_key, slot.version)
+    await space.async_request_refresh()
+    return {"context_key": context_key, "version": slot.version}
+
+
+def _broker_info(hass: HomeAssistant, call: ServiceCall) -> BrokerInfo | None:
+    """Where a phone reaches this home's broker: the action's fields, else HA's MQTT entry."""
+    mqtt_entries = hass.config_entries.async_entries(MQTT_DOMAIN)
+    configured = mqtt_entries[0].data if mqtt_entries else {}
+    host = call.data.get(ATTR_BROKER_HOST) or configured.get("broker")
+    if not host:
+        return None
+    return BrokerInfo(
+        host=str(host),
+        port=int(call.data.get(ATTR_BROKER_PORT) or configured.get("port", 1883)),
+        tls=bool(call.data.get(ATTR_BROKER_TLS, configured.get("certificate") is not None)),
+        username=str(configured.get("username", "")),
+    )
+
+
+async def _async_pair(call: ServiceCall) -> ServiceResponse:
+    hass = call.hass
+    entry = _loaded_entry(hass)
+    data = entry.runtime_data
+    try:
+        code = PairingCode.decode(call.data[ATTR_CODE])
+    except MlmuleError as err:
+        raise ServiceValidationError(
+            translation_domain=DOMAIN,
+            translation_key="bad_pairing_code",
+            translation_placeholders={"error": str(err)},
+        ) from err
+    if code.kind != "mule":
+        raise ServiceValidationError(translation_domain=DOMAIN, translation_key="not_a_mule_code")
+    spaces = call.data.get(ATTR_SPACES)
+    unknown = sorted(set(spaces or ()) - set(data.spaces))
+    if unknown:
+        raise ServiceValidationError(
+            translation_domain=DOMAIN,
+            translation_key="unknown_space",
+            translation_placeholders={"device_id": ", ".join(unknown)},
+        )
+    trust_entry = TrustEntry.for_key(
+        code.public_key,
+        kind="mule",
+        role=call.data[ATTR_ROLE],
+        label=call.data.get(ATTR_LABEL) or code.name,
+        paired_at=time.time(),
+        spaces=frozenset(spaces) if spaces else None,
+    )
+    await hass.async_add_executor_job(data.trust.add, trust_entry)
+    home_code = PairingCode.for_identity(data.identity, broker=_broker_info(hass, call)).encode()
+    LOGGER.info(
+        "paired mule %s (%s) as %s", trust_entry.peer_id, trust_entry.label, trust_entry.role
+    )
+    return {"mule_id": trust_entry.peer_id, "role": trust_entry.role, "home_code": home_code}
+
+
+async def _async_unpair(call: ServiceCall) -> ServiceResponse:
+    hass = call.hass
+    data = _loaded_entry(hass).runtime_data
+    mule_id = call.data[ATTR_MULE_ID]
+    if not await hass.async_add_executor_job(data.trust.remove, mule_id):
+        raise ServiceValidationError(
+            translation_domain=DOMAIN,
+            translation_key="unknown_mule",
+            translation_placeholders={"mule_id": mule_id},
+        )
+    LOGGER.info("unpaired mule %s", mule_id)
+    return {"mule_id": mule_id, "removed": True}
+
+
+async def _async_exchange(call: ServiceCall) -> ServiceResponse:
+    hass = call.hass
+    space = _space(hass, call)
+    exchange = _loaded_entry(hass).runtime_data.exchange
+    mule = call.data[ATTR_MULE_ID]
+    if exchange is None or not await exchange.async_open(space, mule):
+        raise ServiceValidationError(
+            translation_domain=DOMAIN,
+            translation_key="exchange_not_started",
+            translation_placeholders={"space": space.settings.name, "mule_id": mule},
+        )
+    return {"space": space.settings.name, "mule_id": mule, "started": True}
+
+
+@callback
+def async_setup_services(hass: HomeAssistant) -> None:
+    """Register every action (once, in `async_setup`)."""
+    for name, handler, schema, response in (
+        (SERVICE_TRAIN, _async_train, TRAIN_SCHEMA, SupportsResponse.OPTIONAL),
+        (SERVICE_EXPORT, _async_export, EXPORT_SCHEMA, SupportsResponse.OPTIONAL),
+        (SERVICE_IMPORT, _async_import, IMPORT_SCHEMA, SupportsResponse.OPTIONAL),
+        (SERVICE_ROLLBACK, _async_rollback, ROLLBACK_SCHEMA, SupportsResponse.OPTIONAL),
+        (SERVICE_PAIR, _async_pair, PAIR_SCHEMA, SupportsResponse.ONLY),
+        (SERVICE_UNPAIR, _async_unpair, UNPAIR_SCHEMA, SupportsResponse.OPTIONAL),
+        (SERVICE_EXCHANGE, _async_exchange, EXCHANGE_SCHEMA, SupportsResponse.OPTIONAL),
+    ):
+        hass.services.async_register(DOMAIN, name, handler, schema, supports_response=response)

@@ -1,0 +1,227 @@
+"""The model host that spaces, mules and the simulator share: merge, train, reject, persist."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+import pytest
+from mlmule_core import families
+from mlmule_core.features import room_schema
+from mlmule_core.host import HostError, HostSettings, ModelHost
+from mlmule_core.identity import Identity, TrustEntry, TrustStore
+from mlmule_core.onnx import OnnxModel
+from mlmule_core.snapshot import pack, unpack
+from mlmule_core.train_numpy import TrainConfig
+
+KEY = "occupancy/bedroom"
+NOW = 1_790_000_000.0
+
+
+def occupancy_model(seed: int = 0) -> OnnxModel:
+    schema = room_schema()
+    spec = families.FamilySpec(
+        family=families.OCCUPANCY_MLP,
+        task="occupancy",
+        n_inputs=schema.n_inputs,
+        hidden=(16, 8),
+        n_classes=1,
+        labels=("empty", "occupied"),
+    )
+    weights = families.init_weights(spec, np.random.default_rng(seed), schema)
+    return families.build_onnx(spec, weights, schema)
+
+
+def trust_of(*identities: Identity) -> TrustStore:
+    store = TrustStore()
+    for identity in identities:
+        store.add(
+            TrustEntry.for_key(
+                identity.public_key_bytes,
+                kind=identity.kind,
+                role="owner",
+                label=identity.name,
+                paired_at=NOW,
+            )
+        )
+    return store
+
+
+@pytest.fixture
+def peers(tmp_path: Path) -> tuple[ModelHost, ModelHost, Identity]:
+    space_id = Identity.generate(kind="space", name="bedroom")
+    mule_id = Identity.generate(kind="mule", name="phone")
+    stranger = Identity.generate(kind="mule", name="stranger")
+    space = ModelHost(tmp_path / "space", space_id, trust_of(mule_id))
+    mule = ModelHost(tmp_path / "mule", mule_id, trust_of(space_id))
+    space.install(occupancy_model(0), context_key=KEY, samples=500, data_time=NOW, now=NOW)
+    mule.install(occupancy_model(1), context_key=KEY, samples=300, data_time=NOW, now=NOW)
+    return space, mule, stranger
+
+
+def data(n: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    rng = np.random.default_rng(seed)
+    x = rng.normal(size=(n, room_schema().n_inputs)).astype(np.float32)
+    y = (x[:, 0] + 0.5 * x[:, 1] > 0).astype(np.int64)
+    return x, y
+
+
+def test_merge_moves_the_model_and_raises_the_version(
+    peers: tuple[ModelHost, ModelHost, Identity],
+) -> None:
+    space, mule, _ = peers
+    before = space.slot(KEY)
+    outcome = space.receive(mule.export(KEY), now=NOW + 60)
+    assert outcome.accepted, outcome.detail
+    after = space.slot(KEY)
+    assert after.version == before.version + 1
+    assert outcome.version == after.version
+    assert 0.0 < outcome.weight < 1.0
+    moved = families.shared_names(after.spec)
+    assert any(not np.array_equal(after.weights[n], before.weights[n]) for n in moved)
+    assert after.meta.lineage[-1] == mule.identity.id
+    assert after.meta.samples > 500
+    assert space.counters["merged"] == 1
+
+
+@pytest.mark.parametrize("attack", ["stranger", "tampered", "replay", "wrong_key", "stale"])
+def test_rejections_leave_the_model_untouched(
+    peers: tuple[ModelHost, ModelHost, Identity], attack: str
+) -> None:
+    space, mule, stranger = peers
+    good = mule.export(KEY)
+    if attack == "stranger":
+        snapshot = unpack(good, trust=mule.identity, expected_arch=None)
+        data_ = pack(snapshot.onnx_bytes, snapshot.meta, stranger)
+        expected = "unknown_signer"
+    elif attack == "tampered":
+        data_ = bytearray(good)
+        data_[len(data_) // 2] ^= 0x01
+        data_ = bytes(data_)
+        expected = "bad_signature"
+    elif attack == "replay":
+        assert space.receive(good, now=NOW + 60).accepted
+        data_ = good
+        expected = "replayed"
+    elif attack == "wrong_key":
+        snapshot = unpack(good, trust=mule.identity, expected_arch=None)
+        data_ = pack(
+            snapshot.onnx_bytes,
+            replace(snapshot.meta, context_key="occupancy/kitchen"),
+            mule.identity,
+        )
+        expected = "incompatible"
+    else:
+        snapshot = unpack(good, trust=mule.identity, expected_arch=None)
+        old = replace(snapshot.meta, data_time=NOW - 200 * 86400, version=5)
+        data_ = pack(snapshot.onnx_bytes, old, mule.identity)
+        expected = "stale"
+    before = space.export(KEY)
+    outcome = space.receive(data_, now=NOW + 120)
+    assert not outcome.accepted
+    assert outcome.reason == expected, outcome.detail
+    assert space.export(KEY) == before
+    assert space.rejections[expected] == 1
+
+
+def test_training_warm_starts_and_stores_a_new_version(
+    peers: tuple[ModelHost, ModelHost, Identity],
+) -> None:
+    space, _, _ = peers
+    x, y = data(600, 0)
+    first = space.slot(KEY)
+    report = space.train(
+        KEY,
+        x,
+        y,
+        config=TrainConfig(max_epochs=40, learning_rate=1e-2, seed=1),
+        data_time=NOW,
+        now=NOW + 1,
+    )
+    slot = space.slot(KEY)
+    assert slot.version == first.version + 1
+    assert slot.meta.samples == 500 + 600
+    assert slot.meta.data_time == NOW
+    assert report.val_balanced_accuracy is not None
+    assert report.val_balanced_accuracy > 0.85
+    probabilities = space.predict(KEY, x[:5])
+    assert probabilities.shape == (5, 1)
+    assert ((probabilities >= 0) & (probabilities <= 1)).all()
+
+
+def test_a_merge_during_chunked_training_wins(peers: tuple[ModelHost, ModelHost, Identity]) -> None:
+    space, mule, _ = peers
+    x, y = data(400, 1)
+    job = space.start_training(KEY, x, y, config=TrainConfig(max_epochs=3), data_time=NOW)
+    assert not job.run(max_steps=2)
+    assert space.receive(mule.export(KEY), now=NOW + 60).accepted
+    merged = space.slot(KEY).version
+    with pytest.raises(HostError, match="changed during training"):
+        job.commit(now=NOW + 61)
+    assert space.slot(KEY).version == merged
+
+
+def test_state_survives_a_restart_and_rollback_restores(
+    peers: tuple[ModelHost, ModelHost, Identity], tmp_path: Path
+) -> None:
+    space, mule, _ = peers
+    original = space.export(KEY)
+    assert space.receive(mule.export(KEY), now=NOW + 60).accepted
+    restarted = ModelHost(tmp_path / "space", space.identity, space.trust)
+    assert restarted.slot(KEY).version == 2
+    assert restarted.counters["merged"] == 1
+    # the replay guard persisted too
+    assert restarted.receive(mule.export(KEY), now=NOW + 90).reason == "replayed"
+    restarted.rollback(KEY)
+    assert restarted.export(KEY) == original
+
+
+def test_adopting_the_spaces_model_re_signs_it_with_growing_versions(
+    peers: tuple[ModelHost, ModelHost, Identity],
+) -> None:
+    space, mule, _ = peers
+    x, y = data(300, 2)
+    space.train(KEY, x, y, config=TrainConfig(max_epochs=2), data_time=NOW, now=NOW + 1)
+    outcome = mule.adopt(space.export(KEY), now=NOW + 2)
+    assert outcome.accepted, outcome.detail
+    carried = mule.slot(KEY)
+    assert carried.snapshot.origin == mule.identity.id
+    assert carried.version == 2
+    assert carried.meta.lineage[-1] == space.identity.id
+    for name, value in space.slot(KEY).weights.items():
+        np.testing.assert_array_equal(carried.weights[name], value)
+
+
+def test_unknown_context_keys_are_refused_unless_known(tmp_path: Path) -> None:
+    space_id = Identity.generate(kind="space", name="kitchen")
+    mule_id = Identity.generate(kind="mule", name="phone")
+    space = ModelHost(tmp_path / "space", space_id, trust_of(mule_id))
+    space.install(occupancy_model(3), context_key="occupancy/kitchen", data_time=NOW, now=NOW)
+    arch = space.slot("occupancy/kitchen").meta.arch_hash
+    strict = ModelHost(tmp_path / "strict", mule_id, trust_of(space_id))
+    assert strict.adopt(space.export("occupancy/kitchen"), now=NOW).reason == "incompatible"
+    open_ = ModelHost(
+        tmp_path / "open", mule_id, trust_of(space_id), known_arch={"occupancy/kitchen": arch}
+    )
+    assert open_.adopt(space.export("occupancy/kitchen"), now=NOW).accepted
+
+
+def test_compressed_export_round_trips(
+    peers: tuple[ModelHost, ModelHost, Identity], tmp_path: Path
+) -> None:
+    space, mule, _ = peers
+    small = mule.export(KEY, compression="int8")
+    assert len(small) < len(mule.export(KEY))
+    assert space.receive(small, now=NOW + 60).accepted
+    fp16_host = ModelHost(
+        tmp_path / "fp16",
+        Identity.generate(kind="space", name="x"),
+        trust_of(mule.identity),
+        HostSettings(compression="fp16"),
+    )
+    fp16_host.install(occupancy_model(4), context_key=KEY, data_time=NOW, now=NOW)
+    assert (
+        unpack(fp16_host.export(KEY), trust=fp16_host.identity, expected_arch=None).compression
+        == "fp16"
+    )
