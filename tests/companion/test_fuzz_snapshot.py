@@ -22,7 +22,9 @@ from typing import Any
 import numpy as np
 from mlmule_core.errors import SnapshotError
 from mlmule_core.snapshot import COMPRESSIONS, pack, unpack
-from test_snapshot import ACT, EXPECTED, MULE, NOW, OCC, TRUST, envelope, make_meta, split
+from test_snapshot import ACT, EXPECTED, MULE, NOW, OCC, TRUST, make_meta
+
+from tests.support.forge import envelope, split
 
 BUDGET_SECONDS = 10.0
 MAX_CASES = 50_000

@@ -44,6 +44,9 @@ from mlmule_core.snapshot import (
 from onnx import numpy_helper
 from test_snapshot_models import ACTIVITY_SHAPE, Canonical, canonical, initializers_of, mlp, run
 
+from tests.support import forge
+from tests.support.forge import split
+
 NOW = 1_760_000_000.0
 OCC = canonical()
 ACT = canonical(ACTIVITY_SHAPE)
@@ -101,27 +104,6 @@ def open_any(data: bytes, **overrides: Any) -> Any:
 # --- the documented layout, written independently of the module -----------------------------------
 
 
-def split(data: bytes) -> tuple[int, dict[str, Any], bytes, bytes]:
-    magic, version, header_length = struct.unpack_from(">6sHI", data)
-    assert magic == b"MLMULE"
-    header = json.loads(data[12 : 12 + header_length])
-    (body_length,) = struct.unpack_from(">I", data, 12 + header_length)
-    body = data[16 + header_length : 16 + header_length + body_length]
-    return version, header, body, data[-64:]
-
-
-def envelope(header: dict[str, Any], body: bytes, signer: Identity, version: int = 1) -> bytes:
-    header_bytes = json.dumps(header, sort_keys=True, separators=(",", ":")).encode()
-    unsigned = (
-        b"MLMULE"
-        + struct.pack(">HI", version, len(header_bytes))
-        + header_bytes
-        + struct.pack(">I", len(body))
-        + body
-    )
-    return unsigned + signer.sign(unsigned)
-
-
 def resigned(
     data: bytes,
     edit: Callable[[dict[str, Any]], None] = lambda header: None,
@@ -130,13 +112,8 @@ def resigned(
     signer: Identity = MULE,
     version: int = 1,
 ) -> bytes:
-    """`data` with its header edited and/or body replaced, correctly signed again."""
-    _, header, old_body, _ = split(data)
-    new_body = old_body if body is None else body
-    header["body_sha256"] = hashlib.sha256(new_body).hexdigest()
-    header["origin"] = signer.id
-    edit(header)
-    return envelope(header, new_body, signer, version)
+    """`data` with its header edited and/or body replaced, correctly signed (by MULE)."""
+    return forge.resigned(data, edit, signer=signer, body=body, version=version)
 
 
 def initializer(model: onnx.ModelProto, name: str) -> onnx.TensorProto:

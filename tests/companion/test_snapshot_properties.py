@@ -23,8 +23,10 @@ from hypothesis import strategies as st
 from mlmule_core.errors import SnapshotError
 from mlmule_core.snapshot import COMPRESSIONS, SnapshotLimits, SnapshotMeta, pack, unpack
 from onnx import TensorProto, helper, numpy_helper
-from test_snapshot import EXPECTED, MODEL, MULE, NOW, TRUST, make_meta, resigned, split
+from test_snapshot import EXPECTED, MODEL, MULE, NOW, TRUST, make_meta, resigned
 from test_snapshot_models import mlp
+
+from tests.support.forge import split
 
 VALID = {
     compression: pack(MODEL, make_meta(), MULE, compression=compression)

@@ -3,6 +3,10 @@
 `generate_world(config, seed)` only draws the homes and households. Trajectories, sensor
 histories, frames and phone data are computed on first use and cached, home by home, so a test
 touching one home pays for that home (and the friends who visit it) only.
+
+A home's data depends on its own affinity group and the three groups on either side (its
+visitors, their hosts, and those hosts' own visit plans), never on how many homes the world
+has beyond them.
 """
 
 from __future__ import annotations
@@ -42,16 +46,16 @@ from .physics import (
 from .residents import (
     ELSEWHERE_CODE,
     STATE_ACTIVITY,
+    VISIT,
     MinuteTrack,
     PlaceBook,
     StepClock,
     StepTrack,
-    VISIT,
-    up_at_home,
     base_track,
     overlay_visits,
     shared_code,
     to_minutes,
+    up_at_home,
 )
 from .sensors import Entity, HomeDevices, extend_after, home_entities
 
@@ -341,10 +345,13 @@ class World:
         n_minutes = self.config.n_minutes
         ach = np.repeat(np.array([[r.ach] for r in home.rooms]), n_minutes, axis=1)
         rng = stream(self.seed, "airing", home.index)
-        day_starts = self._clock.day_start * STEP_MINUTES
-        aired = rng.random(day_starts.size) < household.airing
-        opens = day_starts + 7 * 60 + rng.integers(0, 120, size=day_starts.size)
-        lengths = rng.integers(10, 26, size=day_starts.size)
+        # local midnight of each day, in minutes from the start (the first may be before it)
+        clock = self._clock
+        midnights = clock.day_start * STEP_MINUTES - clock.slot[clock.day_start] * STEP_MINUTES
+        aired = rng.random(midnights.size) < household.airing
+        opens = midnights + 7 * 60 + rng.integers(0, 120, size=midnights.size)
+        aired &= opens >= 0
+        lengths = rng.integers(10, 26, size=midnights.size)
         for r, room in enumerate(home.rooms):
             if room.kind is RoomKind.BEDROOM:
                 for start, length in zip(

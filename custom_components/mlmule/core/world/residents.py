@@ -474,6 +474,8 @@ def _rooms_and_places(
             for r in home.rooms
         ]
     )
+    if weights.sum() <= 0:  # a layout of only hallways: potter about anywhere
+        weights = np.ones(len(home.rooms))
     cumulative = np.cumsum(weights / weights.sum())
     other = seg_state == OTHER
     seg_room[other] = np.minimum(
