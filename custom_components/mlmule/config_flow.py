@@ -10,6 +10,7 @@ from homeassistant.components.mqtt import DOMAIN as MQTT_DOMAIN
 from homeassistant.config_entries import (
     SOURCE_RECONFIGURE,
     ConfigEntry,
+    ConfigEntryState,
     ConfigFlow,
     ConfigFlowResult,
     ConfigSubentryFlow,
@@ -35,6 +36,9 @@ from .const import (
     CONF_OCCUPANCY_LABEL_STATE,
     CONF_OFF_THRESHOLD,
     CONF_ON_THRESHOLD,
+    CONF_PRESENCE,
+    CONF_PRESENCE_ENTITY,
+    CONF_PRESENCE_STATE,
     CONF_ROOM_KIND,
     CONF_SHARING,
     CONF_TASKS,
@@ -50,10 +54,16 @@ from .const import (
     Sharing,
     Task,
 )
+from .core.identity import TrustEntry
 from .inputs import input_filters, input_role, suggested_inputs, unusable_inputs
 from .repairs import ISSUE_MQTT, async_set_issue
 
 TOPIC_PREFIX_CHARS = frozenset("abcdefghijklmnopqrstuvwxyz0123456789_-/")
+
+PRESENCE_FILTERS = [
+    selector.EntityFilterSelectorConfig(domain=["sensor", "device_tracker", "person"]),
+    selector.EntityFilterSelectorConfig(domain="binary_sensor"),
+]
 
 OCCUPANCY_LABEL_FILTERS = [
     selector.EntityFilterSelectorConfig(
@@ -224,6 +234,65 @@ class SpaceSubentryFlow(ConfigSubentryFlow):
 
     def __init__(self) -> None:
         self._space: dict[str, Any] = {}
+        self._mules: list[TrustEntry] = []
+
+    def _paired_mules(self) -> list[TrustEntry]:
+        """Phones paired with the hub that may exchange with this space, in label order."""
+        entry = self._get_entry()
+        if entry.state is not ConfigEntryState.LOADED:
+            return []
+        space_id = (
+            self._get_reconfigure_subentry().subentry_id
+            if self.source == SOURCE_RECONFIGURE
+            else None
+        )
+        guests = self._space.get(CONF_SHARING) == Sharing.GUESTS
+        return sorted(
+            (
+                mule
+                for mule in entry.runtime_data.trust
+                if mule.kind == "mule"
+                and (guests or mule.role == "owner")
+                and (space_id is None or mule.allows(space_id))
+            ),
+            key=lambda mule: mule.label,
+        )
+
+    async def async_step_presence(
+        self, user_input: dict[str, Any] | None = None
+    ) -> SubentryFlowResult:
+        """One form per paired phone: which entity and state mean "this phone is here"."""
+        presence: dict[str, dict[str, str]] = dict(self._space.get(CONF_PRESENCE, {}))
+        if user_input is not None:
+            mule = self._mules.pop(0)
+            if user_input.get(CONF_PRESENCE_ENTITY):
+                presence[mule.peer_id] = {
+                    CONF_PRESENCE_ENTITY: user_input[CONF_PRESENCE_ENTITY],
+                    CONF_PRESENCE_STATE: user_input.get(CONF_PRESENCE_STATE, "home"),
+                }
+            else:
+                presence.pop(mule.peer_id, None)
+            self._space[CONF_PRESENCE] = presence
+        if not self._mules:
+            return self._async_finish()
+        mule = self._mules[0]
+        current = presence.get(mule.peer_id, {})
+        schema = vol.Schema(
+            {
+                vol.Optional(CONF_PRESENCE_ENTITY): selector.EntitySelector(
+                    selector.EntitySelectorConfig(filter=PRESENCE_FILTERS)
+                ),
+                vol.Optional(
+                    CONF_PRESENCE_STATE,
+                    default=self._space.get(CONF_OCCUPANCY_LABEL_STATE) or "home",
+                ): selector.TextSelector(),
+            }
+        )
+        return self.async_show_form(
+            step_id="presence",
+            data_schema=self.add_suggested_values_to_schema(schema, current),
+            description_placeholders={"mule": mule.label, "role": mule.role},
+        )
 
     async def async_step_user(self, user_input: dict[str, Any] | None = None) -> SubentryFlowResult:
         return await self._async_space_step("user", user_input, SPACE_SCHEMA)
@@ -265,7 +334,8 @@ class SpaceSubentryFlow(ConfigSubentryFlow):
                     entity_id: input_role(self.hass, entity_id)
                     for entity_id in user_input[CONF_INPUTS]
                 }
-                return self._async_finish()
+                self._mules = self._paired_mules()
+                return await self.async_step_presence()
         suggested: Mapping[str, Any] = user_input or self._space
         if CONF_INPUTS not in suggested:
             suggested = {

@@ -19,12 +19,15 @@ from custom_components.mlmule.const import (
     CONF_AREA,
     CONF_HOLD_ONLY,
     CONF_HOME_NAME,
+    CONF_INPUT_ROLES,
     CONF_INPUTS,
     CONF_MAX_UNAVAILABLE,
     CONF_MIN_HOLD,
     CONF_OCCUPANCY_LABEL,
+    CONF_OCCUPANCY_LABEL_STATE,
     CONF_OFF_THRESHOLD,
     CONF_ON_THRESHOLD,
+    CONF_PRESENCE,
     CONF_ROOM_KIND,
     CONF_SHARING,
     CONF_TASKS,
@@ -32,6 +35,7 @@ from custom_components.mlmule.const import (
     DOMAIN,
     SUBENTRY_SPACE,
 )
+from custom_components.mlmule.core.identity import Identity, PairingCode
 
 ADVANCED = {
     CONF_ON_THRESHOLD: 0.6,
@@ -252,3 +256,53 @@ async def test_reconfigure_changes_the_space(
     assert subentry.title == "Guest room"
     assert subentry.data[CONF_SHARING] == "guests"
     assert subentry.data[CONF_INPUTS] == ["binary_sensor.bed_motion", "sensor.bed_co2"]
+
+
+async def test_presence_step_asks_for_each_paired_phone(
+    hass: HomeAssistant, hub: MockConfigEntry, bedroom: str
+) -> None:
+    assert await hass.config_entries.async_setup(hub.entry_id)
+    await hass.async_block_till_done()
+    phones = [Identity.generate(kind="mule", name=name) for name in ("Alice", "Bob")]
+    for phone, role in zip(phones, ("owner", "guest"), strict=True):
+        await hass.services.async_call(
+            DOMAIN,
+            "pair_mule",
+            {"code": PairingCode.for_identity(phone).encode(), "role": role},
+            blocking=True,
+            return_response=True,
+        )
+    result = await start_space_flow(hass, hub)
+    space = {
+        "name": "Bedroom",
+        CONF_AREA: bedroom,
+        CONF_ROOM_KIND: "bedroom",
+        CONF_TASKS: ["occupancy"],
+        CONF_SHARING: "guests",
+    }
+    result = dict(await hass.config_entries.subentries.async_configure(result["flow_id"], space))
+    inputs = {
+        CONF_INPUTS: ["binary_sensor.bed_motion"],
+        CONF_OCCUPANCY_LABEL: ["sensor.phone_room"],
+        CONF_OCCUPANCY_LABEL_STATE: "bedroom",
+        CONF_ADVANCED: ADVANCED,
+    }
+    result = dict(await hass.config_entries.subentries.async_configure(result["flow_id"], inputs))
+    assert result["step_id"] == "presence"
+    assert result["description_placeholders"] == {"mule": "Alice", "role": "owner"}
+    result = dict(
+        await hass.config_entries.subentries.async_configure(
+            result["flow_id"], {"entity": "sensor.phone_room", "state": "bedroom"}
+        )
+    )
+    assert result["description_placeholders"] == {"mule": "Bob", "role": "guest"}
+    result = dict(await hass.config_entries.subentries.async_configure(result["flow_id"], {}))
+    assert result["type"] is FlowResultType.CREATE_ENTRY
+    (subentry,) = hub.subentries.values()
+    assert subentry.data[CONF_PRESENCE] == {
+        phones[0].id: {"entity": "sensor.phone_room", "state": "bedroom"}
+    }
+    assert subentry.data[CONF_INPUT_ROLES] == {"binary_sensor.bed_motion": "motion"}
+    # the update listener rebuilt the hub with the new space
+    await hass.async_block_till_done(wait_background_tasks=True)
+    assert subentry.subentry_id in hub.runtime_data.spaces

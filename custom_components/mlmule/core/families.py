@@ -5,7 +5,9 @@ canonical graph is what travels between spaces and mules, so it is fixed down to
 tensor names; `from_onnx` refuses anything else, which is what lets two snapshots be merged
 parameter by parameter.
 
-Canonical graph (opset 17), input `features` float `[batch, n_inputs]`:
+Canonical graph (opset 17), input `features` float `[batch, n_inputs]`: the *unnormalised*
+windowed frames (`features.window_frames` of extracted frames, lag-major), because the model
+normalises them itself, so any ONNX runtime can use it without our feature code:
 
     Sub(features, input.mean) -> Div(input.std)          frozen normalisation of the schema
     Gemm(transB=1, body.i.weight [out, in], body.i.bias) -> Relu      per hidden layer
@@ -14,7 +16,7 @@ Canonical graph (opset 17), input `features` float `[batch, n_inputs]`:
     multi-class: Softmax(axis=1) -> probability [batch, n_classes]
 
 `calib.*` is Platt scaling fitted on the space's own validation data, so it is never merged;
-`input.*` comes from the feature schema and is never trained.
+`input.*` is the feature schema's mean and std repeated per lag, and is never trained.
 """
 
 from __future__ import annotations

@@ -52,15 +52,16 @@ def _read(name: str, directory: Path | None) -> bytes:
             return resources.files(__name__).joinpath(name).read_bytes()
         return (directory / name).read_bytes()
     except OSError as err:
-        raise FamilyError(f"cannot read starter file {name}: {err}", reason="starter_missing") from err
+        raise FamilyError(
+            f"cannot read starter file {name}: {err}", reason="starter_missing"
+        ) from err
 
 
 def parse_index(text: str | bytes) -> dict[str, StarterEntry]:
     """The context keys of an index document; `FamilyError` when it is malformed."""
     try:
         document: Any = json.loads(text)
-        if document["format"] != INDEX_FORMAT:
-            raise ValueError(f"format {document['format']!r} is not supported")
+        version = document["format"]
         entries = {
             key: StarterEntry(
                 context_key=key,
@@ -71,12 +72,19 @@ def parse_index(text: str | bytes) -> dict[str, StarterEntry]:
             )
             for key, entry in document["models"].items()
         }
-        for entry in entries.values():
-            # Plain names only: the index may not point outside the starter folder.
-            if Path(entry.file).name != entry.file or Path(entry.card).name != entry.card:
-                raise ValueError(f"file names must be plain, got {entry.file!r}, {entry.card!r}")
     except (ValueError, KeyError, TypeError, AttributeError) as err:
         raise FamilyError(f"starter index is malformed: {err}", reason="starter_index") from err
+    if version != INDEX_FORMAT:
+        raise FamilyError(
+            f"starter index format {version!r} is not supported", reason="starter_index"
+        )
+    for entry in entries.values():
+        # Plain names only: the index may not point outside the starter folder.
+        if Path(entry.file).name != entry.file or Path(entry.card).name != entry.card:
+            raise FamilyError(
+                f"starter file names must be plain, got {entry.file!r}, {entry.card!r}",
+                reason="starter_index",
+            )
     return entries
 
 

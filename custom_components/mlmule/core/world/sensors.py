@@ -362,7 +362,7 @@ def _sampled(
     else:
         value = value + sensor.offset + noise
     value = np.clip(value, low, high) if (low is not None or high is not None) else value
-    return times, np.round(value, sensor.decimals)
+    return times, np.round(value, sensor.decimals) + 0.0  # + 0.0 turns -0.0 into 0.0
 
 
 # ----------------------------------------------------------------------------- dropouts
