@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -18,10 +19,14 @@ from homeassistant.helpers.typing import ConfigType
 from .const import (
     CONF_ACTIVITY_LABEL,
     CONF_ADVANCED,
+    CONF_GATE_EPSILON,
+    CONF_HALF_LIFE_HOURS,
+    CONF_HISTORY_DAYS,
     CONF_HOLD_ONLY,
     CONF_HOME_NAME,
     CONF_INPUT_ROLES,
     CONF_INPUTS,
+    CONF_MAX_SNAPSHOT_MIB,
     CONF_MAX_UNAVAILABLE,
     CONF_MIN_HOLD,
     CONF_OCCUPANCY_LABEL,
@@ -33,8 +38,14 @@ from .const import (
     CONF_PRESENCE_STATE,
     CONF_ROOM_KIND,
     CONF_SHARING,
+    CONF_STRATEGY,
     CONF_TASKS,
     CONF_TOPIC_PREFIX,
+    DEFAULT_GATE_EPSILON,
+    DEFAULT_HALF_LIFE_HOURS,
+    DEFAULT_HISTORY_DAYS,
+    DEFAULT_MAX_SNAPSHOT_MIB,
+    DEFAULT_STRATEGY,
     DOMAIN,
     SUBENTRY_SPACE,
     Sharing,
@@ -46,6 +57,8 @@ from .core.host import HostSettings, ModelHost
 from .core.hysteresis import HysteresisConfig
 from .core.identity import Identity, TrustStore
 from .core.onnx import load_model, runtime_backend
+from .core.protocol import ProtocolConfig
+from .core.snapshot import SnapshotLimits
 from .core.space import SpaceInputs
 from .core.starter import load_starter, starter_index
 from .data import MlmuleConfigEntry, MlmuleData
@@ -56,9 +69,6 @@ from .services import async_setup_services
 
 CONFIG_SCHEMA = cv.config_entry_only_config_schema(DOMAIN)
 PLATFORMS: list[Platform] = [Platform.BINARY_SENSOR, Platform.SENSOR]
-
-SPACE_STRATEGY = "mlmule"
-GUEST_GATE_EPSILON = 0.02
 
 
 async def async_setup(hass: HomeAssistant, config: ConfigType) -> bool:
@@ -110,7 +120,7 @@ async def async_setup_entry(hass: HomeAssistant, entry: MlmuleConfigEntry) -> bo
         identity=identity,
         trust=trust,
         spaces=entry.runtime_data.spaces,
-        prefix=entry.runtime_data.topic_prefix,
+        config=protocol_config(entry.options, entry.runtime_data.topic_prefix),
     )
     entry.runtime_data.exchange = exchange
     await exchange.async_start()
@@ -171,6 +181,30 @@ def space_inputs(hass: HomeAssistant, subentry: ConfigSubentry) -> SpaceInputs:
     )
 
 
+def host_settings(options: Mapping[str, Any]) -> HostSettings:
+    """How a space's host merges and bounds snapshots, from the hub's options."""
+    strategy = options.get(CONF_STRATEGY, DEFAULT_STRATEGY)
+    strategy_options: dict[str, Any] = {
+        # guests' snapshots must not lower the space's accuracy on its own recent data
+        "gate": "guests",
+        "gate_epsilon": float(options.get(CONF_GATE_EPSILON, DEFAULT_GATE_EPSILON)),
+    }
+    if strategy != "fedavg":
+        hours = float(options.get(CONF_HALF_LIFE_HOURS, DEFAULT_HALF_LIFE_HOURS))
+        strategy_options["half_life"] = hours * 3600.0
+    max_bytes = int(options.get(CONF_MAX_SNAPSHOT_MIB, DEFAULT_MAX_SNAPSHOT_MIB)) * 2**20
+    return HostSettings(
+        strategy=strategy,
+        strategy_options=strategy_options,
+        limits=SnapshotLimits(max_bytes=max_bytes),
+    )
+
+
+def protocol_config(options: Mapping[str, Any], prefix: str) -> ProtocolConfig:
+    max_bytes = int(options.get(CONF_MAX_SNAPSHOT_MIB, DEFAULT_MAX_SNAPSHOT_MIB)) * 2**20
+    return ProtocolConfig(prefix=prefix, max_payload=max_bytes, max_buffered_bytes=4 * max_bytes)
+
+
 async def _async_create_space(
     hass: HomeAssistant,
     entry: MlmuleConfigEntry,
@@ -195,6 +229,7 @@ async def _async_create_space(
             min_hold_seconds=advanced.get(CONF_MIN_HOLD, HysteresisConfig.min_hold_seconds),
         ),
         max_unavailable=advanced.get(CONF_MAX_UNAVAILABLE, 0.5),
+        history_days=int(entry.options.get(CONF_HISTORY_DAYS, DEFAULT_HISTORY_DAYS)),
     )
     inputs = space_inputs(hass, subentry)
 
@@ -203,10 +238,7 @@ async def _async_create_space(
             root / subentry.subentry_id,
             identity,
             trust,
-            HostSettings(
-                strategy=SPACE_STRATEGY,
-                strategy_options={"gate": "guests", "gate_epsilon": GUEST_GATE_EPSILON},
-            ),
+            host_settings(entry.options),
         )
         shipped = starter_index()
         keys = [settings.context_key(task) for task in settings.tasks]

@@ -14,6 +14,7 @@ from homeassistant.config_entries import (
     ConfigFlow,
     ConfigFlowResult,
     ConfigSubentryFlow,
+    OptionsFlow,
     SubentryFlowResult,
 )
 from homeassistant.const import CONF_NAME
@@ -26,10 +27,14 @@ from .const import (
     CONF_ACTIVITY_LABEL,
     CONF_ADVANCED,
     CONF_AREA,
+    CONF_GATE_EPSILON,
+    CONF_HALF_LIFE_HOURS,
+    CONF_HISTORY_DAYS,
     CONF_HOLD_ONLY,
     CONF_HOME_NAME,
     CONF_INPUT_ROLES,
     CONF_INPUTS,
+    CONF_MAX_SNAPSHOT_MIB,
     CONF_MAX_UNAVAILABLE,
     CONF_MIN_HOLD,
     CONF_OCCUPANCY_LABEL,
@@ -41,12 +46,18 @@ from .const import (
     CONF_PRESENCE_STATE,
     CONF_ROOM_KIND,
     CONF_SHARING,
+    CONF_STRATEGY,
     CONF_TASKS,
     CONF_TOPIC_PREFIX,
+    DEFAULT_GATE_EPSILON,
+    DEFAULT_HALF_LIFE_HOURS,
+    DEFAULT_HISTORY_DAYS,
+    DEFAULT_MAX_SNAPSHOT_MIB,
     DEFAULT_MAX_UNAVAILABLE,
     DEFAULT_MIN_HOLD,
     DEFAULT_OFF_THRESHOLD,
     DEFAULT_ON_THRESHOLD,
+    DEFAULT_STRATEGY,
     DEFAULT_TOPIC_PREFIX,
     DOMAIN,
     SUBENTRY_SPACE,
@@ -177,10 +188,73 @@ def validate_inputs(
     return errors
 
 
+OPTIONS_SCHEMA = vol.Schema(
+    {
+        vol.Required(CONF_HISTORY_DAYS, default=DEFAULT_HISTORY_DAYS): selector.NumberSelector(
+            selector.NumberSelectorConfig(
+                min=1, max=60, step=1, unit_of_measurement="d", mode=selector.NumberSelectorMode.BOX
+            )
+        ),
+        vol.Required(CONF_STRATEGY, default=DEFAULT_STRATEGY): _choice(
+            ["mlmule", "fedasync", "fedavg"], "strategy"
+        ),
+        vol.Required(
+            CONF_HALF_LIFE_HOURS, default=DEFAULT_HALF_LIFE_HOURS
+        ): selector.NumberSelector(
+            selector.NumberSelectorConfig(
+                min=0.5,
+                max=720,
+                step=0.5,
+                unit_of_measurement="h",
+                mode=selector.NumberSelectorMode.BOX,
+            )
+        ),
+        vol.Required(CONF_GATE_EPSILON, default=DEFAULT_GATE_EPSILON): selector.NumberSelector(
+            selector.NumberSelectorConfig(
+                min=0, max=0.2, step=0.005, mode=selector.NumberSelectorMode.BOX
+            )
+        ),
+        vol.Required(
+            CONF_MAX_SNAPSHOT_MIB, default=DEFAULT_MAX_SNAPSHOT_MIB
+        ): selector.NumberSelector(
+            selector.NumberSelectorConfig(
+                min=1,
+                max=16,
+                step=1,
+                unit_of_measurement="MiB",
+                mode=selector.NumberSelectorMode.BOX,
+            )
+        ),
+    }
+)
+
+
+class MlmuleOptionsFlow(OptionsFlow):
+    """How spaces learn and merge: history, strategy, freshness, guest gate, snapshot size.
+
+    The hub's update listener reloads the entry when the options change.
+    """
+
+    async def async_step_init(self, user_input: dict[str, Any] | None = None) -> ConfigFlowResult:
+        if user_input is not None:
+            return self.async_create_entry(data=user_input)
+        return self.async_show_form(
+            step_id="init",
+            data_schema=self.add_suggested_values_to_schema(
+                OPTIONS_SCHEMA, self.config_entry.options
+            ),
+        )
+
+
 class MlmuleConfigFlow(ConfigFlow, domain=DOMAIN):
     """Create the hub entry that holds this home's identity and MQTT topic prefix."""
 
     VERSION = 1
+
+    @staticmethod
+    @callback
+    def async_get_options_flow(config_entry: ConfigEntry) -> MlmuleOptionsFlow:
+        return MlmuleOptionsFlow()
 
     @classmethod
     @callback

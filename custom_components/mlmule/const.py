@@ -36,6 +36,18 @@ CONF_OFF_THRESHOLD: Final = "off_threshold"
 CONF_MIN_HOLD: Final = "min_hold_seconds"
 CONF_MAX_UNAVAILABLE: Final = "max_unavailable_fraction"
 
+# hub options
+CONF_HISTORY_DAYS: Final = "history_days"
+CONF_STRATEGY: Final = "strategy"
+CONF_HALF_LIFE_HOURS: Final = "half_life_hours"
+CONF_GATE_EPSILON: Final = "gate_epsilon"
+CONF_MAX_SNAPSHOT_MIB: Final = "max_snapshot_mib"
+DEFAULT_HISTORY_DAYS: Final = 10  # the recorder's default retention
+DEFAULT_STRATEGY: Final = "mlmule"
+DEFAULT_HALF_LIFE_HOURS: Final = 6.0
+DEFAULT_GATE_EPSILON: Final = 0.02
+DEFAULT_MAX_SNAPSHOT_MIB: Final = 4
+
 DEFAULT_ON_THRESHOLD: Final = 0.6
 DEFAULT_OFF_THRESHOLD: Final = 0.4
 DEFAULT_MIN_HOLD: Final = 120

@@ -47,7 +47,6 @@ if TYPE_CHECKING:
 PREDICT_INTERVAL = timedelta(seconds=60)
 PREDICT_COOLDOWN = 10.0  # at most one prediction per this many seconds on input changes
 TRAIN_CHUNK_SECONDS = 0.05  # one executor job of training; the loop runs between chunks
-HISTORY_DAYS = 10  # the recorder's default retention
 MIN_TRAINING_FRAMES = 120
 PHONE_ACTIVITY = "phone_activity"  # the phones' own model, trained by mules (mobile-data mode)
 
@@ -64,6 +63,7 @@ class SpaceSettings:
     inputs: tuple[str, ...]  # as configured, also those that have gone
     hysteresis: HysteresisConfig
     max_unavailable: float
+    history_days: int
 
     def context_key(self, task: str) -> str:
         return f"{task}/{self.room_kind}"
@@ -319,7 +319,7 @@ class SpaceCoordinator(DataUpdateCoordinator[SpacePrediction]):
             changes = await async_state_changes(
                 self.hass,
                 self.inputs.entities,
-                dt_util.utc_from_timestamp(now - HISTORY_DAYS * 86400),
+                dt_util.utc_from_timestamp(now - self.settings.history_days * 86400),
                 dt_util.utc_from_timestamp(now),
             )
             summaries: dict[str, TrainingSummary] = {}
@@ -343,7 +343,7 @@ class SpaceCoordinator(DataUpdateCoordinator[SpacePrediction]):
         slot = self.host.slot(context_key)
         step = slot.schema.step_seconds
         end = now // step * step
-        start = end - (HISTORY_DAYS * 86400) // step * step
+        start = end - (self.settings.history_days * 86400) // step * step
         data = await self.hass.async_add_executor_job(
             lambda: training_set(
                 self.inputs, changes, task=task, schema=slot.schema, start=start, end=end

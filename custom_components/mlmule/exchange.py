@@ -53,13 +53,13 @@ class Exchange:
         identity: Identity,
         trust: TrustStore,
         spaces: Mapping[str, SpaceCoordinator],
-        prefix: str,
+        config: ProtocolConfig,
     ) -> None:
         self.hass = hass
         self.entry = entry
         self.trust = trust
         self.spaces = spaces
-        self.endpoint = SpaceEndpoint(identity, trust, config=ProtocolConfig(prefix=prefix))
+        self.endpoint = SpaceEndpoint(identity, trust, config=config)
         # sequence numbers are signed into the messages, so they must leave in order
         self._publish_lock = asyncio.Lock()
         self.bytes_sent = 0

@@ -8,6 +8,7 @@ from homeassistant.data_entry_flow import FlowResultType
 from pytest_homeassistant_custom_component.common import MockConfigEntry
 from pytest_homeassistant_custom_component.typing import MqttMockHAClient
 
+from custom_components.mlmule import host_settings
 from custom_components.mlmule.const import CONF_HOME_NAME, CONF_TOPIC_PREFIX, DOMAIN
 
 
@@ -57,3 +58,42 @@ async def test_only_one_hub_per_instance(hass: HomeAssistant, mqtt_mock: MqttMoc
     )
     assert result["type"] is FlowResultType.ABORT
     assert result["reason"] == "single_instance_allowed"
+
+
+async def test_options_change_how_spaces_merge_and_reload_the_hub(
+    hass: HomeAssistant, mqtt_mock: MqttMockHAClient
+) -> None:
+    entry = MockConfigEntry(
+        domain=DOMAIN, data={CONF_HOME_NAME: "Home", CONF_TOPIC_PREFIX: "mlmule"}
+    )
+    entry.add_to_hass(hass)
+    assert await hass.config_entries.async_setup(entry.entry_id)
+    await hass.async_block_till_done()
+    first_exchange = entry.runtime_data.exchange
+
+    result = await hass.config_entries.options.async_init(entry.entry_id)
+    assert result["type"] is FlowResultType.FORM
+    options = {
+        "history_days": 7,
+        "strategy": "fedasync",
+        "half_life_hours": 12,
+        "gate_epsilon": 0.05,
+        "max_snapshot_mib": 2,
+    }
+    result = await hass.config_entries.options.async_configure(result["flow_id"], options)
+    assert result["type"] is FlowResultType.CREATE_ENTRY
+    await hass.async_block_till_done()
+    assert entry.options == options
+    # reloaded: a new exchange, with the smaller snapshot limit
+    assert entry.runtime_data.exchange is not first_exchange
+    assert entry.runtime_data.exchange is not None
+    assert entry.runtime_data.exchange.endpoint.config.max_payload == 2 * 2**20
+
+    settings = host_settings(entry.options)
+    assert settings.strategy == "fedasync"
+    assert settings.strategy_options == {
+        "gate": "guests",
+        "gate_epsilon": 0.05,
+        "half_life": 43200.0,
+    }
+    assert settings.limits.max_bytes == 2 * 2**20
