@@ -117,9 +117,7 @@ def summarise(scores: list[Score]) -> dict[str, object]:
         overall[(task, days, arm)].append(float(np.mean(values)))
     return {
         "by_kind": {"/".join(map(str, key)): median(values) for key, values in by_kind.items()},
-        "spaces_by_kind": {
-            "/".join(map(str, key)): len(values) for key, values in by_kind.items()
-        },
+        "spaces_by_kind": {"/".join(map(str, key)): len(values) for key, values in by_kind.items()},
         "overall_by_home": {"/".join(map(str, key)): median(v) for key, v in overall.items()},
         "homes": len({score.home for score in scores}),
     }
@@ -144,9 +142,11 @@ def table(summary: dict[str, object], task: str, kinds: list[str]) -> str:
             text += f" | {local:9.3f} {both:9.3f} {both / local:6.2f}"
         return text
 
-    for kind in kinds:
-        if f"{task}/{kind}/0/starter" in by_kind:
-            lines.append(row(kind, by_kind, f"{task}/{kind}"))
+    lines.extend(
+        row(kind, by_kind, f"{task}/{kind}")
+        for kind in kinds
+        if f"{task}/{kind}/0/starter" in by_kind
+    )
     lines.append(row("all (homes)", overall, task))
     return "\n".join(lines)
 

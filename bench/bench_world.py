@@ -236,7 +236,8 @@ def main() -> None:
         f"extracting a year: grid search {baselines['extract_year_grid_search_s']:.2f} s, "
         f"np.searchsorted {baselines['extract_year_np_searchsorted_s']:.2f} s "
         f"(x{baselines['searchsorted_over_grid']:.2f}); via HA state strings "
-        f"{baselines['ha_string_path_year_s']:.2f} s (x{baselines['ha_string_path_over_direct']:.1f})"
+        f"{baselines['ha_string_path_year_s']:.2f} s "
+        f"(x{baselines['ha_string_path_over_direct']:.1f})"
     )
     world, big = big_world()
     print(

@@ -86,7 +86,9 @@ _STARTER_TRAINING = TrainConfig(
 )
 TASK_RECIPES: dict[str, TaskRecipe] = {
     "occupancy": TaskRecipe("occupancy", OCCUPANCY_MLP, (32, 16), (0, 5, 15), 6, _STARTER_TRAINING),
-    "activity": TaskRecipe("activity", ACTIVITY_MLP, (64, 32), (0, 5, 15, 30), 6, _STARTER_TRAINING),
+    "activity": TaskRecipe(
+        "activity", ACTIVITY_MLP, (64, 32), (0, 5, 15, 30), 6, _STARTER_TRAINING
+    ),
     "phone_activity": TaskRecipe(
         "phone_activity", ACTIVITY_MLP, (32, 16), (0, 1, 2, 5, 10), 10, _STARTER_TRAINING
     ),
@@ -211,4 +213,3 @@ def sample_rows(n_minutes: int, window: Sequence[int], subsample: int) -> IntArr
 def windowed(data: SpaceData, window: Sequence[int], rows: IntArray) -> npt.NDArray[np.float32]:
     """Model inputs (unnormalised; the model normalises) for the chosen minutes."""
     return window_frames(data.frames, window)[rows]
-

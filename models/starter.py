@@ -114,9 +114,7 @@ class _Split:
     base: list[np.ndarray]
 
 
-def _samples(
-    spaces: Sequence[SpaceData], starter: Starter
-) -> tuple[_Split, _Split]:
+def _samples(spaces: Sequence[SpaceData], starter: Starter) -> tuple[_Split, _Split]:
     """Per space, the earlier minutes for training and the latest for validation."""
     recipe = starter.recipe
     train, validation = _Split([], [], []), _Split([], [], [])
@@ -167,9 +165,7 @@ def build(starter: Starter, train_world: World, held_out_world: World) -> Starte
     )
 
 
-def held_out_inputs(
-    starter: Starter, world: World
-) -> list[tuple[np.ndarray, np.ndarray]]:
+def held_out_inputs(starter: Starter, world: World) -> list[tuple[np.ndarray, np.ndarray]]:
     """`(inputs, true labels)` per held-out space, sampled as in training."""
     recipe = starter.recipe
     found = []
@@ -185,9 +181,7 @@ def evaluate(starter: Starter, spec: FamilySpec, weights: Weights, world: World)
     for x, y in held_out_inputs(starter, world):
         probabilities = forward(spec, weights, x)
         predicted = predict_classes(spec, probabilities)
-        per_space.append(
-            balanced_accuracy(y, predicted) if spec.binary else macro_f1(y, predicted)
-        )
+        per_space.append(balanced_accuracy(y, predicted) if spec.binary else macro_f1(y, predicted))
         all_true.append(y)
         all_probabilities.append(probabilities)
     y_true = np.concatenate(all_true)

@@ -46,9 +46,10 @@ def weighted_loss(
 
 def proximal_term(module: FamilyModule, reference: Mapping[str, torch.Tensor]) -> torch.Tensor:
     """FedProx's `1/2 * |w - w_start|^2` over the trainable parameters."""
-    return 0.5 * sum(
+    squares = [
         ((parameter - reference[name]) ** 2).sum() for name, parameter in _trainable(module).items()
-    )
+    ]
+    return 0.5 * torch.stack(squares).sum()
 
 
 def _trainable(module: torch.nn.Module) -> dict[str, torch.nn.Parameter]:

@@ -90,6 +90,7 @@ class Verdict:
 
 DeliveryHandler = Callable[[Deliver], Verdict]
 EventHandler = Callable[[Event], None]
+PublishTap = Callable[[Publish], None]
 
 
 class MqttLink:
@@ -98,7 +99,8 @@ class MqttLink:
     `on_delivery` runs on the link's worker thread for every snapshot that arrives and returns
     a `Verdict`; raising an `MlmuleError` rejects the snapshot with the error's reason.
     `on_event` (same thread) learns the peer's verdicts on what this side sent, failures and
-    ended sessions. Both may call back into the link.
+    ended sessions. Both may call back into the link. `on_publish` sees every message the
+    link publishes, in order, as it leaves (the companion's debug dump).
     """
 
     def __init__(
@@ -108,6 +110,7 @@ class MqttLink:
         *,
         on_delivery: DeliveryHandler,
         on_event: EventHandler | None = None,
+        on_publish: PublishTap | None = None,
         clock: Callable[[], float] = time.time,
         tick_interval: float = 0.5,
     ) -> None:
@@ -115,6 +118,7 @@ class MqttLink:
         self.broker = broker
         self._on_delivery = on_delivery
         self._on_event = on_event
+        self._on_publish = on_publish
         self._clock = clock
         self._tick_interval = tick_interval
         self._lock = threading.RLock()
@@ -152,6 +156,11 @@ class MqttLink:
     def wait_ready(self, timeout: float) -> bool:
         """Wait until connected and subscribed, so that spaces can reach the mule."""
         return self._ready.wait(timeout)
+
+    @property
+    def connected(self) -> bool:
+        """Connected and subscribed right now."""
+        return self._ready.is_set()
 
     @property
     def connections(self) -> int:
@@ -305,5 +314,41 @@ class MqttLink:
         for action in actions:
             if isinstance(action, Publish):
                 self._client.publish(action.topic, action.payload, qos=action.qos, retain=False)
+                if self._on_publish is not None:
+                    self._on_publish(action)
             else:
                 self._work.put(action)
+
+
+def probe(broker: BrokerOptions, timeout: float = 5.0) -> str | None:
+    """Try to connect once: None if the broker accepted us, else why not, in a few words."""
+    outcome: queue.Queue[str | None] = queue.Queue()
+    client = mqtt.Client(
+        CallbackAPIVersion.VERSION2,
+        client_id=broker.client_id,
+        clean_session=True,
+        protocol=mqtt.MQTTv311,
+    )
+    if broker.username is not None:
+        client.username_pw_set(broker.username, broker.password)
+
+    def connected(
+        _client: mqtt.Client, _userdata: Any, _flags: Any, reason: ReasonCode, _props: Any
+    ) -> None:
+        outcome.put(f"the broker refused the login: {reason}" if reason.is_failure else None)
+
+    client.on_connect = connected
+    try:
+        if broker.tls is not None:
+            client.tls_set_context(broker.tls.context())
+        client.connect(broker.host, broker.port, keepalive=max(5, int(timeout)))
+    except (OSError, ssl.SSLError, ValueError) as err:
+        return f"cannot reach {broker.host}:{broker.port}: {err}"
+    client.loop_start()
+    try:
+        return outcome.get(timeout=timeout)
+    except queue.Empty:
+        return f"no answer from {broker.host}:{broker.port} within {timeout:g} s"
+    finally:
+        client.disconnect()
+        client.loop_stop()

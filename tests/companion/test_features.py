@@ -289,7 +289,8 @@ def test_power_above_baseline_ignores_standby_and_brief_glitches() -> None:
 def test_power_baseline_does_not_depend_on_the_extracted_range() -> None:
     rng = np.random.default_rng(3)
     times = np.sort(rng.uniform(0, 3 * 86400, 400))
-    plug = series((0.0, 2.0), *((float(t), float(v)) for t, v in zip(times, rng.gamma(1, 50, 400))))
+    watts = rng.gamma(1, 50, 400)
+    plug = series((0.0, 2.0), *zip(times.tolist(), watts.tolist(), strict=True))
     inputs = {Role.POWER: [plug]}
     whole = extract_room_frames(inputs, START, START + 3 * 86400)
     later = extract_room_frames(inputs, START + 2 * 86400, START + 3 * 86400)

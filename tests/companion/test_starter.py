@@ -12,6 +12,7 @@ from mlmule_core.errors import FamilyError
 from mlmule_core.families import forward
 from mlmule_core.onnx import create_session
 from mlmule_core.starter import load_starter, parse_index, starter_index
+from mlmule_core.world import World
 from mlmule_models import starter as starter_tool
 from mlmule_models.recipes import HELD_OUT_WORLD, TRAIN_WORLD, starters
 
@@ -35,7 +36,7 @@ def test_every_context_key_of_the_recipe_has_a_shipped_starter() -> None:
 @pytest.mark.parametrize("key", sorted(starter_index()))
 def test_starter_loads_runs_and_has_a_card(key: str) -> None:
     model = load_starter(key)
-    assert model.spec.task == key.split("/")[0]
+    assert model.spec.task == key.split("/", maxsplit=1)[0]
     rng = np.random.default_rng(0)
     mean, std = model.weights["input.mean"], model.weights["input.std"]
     x = (mean + std * rng.normal(size=(64, model.spec.n_inputs))).astype(np.float32)
@@ -67,14 +68,20 @@ REBUILT = ("occupancy-kitchen", "activity-bathroom")
 
 
 @pytest.fixture(scope="module")
-def rebuilt() -> list[starter_tool.StarterBuild]:
-    return starter_tool.build_all(REBUILT)
+def held_out_world() -> World:
+    return HELD_OUT_WORLD.build()
+
+
+@pytest.fixture(scope="module")
+def rebuilt(held_out_world: World) -> list[starter_tool.StarterBuild]:
+    train_world = TRAIN_WORLD.build()
+    chosen = [starter for starter in starters() if starter.name in REBUILT]
+    return [starter_tool.build(starter, train_world, held_out_world) for starter in chosen]
 
 
 def test_shipped_files_match_what_the_recipe_produces(
-    rebuilt: list[starter_tool.StarterBuild],
+    rebuilt: list[starter_tool.StarterBuild], held_out_world: World
 ) -> None:
-    held_out_world = HELD_OUT_WORLD.build()
     index = json.loads((SHIPPED / "index.json").read_text())["models"]
     for built in rebuilt:
         shipped = (SHIPPED / f"{built.starter.name}.onnx").read_bytes()
@@ -84,8 +91,9 @@ def test_shipped_files_match_what_the_recipe_produces(
         assert built.held_out.samples == recorded["samples"]
 
 
-def test_check_detects_a_different_model(rebuilt: list[starter_tool.StarterBuild]) -> None:
-    held_out_world = HELD_OUT_WORLD.build()
+def test_check_detects_a_different_model(
+    rebuilt: list[starter_tool.StarterBuild], held_out_world: World
+) -> None:
     occupancy = rebuilt[0]
     other = (SHIPPED / "activity-bathroom.onnx").read_bytes()
     assert starter_tool.differences(occupancy, other, held_out_world)
@@ -131,7 +139,9 @@ def test_loader_refuses_damaged_folders(tmp_path: Path) -> None:
         load_starter("occupancy/bedroom", folder)
 
     (folder / target.file).unlink()
-    (folder / "index.json").write_text(json.dumps(index | {"models": {"occupancy/kitchen": index["models"]["occupancy/kitchen"]}}))
+    (folder / "index.json").write_text(
+        json.dumps(index | {"models": {"occupancy/kitchen": index["models"]["occupancy/kitchen"]}})
+    )
     with pytest.raises(FamilyError) as caught:
         load_starter("occupancy/kitchen", folder)
     assert caught.value.reason == "starter_missing"

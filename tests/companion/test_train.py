@@ -11,6 +11,7 @@ from mlmule_core.train_numpy import (
     DPConfig,
     TrainConfig,
     Trainer,
+    class_weights,
     fit_platt,
     train,
 )
@@ -18,6 +19,7 @@ from mlmule_core.weights import l2_distance
 from mlmule_models import train as torch_train
 from opacus.accountants import RDPAccountant
 from sklearn.datasets import make_classification
+from sklearn.utils.class_weight import compute_class_weight
 
 BINARY = FamilySpec("occupancy-mlp", "occupancy", 8, (16, 8), 1, ("vacant", "occupied"))
 MULTI = FamilySpec("activity-mlp", "activity", 8, (16,), 4, ("sleep", "cook", "work", "away"))
@@ -133,6 +135,19 @@ def test_warm_start_continues_from_the_snapshot() -> None:
     assert warm.val_loss == pytest.approx(first.val_loss, rel=0.1)
 
 
+def test_training_that_only_hurts_returns_the_snapshot() -> None:
+    x, y = dataset(MULTI, 1200, seed=16)
+    trained, _ = train(MULTI, start(MULTI), x[:800], y[:800], TrainConfig(max_epochs=8))
+    shuffled = np.random.default_rng(0).permutation(y[800:1000])
+    config = TrainConfig(max_epochs=5, patience=2, learning_rate=0.03)
+    weights, report = train(
+        MULTI, trained, x[800:1000], shuffled, config, validation=(x[1000:], y[1000:])
+    )
+    assert report.best_epoch == 0
+    assert report.stop_reason == "early_stopping"
+    assert all(np.array_equal(weights[name], trained[name]) for name in trained)
+
+
 def test_fedprox_keeps_training_near_the_start() -> None:
     x, y = dataset(BINARY, 600, seed=6)
     origin = start(BINARY)
@@ -143,12 +158,22 @@ def test_fedprox_keeps_training_near_the_start() -> None:
     assert distances[0] > distances[1] > distances[2]
 
 
+def test_balanced_class_weights_match_sklearn() -> None:
+    y = np.array([0, 0, 0, 0, 1, 1, 3, 0, 1, 3], dtype=np.int64)
+    expected = compute_class_weight("balanced", classes=np.array([0, 1, 3]), y=y)
+    got = class_weights(MULTI, y, power=1.0)
+    np.testing.assert_allclose(got[[0, 1, 3]], expected, rtol=1e-6)
+    assert got[2] == 1.0  # absent: only weighs validation samples
+    np.testing.assert_allclose(class_weights(MULTI, y, power=0.5)[[0, 1, 3]], np.sqrt(expected))
+    np.testing.assert_array_equal(class_weights(MULTI, y, power=0.0), np.ones(4))
+
+
 def test_class_weighting_helps_rare_classes() -> None:
     x, y = dataset(MULTI, 3000, seed=7, imbalance=0.85, flip=0.0)
     test_x, test_y = x[2000:], y[2000:]
     scores = {}
     for weighting in (False, True):
-        config = TrainConfig(max_epochs=10, class_weighting=weighting)
+        config = TrainConfig(max_epochs=10, class_weight_power=float(weighting))
         weights, _ = train(MULTI, start(MULTI), x[:2000], y[:2000], config)
         predicted = predict_classes(MULTI, forward(MULTI, weights, test_x))
         scores[weighting] = (balanced_accuracy(test_y, predicted), macro_f1(test_y, predicted))
@@ -161,7 +186,7 @@ def test_platt_calibration_makes_probabilities_honest() -> None:
     test_x, test_y = x[3000:], y[3000:]
     ece = {}
     for calibrate in (False, True):
-        config = TrainConfig(max_epochs=10, calibrate=calibrate)
+        config = TrainConfig(max_epochs=10, calibrate=calibrate, class_weight_power=1.0)
         weights, report = train(BINARY, start(BINARY), x[:3000], y[:3000], config)
         assert report.calibrated is calibrate
         ece[calibrate] = expected_calibration_error(test_y, forward(BINARY, weights, test_x))

@@ -249,7 +249,7 @@ def test_jensen_shannon_matches_scipy() -> None:
     assert jensen_shannon([3, 1], [6, 2]) == pytest.approx(0.0)
 
 
-# ----------------------------------------------------------------------------- the chain and physics
+# ------------------------------------------------------------------------- chain and physics
 
 
 def test_the_chain_reproduces_its_target_profile() -> None:

@@ -65,7 +65,8 @@ def test_every_flow_error_and_abort_is_translated() -> None:
     errors |= set(re.findall(r'\[CONF_[A-Z_]+\] = "([a-z_]+)"', flow))
     aborts = set(re.findall(r'async_abort\(reason="([a-z_]+)"\)', flow))
     known_errors = set(EN["config"]["error"]) | set(EN["config_subentries"]["space"]["error"])
-    assert errors and errors <= known_errors, errors - known_errors
+    assert errors
+    assert errors <= known_errors, errors - known_errors
     assert aborts <= set(EN["config"]["abort"]), aborts
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import getpass
 import shutil
 import socket
 import subprocess
@@ -40,6 +41,8 @@ class Broker:
     def start(self, timeout: float = 10.0) -> None:
         config = self.workdir / "mosquitto.conf"
         config.write_text(
+            # as root, mosquitto would switch to its own user, who cannot write our temporaries
+            f"user {getpass.getuser()}\n"
             f"listener {self.port} {self.host}\n"
             "allow_anonymous true\n"
             "persistence false\n"
@@ -73,6 +76,7 @@ class Broker:
 
 
 def start_broker(workdir: Path, port: int | None = None) -> Broker:
+    workdir.mkdir(parents=True, exist_ok=True)
     broker = Broker(host="127.0.0.1", port=port or free_port(), workdir=workdir)
     broker.start()
     return broker
