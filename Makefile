@@ -6,7 +6,7 @@ ROOT := $(CURDIR)
 HA_ENV = $$(scripts/ensure-env.sh ha)
 COMPANION_ENV = $$(scripts/ensure-env.sh companion)
 
-.PHONY: help test test-ha test-companion lint demo bench lock envs clean-envs
+.PHONY: help test test-ha test-companion coverage lint demo bench lock envs clean-envs
 
 help:
 	@echo "make test   set up everything on first use, then run the whole test suite in both environments"
@@ -18,18 +18,29 @@ envs:
 	@echo "HA environment:        $(HA_ENV)"
 	@echo "companion environment: $(COMPANION_ENV)"
 
-test: test-companion test-ha
+COVERAGE_DIR = $(ROOT)/build/coverage
+PYTEST_PARALLEL = -n 2
+
+test: test-companion test-ha coverage
 
 test-companion:
 	@scripts/ensure-mosquitto.sh
-	@env="$(COMPANION_ENV)"; export MLMULE_HA_ENV="$(HA_ENV)"; \
+	@env="$(COMPANION_ENV)"; export MLMULE_HA_ENV="$(HA_ENV)"; mkdir -p "$(COVERAGE_DIR)"; \
 	  echo "== companion environment ($$env)"; \
-	  cd tests/companion && "$$env/bin/python" -m pytest
+	  cd tests/companion && COVERAGE_FILE="$(COVERAGE_DIR)/.coverage.companion" \
+	    "$$env/bin/python" -m pytest $(PYTEST_PARALLEL) --cov="$(ROOT)/custom_components/mlmule" --cov-config="$(ROOT)/pyproject.toml" --cov-report=
 
 test-ha:
-	@env="$(HA_ENV)"; export MLMULE_COMPANION_ENV="$(COMPANION_ENV)"; \
+	@env="$(HA_ENV)"; export MLMULE_COMPANION_ENV="$(COMPANION_ENV)"; mkdir -p "$(COVERAGE_DIR)"; \
 	  echo "== Home Assistant environment ($$env)"; \
-	  cd tests/ha && "$$env/bin/python" -m pytest
+	  cd tests/ha && COVERAGE_FILE="$(COVERAGE_DIR)/.coverage.ha" \
+	    "$$env/bin/python" -m pytest $(PYTEST_PARALLEL) --cov="$(ROOT)/custom_components/mlmule" --cov-config="$(ROOT)/pyproject.toml" --cov-report=
+
+# Coverage of custom_components/mlmule by both suites together (the core runs in both).
+coverage:
+	@env="$(HA_ENV)"; cd "$(COVERAGE_DIR)" && rm -f .coverage && \
+	  "$$env/bin/python" -m coverage combine --rcfile="$(ROOT)/pyproject.toml" --keep -q .coverage.companion .coverage.ha && \
+	  "$$env/bin/python" -m coverage report --rcfile="$(ROOT)/pyproject.toml" --skip-covered --sort=cover --fail-under=90 | tail -n 25
 
 # mypy cannot follow setuptools' import finder, so it sees mlmule_core and mlmule_models
 # through directory links under build/ (gitignored).
@@ -51,6 +62,7 @@ demo:
 bench:
 	@env="$(COMPANION_ENV)"; mkdir -p bench/results; \
 	  for script in bench/bench_*.py; do echo "== $$script"; "$$env/bin/python" "$$script"; done
+	@env="$(HA_ENV)"; echo "== bench/ha (real Home Assistant core)"; cd bench/ha && "$$env/bin/python" -m pytest
 
 lock:
 	scripts/lock.sh ha

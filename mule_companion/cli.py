@@ -12,7 +12,7 @@ import sys
 import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import asdict
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, TypeAlias
 
@@ -38,6 +38,7 @@ from .agent import (
     SelfAndHomes,
     StatusDisplay,
     WireDump,
+    check_home_code,
     human_bytes,
     known_architectures,
     running_agent,
@@ -258,6 +259,7 @@ def cmd_init(args: argparse.Namespace) -> int:
 def cmd_pair(args: argparse.Namespace) -> int:
     companion = Companion(args.data_dir)
     code = PairingCode.decode(args.code)
+    check_home_code(code)
     offered = code.broker
     host = args.host or (offered.host if offered else None)
     if host is None:
@@ -332,13 +334,22 @@ def cmd_unpair(args: argparse.Namespace) -> int:
 # run
 
 
+@dataclass
+class _StopRequest:
+    """Set by SIGINT or SIGTERM; wakes the agent so it notices at once."""
+
+    event: threading.Event = field(default_factory=threading.Event)
+    wake: Callable[[], None] = lambda: None
+
+    def __call__(self, _signum: int, _frame: object) -> None:
+        self.event.set()
+        self.wake()
+
+
 @contextlib.contextmanager
-def _stop_on_signals() -> Iterator[threading.Event]:
-    stop = threading.Event()
-    previous = {
-        number: signal.signal(number, lambda *_: stop.set())
-        for number in (signal.SIGINT, signal.SIGTERM)
-    }
+def _stop_on_signals() -> Iterator[_StopRequest]:
+    stop = _StopRequest()
+    previous = {number: signal.signal(number, stop) for number in (signal.SIGINT, signal.SIGTERM)}
     try:
         yield stop
     finally:
@@ -358,9 +369,10 @@ def cmd_run(args: argparse.Namespace) -> int:
         redirect,
         running_agent(companion, dump=dump, progress=interactive) as agent,
     ):
+        stop.wake = agent.wake
         display = StatusDisplay(interactive=interactive, interval=companion.config.status_interval)
         try:
-            agent.run(stop, display)
+            agent.run(stop.event, display)
         finally:
             display.close()
     _LOGGER.info("stopped; the store and the ledger are saved")
@@ -526,11 +538,7 @@ def cmd_log_data(args: argparse.Namespace) -> int:
     print(
         f"Stored {report.rows} rows ({report.new} new)"
         + (f", skipped {len(parser.problems)} invalid" if parser.problems else "")
-        + (
-            f", {parser.valid - report.rows} older than the retention period"
-            if parser.valid > report.rows
-            else ""
-        )
+        + (f", {parser.valid - report.rows} too old to keep" if parser.valid > report.rows else "")
         + (f", pruned {report.pruned} old rows" if report.pruned else "")
         + "."
     )

@@ -100,7 +100,8 @@ class MqttLink:
     a `Verdict`; raising an `MlmuleError` rejects the snapshot with the error's reason.
     `on_event` (same thread) learns the peer's verdicts on what this side sent, failures and
     ended sessions. Both may call back into the link. `on_publish` sees every message the
-    link publishes, in order, as it leaves (the companion's debug dump).
+    link publishes, in order, as it leaves (the companion's debug dump). `on_connection` learns
+    when the link becomes ready (True) or loses the broker (False), on paho's thread.
     """
 
     def __init__(
@@ -111,6 +112,7 @@ class MqttLink:
         on_delivery: DeliveryHandler,
         on_event: EventHandler | None = None,
         on_publish: PublishTap | None = None,
+        on_connection: Callable[[bool], None] | None = None,
         clock: Callable[[], float] = time.time,
         tick_interval: float = 0.5,
     ) -> None:
@@ -119,11 +121,13 @@ class MqttLink:
         self._on_delivery = on_delivery
         self._on_event = on_event
         self._on_publish = on_publish
+        self._on_connection = on_connection
         self._clock = clock
         self._tick_interval = tick_interval
         self._lock = threading.RLock()
         self._work: queue.Queue[Deliver | Event | None] = queue.Queue()
         self._stopping = threading.Event()
+        self._wake = threading.Event()  # a message arrived: the timers may have work again
         self._ready = threading.Event()
         self._connections = 0
         self._threads: list[threading.Thread] = []
@@ -145,6 +149,7 @@ class MqttLink:
     def stop(self, timeout: float = 5.0) -> None:
         """Disconnect and stop every thread the link started."""
         self._stopping.set()
+        self._wake.set()
         self._work.put(None)
         for thread in self._threads:
             thread.join(timeout)
@@ -240,6 +245,8 @@ class MqttLink:
             _LOGGER.error("broker %s refused the subscription: %s", self.broker.host, reasons)
             return
         self._ready.set()
+        if self._on_connection is not None:
+            self._on_connection(True)
 
     def _on_disconnect(
         self,
@@ -250,6 +257,8 @@ class MqttLink:
         _properties: Any,
     ) -> None:
         self._ready.clear()
+        if self._on_connection is not None:
+            self._on_connection(False)
         if not self._stopping.is_set():
             _LOGGER.info("lost broker %s (%s); reconnecting", self.broker.host, reason)
 
@@ -266,11 +275,20 @@ class MqttLink:
                 _LOGGER.debug("dropped a message on %s: %s (%s)", message.topic, err, err.reason)
                 return
             self._carry_out(actions)
+        self._wake.set()
 
     # -- timers and the worker ------------------------------------------------------------
 
     def _tick_loop(self) -> None:
-        while not self._stopping.wait(self._tick_interval):
+        """Run the endpoint's timers while a session is open; sleep until a message otherwise,
+        so an idle phone is not woken twice a second for nothing."""
+        while not self._stopping.is_set():
+            with self._lock:
+                active = bool(self.endpoint.active_sessions())
+            self._wake.wait(self._tick_interval if active else None)
+            self._wake.clear()
+            if self._stopping.is_set():
+                return
             with self._lock:
                 self._carry_out(self.endpoint.tick(self._clock()))
 

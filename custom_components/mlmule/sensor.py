@@ -55,6 +55,16 @@ def _data_time(coordinator: SpaceCoordinator, task: str) -> datetime | None:
     return dt_util.utc_from_timestamp(meta.data_time) if meta.data_time > 0 else None
 
 
+def _training(coordinator: SpaceCoordinator, task: str) -> dict[str, Any]:
+    summary = coordinator.state.training.get(task)
+    return summary.as_dict() if summary else {}
+
+
+def _lineage(coordinator: SpaceCoordinator, task: str) -> dict[str, Any]:
+    slot = coordinator.host.slot(coordinator.settings.context_key(task))
+    return {"model_version": slot.version, "lineage": list(slot.meta.lineage[-5:])}
+
+
 def _activity_labels(coordinator: SpaceCoordinator) -> list[str]:
     slot = coordinator.host.slot(coordinator.settings.context_key(Task.ACTIVITY))
     return list(slot.spec.labels)
@@ -76,47 +86,29 @@ SENSORS: tuple[MlmuleSensorDescription, ...] = (
         value_fn=lambda c, _: c.data.activity,
         attributes_fn=lambda c, _: {"probability": _percent(c.data.activity_probability)},
     ),
-    MlmuleSensorDescription(
-        key="occupancy_accuracy",
-        task=Task.OCCUPANCY,
-        native_unit_of_measurement=PERCENTAGE,
-        state_class=SensorStateClass.MEASUREMENT,
-        entity_category=EntityCategory.DIAGNOSTIC,
-        value_fn=_accuracy,
-        attributes_fn=lambda c, t: s.as_dict() if (s := c.state.training.get(t)) else {},
+    *(
+        MlmuleSensorDescription(
+            key=f"{task}_accuracy",
+            task=task,
+            native_unit_of_measurement=PERCENTAGE,
+            state_class=SensorStateClass.MEASUREMENT,
+            entity_category=EntityCategory.DIAGNOSTIC,
+            value_fn=_accuracy,
+            attributes_fn=_training,
+        )
+        for task in Task
     ),
-    MlmuleSensorDescription(
-        key="activity_accuracy",
-        task=Task.ACTIVITY,
-        native_unit_of_measurement=PERCENTAGE,
-        state_class=SensorStateClass.MEASUREMENT,
-        entity_category=EntityCategory.DIAGNOSTIC,
-        value_fn=_accuracy,
-        attributes_fn=lambda c, t: s.as_dict() if (s := c.state.training.get(t)) else {},
-    ),
-    MlmuleSensorDescription(
-        key="occupancy_model_freshness",
-        task=Task.OCCUPANCY,
-        device_class=SensorDeviceClass.TIMESTAMP,
-        entity_category=EntityCategory.DIAGNOSTIC,
-        entity_registry_enabled_default=False,
-        value_fn=_data_time,
-        attributes_fn=lambda c, t: {
-            "model_version": c.host.slot(c.settings.context_key(t)).version,
-            "lineage": list(c.host.slot(c.settings.context_key(t)).meta.lineage[-5:]),
-        },
-    ),
-    MlmuleSensorDescription(
-        key="activity_model_freshness",
-        task=Task.ACTIVITY,
-        device_class=SensorDeviceClass.TIMESTAMP,
-        entity_category=EntityCategory.DIAGNOSTIC,
-        entity_registry_enabled_default=False,
-        value_fn=_data_time,
-        attributes_fn=lambda c, t: {
-            "model_version": c.host.slot(c.settings.context_key(t)).version,
-            "lineage": list(c.host.slot(c.settings.context_key(t)).meta.lineage[-5:]),
-        },
+    *(
+        MlmuleSensorDescription(
+            key=f"{task}_model_freshness",
+            task=task,
+            device_class=SensorDeviceClass.TIMESTAMP,
+            entity_category=EntityCategory.DIAGNOSTIC,
+            entity_registry_enabled_default=False,
+            value_fn=_data_time,
+            attributes_fn=_lineage,
+        )
+        for task in Task
     ),
     MlmuleSensorDescription(
         key="snapshots_merged",

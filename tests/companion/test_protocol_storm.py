@@ -20,6 +20,7 @@ ROUNDS = 6
 _SETTINGS = settings(
     max_examples=STORM_CASES,
     deadline=None,
+    derandomize=True,  # the same cases on every run, so CI is repeatable
     suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
 )
 
@@ -97,7 +98,9 @@ def test_chunk_storms_end_with_the_right_bytes_or_a_typed_error(
             assert deliveries[0].payload == payload
             outcomes["delivered"] += 1
         else:
-            assert isinstance(failures[0].error, TransferError)
+            # a bad transfer fails on its own; a peer that stays silent ends the whole session
+            error = failures[0].error
+            assert isinstance(error, TransferError) or error.reason == "peer_silent", error
             outcomes[f"failed: {failures[0].reason}"] += 1
         assert all(isinstance(err, ProtocolError) for err in net.rejected)
         assert net.peers.space.buffered_bytes == 0

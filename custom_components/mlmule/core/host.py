@@ -366,17 +366,8 @@ class ModelHost:
         validation gate (strategy option `gate`) uses them.
         """
         now = time.time() if now is None else now
-        self.counters["received"] += 1
         try:
-            snapshot = unpack(
-                data,
-                trust=self.trust,
-                expected_arch=self.expected_arch(),
-                limits=self.settings.limits,
-                replay_guard=self.replay_guard,
-                now=now,
-                max_age=self.settings.max_age_seconds,
-            )
+            snapshot = self._unpack_received(data, now)
         except SnapshotError as err:
             return self._reject(err.reason, str(err))
         slot = self._slots[snapshot.meta.context_key]
@@ -432,17 +423,8 @@ class ModelHost:
         already contains what the mule brought, so merging it again would count that twice.
         """
         now = time.time() if now is None else now
-        self.counters["received"] += 1
         try:
-            snapshot = unpack(
-                data,
-                trust=self.trust,
-                expected_arch=self.expected_arch(),
-                limits=self.settings.limits,
-                replay_guard=self.replay_guard,
-                now=now,
-                max_age=self.settings.max_age_seconds,
-            )
+            snapshot = self._unpack_received(data, now)
             spec, schema, weights = families.from_onnx(snapshot.model)
         except MlmuleError as err:
             return self._reject(err.reason, str(err))
@@ -476,6 +458,19 @@ class ModelHost:
         self._remember(outcome)
         self.save_state()
         return outcome
+
+    def _unpack_received(self, data: bytes, now: float) -> Snapshot:
+        """Every check a peer's snapshot must pass before this host uses it (counts it)."""
+        self.counters["received"] += 1
+        return unpack(
+            data,
+            trust=self.trust,
+            expected_arch=self.expected_arch(),
+            limits=self.settings.limits,
+            replay_guard=self.replay_guard,
+            now=now,
+            max_age=self.settings.max_age_seconds,
+        )
 
     def export(self, context_key: str, *, compression: Compression | None = None) -> bytes:
         """The current model of `context_key` as a snapshot signed by this host."""

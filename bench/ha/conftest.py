@@ -1,0 +1,3 @@
+"""Fixtures for the benchmarks that run on a real Home Assistant core."""
+
+pytest_plugins = ["tests.support.ha_fixtures"]

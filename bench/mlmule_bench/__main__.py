@@ -1,0 +1,287 @@
+"""`python -m mlmule_bench [run|flower|scaling|plot] ...` (run is the default).
+
+    run      every task x seed x method of a configuration -> learning.json and its figures
+    flower   our FedAvg against Flower's on the same partitions and budget -> learning_flower.json
+    scaling  wall time for a growing number of homes -> learning_scaling.json and a figure
+    plot     redraw the figures of an existing learning.json
+
+Run it from the companion environment with `bench/` on the path (the Makefile does both):
+`PYTHONPATH=bench $(scripts/ensure-env.sh companion)/bin/python -m mlmule_bench --config tiny`.
+"""
+
+from __future__ import annotations
+
+import os
+
+from .training import SINGLE_THREADED
+
+# Before numpy loads BLAS: small models train several times faster on one thread per process.
+for _name, _value in SINGLE_THREADED.items():
+    os.environ.setdefault(_name, _value)
+
+import argparse  # noqa: E402
+import json  # noqa: E402
+import subprocess  # noqa: E402
+import sys  # noqa: E402
+import tempfile  # noqa: E402
+import time  # noqa: E402
+from collections.abc import Iterable, Sequence  # noqa: E402
+from pathlib import Path  # noqa: E402
+from typing import Any  # noqa: E402
+
+from tqdm import tqdm  # noqa: E402
+
+from .config import BACKENDS, METHODS, TASKS, BenchConfig, load_config  # noqa: E402
+
+RESULTS = Path(__file__).resolve().parents[1] / "results"
+COMMANDS = ("run", "flower", "scaling", "plot")
+
+
+def _csv(text: str) -> tuple[str, ...]:
+    return tuple(part.strip() for part in text.split(",") if part.strip())
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m mlmule_bench",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    run = commands.add_parser("run", help="run the benchmark")
+    _common(run)
+    run.add_argument(
+        "--out",
+        type=Path,
+        default=RESULTS / "learning.json",
+        help="the JSON to write; figures go beside it",
+    )
+    run.add_argument(
+        "--jobs", type=int, default=1, help="(task, seed) pairs run in this many processes at once"
+    )
+    run.add_argument("--no-plots", action="store_true")
+    run.add_argument("--emit-runs", type=Path, help=argparse.SUPPRESS)  # for --jobs workers
+
+    flower = commands.add_parser("flower", help="cross-check FedAvg against Flower's")
+    _common(flower)
+    flower.add_argument("--out", type=Path, default=RESULTS / "learning_flower.json")
+
+    scaling = commands.add_parser("scaling", help="wall time against the number of homes")
+    _common(scaling)
+    scaling.add_argument("--homes", type=_csv, default=("20", "100", "500"))
+    scaling.add_argument("--days", type=int, default=None)
+    scaling.add_argument("--out", type=Path, default=RESULTS / "learning_scaling.json")
+
+    plot = commands.add_parser("plot", help="redraw the figures of a learning.json")
+    plot.add_argument("--out", type=Path, default=RESULTS / "learning.json")
+    return parser
+
+
+def _common(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--config", default="default", help="a preset (default, tiny) or a JSON file of overrides"
+    )
+    parser.add_argument(
+        "--seed",
+        type=int,
+        action="append",
+        dest="seeds",
+        help="a seed to run (repeat for several); default: the config's",
+    )
+    parser.add_argument("--methods", type=_csv, help=f"comma-separated, of {', '.join(METHODS)}")
+    parser.add_argument("--tasks", type=_csv, help=f"comma-separated, of {', '.join(TASKS)}")
+    parser.add_argument(
+        "--backend",
+        choices=BACKENDS,
+        default="local",
+        help="where training rounds run: this process, or Ray tasks",
+    )
+    parser.add_argument(
+        "--ray-address",
+        default=None,
+        help="a Ray cluster to join (default: start a local Ray instance)",
+    )
+    parser.add_argument("--quiet", action="store_true", help="no progress bars")
+
+
+def configure(args: argparse.Namespace) -> BenchConfig:
+    config = load_config(args.config)
+    overrides: dict[str, Any] = {}
+    if args.seeds:
+        overrides["seeds"] = tuple(args.seeds)
+    if args.methods:
+        overrides["methods"] = args.methods
+    if args.tasks:
+        overrides["tasks"] = args.tasks
+    return config.with_overrides(**overrides) if overrides else config
+
+
+def progress_bar(quiet: bool) -> Any:
+    if quiet:
+        return None
+
+    def bar(label: str, hours: int) -> Iterable[int]:
+        return tqdm(range(hours), desc=label, unit="h", leave=False, mininterval=1.0)
+
+    return bar
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    arguments = list(sys.argv[1:] if argv is None else argv)
+    if not arguments or arguments[0] not in (*COMMANDS, "-h", "--help"):
+        arguments.insert(0, "run")
+    args = build_parser().parse_args(arguments)
+    if args.command == "plot":
+        from .plots import plot_all  # noqa: PLC0415
+
+        document = json.loads(args.out.read_text(encoding="utf-8"))
+        for path in plot_all(document, args.out.parent):
+            print(path)
+        return 0
+    config = configure(args)
+    if args.command == "flower":
+        from .flower_check import run_flower_check  # noqa: PLC0415
+
+        return run_flower_check(config, args.out, backend=args.backend, quiet=args.quiet)
+    if args.command == "scaling":
+        from .scaling import run_scaling  # noqa: PLC0415
+
+        homes = [int(value) for value in args.homes]
+        return run_scaling(
+            config,
+            homes,
+            args.out,
+            days=args.days,
+            backend=args.backend,
+            ray_address=args.ray_address,
+            quiet=args.quiet,
+        )
+    return run(config, args)
+
+
+def run(config: BenchConfig, args: argparse.Namespace) -> int:
+    from .results import check_document, summarise, write_json  # noqa: PLC0415
+    from .run import run_task  # noqa: PLC0415
+    from .training import make_executor  # noqa: PLC0415
+
+    began = time.perf_counter()
+    pairs = [(task, seed) for task in config.tasks for seed in config.seeds]
+    if args.jobs > 1 and len(pairs) > 1:
+        task_runs = _in_processes(args, pairs, args.jobs)
+    else:
+        executor = make_executor(args.backend, ray_address=args.ray_address)
+        task_runs = []
+        try:
+            for task, seed in pairs:
+                outcome = run_task(config, task, seed, executor, progress=progress_bar(args.quiet))
+                task_runs.append(outcome.to_json())
+                if not args.quiet:
+                    _print_task(outcome.to_json())
+        finally:
+            executor.close()
+    if args.emit_runs is not None:
+        args.emit_runs.write_text(json.dumps(task_runs), encoding="utf-8")
+        return 0
+    document = summarise(
+        config, task_runs, backend=args.backend, wall_seconds=time.perf_counter() - began
+    )
+    problems = check_document(document)
+    if problems:
+        print("\n".join(problems), file=sys.stderr)
+        return 1
+    write_json(args.out, document)
+    runs_path = args.out.with_name(args.out.stem + "_runs.json")
+    write_json(runs_path, {"runs": task_runs})
+    print(f"wrote {args.out} and {runs_path} in {document['wall_seconds']:.0f} s")
+    _print_summary(document)
+    if not args.no_plots:
+        from .plots import plot_all  # noqa: PLC0415
+
+        for path in plot_all(document, args.out.parent):
+            print(f"wrote {path}")
+    return 0
+
+
+def _in_processes(
+    args: argparse.Namespace, pairs: list[tuple[str, int]], jobs: int
+) -> list[dict[str, Any]]:
+    """Each (task, seed) in its own `python -m mlmule_bench run` process, `jobs` at a time;
+    they hand back their runs as JSON files."""
+    scratch = Path(tempfile.mkdtemp(prefix="mlmule-bench-jobs-"))
+    waiting = list(pairs)
+    running: list[tuple[subprocess.Popen[bytes], Path]] = []
+    task_runs: list[dict[str, Any]] = []
+    with tqdm(total=len(pairs), desc="task x seed", disable=args.quiet) as bar:
+        while waiting or running:
+            while waiting and len(running) < jobs:
+                task, seed = waiting.pop(0)
+                target = scratch / f"{task}-{seed}.json"
+                command = [
+                    sys.executable,
+                    "-m",
+                    "mlmule_bench",
+                    "run",
+                    "--config",
+                    args.config,
+                    "--tasks",
+                    task,
+                    "--seed",
+                    str(seed),
+                    "--backend",
+                    args.backend,
+                    "--quiet",
+                    "--emit-runs",
+                    str(target),
+                ]
+                if args.methods:
+                    command += ["--methods", ",".join(args.methods)]
+                running.append((subprocess.Popen(command, env=os.environ.copy()), target))  # noqa: S603
+            time.sleep(0.5)
+            for process, target in list(running):
+                if process.poll() is None:
+                    continue
+                running.remove((process, target))
+                if process.returncode != 0:
+                    raise SystemExit(f"a worker failed: {process.args}")
+                task_runs += json.loads(target.read_text(encoding="utf-8"))
+                bar.update(1)
+    return task_runs
+
+
+def _print_task(task_run: dict[str, Any]) -> None:
+    print(
+        f"{task_run['task']} seed {task_run['seed']}: {task_run['units']} units, "
+        f"{task_run['visits']} visits, {task_run['meetings']} meetings"
+    )
+    for run in task_run["runs"]:
+        ledger = run["ledger"]
+        print(
+            f"  {run['method']:<17} final {run['final']:.3f}  {ledger['bytes_moved'] / 1e6:8.1f} MB"
+            f"  {ledger['exchanges']:6d} exchanges  {run['wall_seconds']:6.1f} s"
+        )
+
+
+def _print_summary(document: dict[str, Any]) -> None:
+    for task in document["tasks"]:
+        print(f"\n{task} ({document['metric'][task]}, target {document['target'][task]}):")
+        print(
+            f"  {'method':<17} {'median':>7} {'min':>6} {'max':>6} {'x local':>8} "
+            f"{'t->target h':>11} {'MB':>9}"
+        )
+        for method, by_task in document["per_method"].items():
+            entry = by_task.get(task)
+            if entry is None:
+                continue
+            final, ratio = entry["final"], entry["ratio_to_local"]
+            hours = entry["time_to_target_hours"]["median"]
+            print(
+                f"  {method:<17} {final['median']:7.3f} {final['min']:6.3f} {final['max']:6.3f} "
+                f"{ratio['median'] if ratio else float('nan'):8.2f} "
+                f"{'-' if hours is None else f'{hours:.0f}':>11} "
+                f"{entry['bytes_moved']['median'] / 1e6:9.1f}"
+            )
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

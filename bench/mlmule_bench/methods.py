@@ -1,0 +1,528 @@
+"""The methods, on identical data, contacts, models and training budget.
+
+| method | who learns | how models move |
+|---|---|---|
+| local | each learner alone | never |
+| centralized | one server per key, on everyone's pooled raw data | raw data to the server (upper bound) |
+| fedavg | every learner, in rounds every T hours | server: sample-weighted mean of the round |
+| fedasync | every learner, at its own hour | server: staleness-weighted mixing per update |
+| gossip | spaces (fixed data) or phones (mobile data) | phone meets phone: pairwise averaging |
+| mlmule* | spaces and phones | phones carry snapshots between the spaces they enter |
+
+A *learner* is a space in fixed-data mode (occupancy, digits) and a phone in mobile-data mode
+(phone_activity). Server methods score the server's model on every unit; the others score the
+model each learner holds. Every merge goes through a strategy of `mlmule_core.strategies`,
+every model through `ModelHost` (signed, verified, stored, versioned).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from mlmule_core import families
+from mlmule_core.families import FamilySpec
+from mlmule_core.host import HostSettings
+from mlmule_core.identity import TrustStore
+from mlmule_core.protocol import Mode
+from mlmule_core.snapshot import unpack
+from mlmule_core.strategies import (
+    AggregationContext,
+    ModelState,
+    make_strategy,
+    merged_state,
+)
+from mlmule_core.weights import Weights
+from mlmule_core.world.config import stream
+
+from .config import HOUR
+from .data import Architecture, SpaceSite, Unit, is_fixed
+from .mobility import Meeting, Visit
+from .peers import (
+    Exchanges,
+    MuleApp,
+    Peer,
+    Population,
+    SpaceApp,
+    TrainNeed,
+    take,
+    weights_digest,
+)
+from .simulate import Method, Simulation
+
+# The product's guest gate (`custom_components/mlmule/__init__.py`): a guest's snapshot may cost
+# at most this much held-out accuracy.
+GUEST_GATE_EPSILON = 0.02
+HELD_OUT_FRACTION = 0.2  # the coordinator keeps the last fifth of its training set for the gate
+
+
+class PeerMethod(Method):
+    """A method whose learners are product hosts; builds them on first use."""
+
+    strategy = "mlmule"
+    strategy_options: Mapping[str, Any] = {}
+    personal_head = False
+
+    def __init__(self, sim: Simulation, root: Path) -> None:
+        super().__init__(sim, root)
+        data = sim.data
+        self.fixed = is_fixed(data.task)
+        architectures = {
+            key: arch.personal() if self.personal_head else arch
+            for key, arch in data.architectures.items()
+        }
+        self.architectures: dict[str, Architecture] = architectures
+        self.population = Population(
+            root,
+            seed=sim.seed,
+            start=sim.start,
+            homes=sim.homes,
+            phones=sim.phones,
+            architectures=architectures,
+            settings=HostSettings(
+                keep_versions=2,
+                strategy=self.strategy,
+                strategy_options=dict(self.strategy_options),
+            ),
+        )
+        self._home_trust: dict[str, TrustStore] = {}
+        self.spaces: dict[str, Peer] = {}  # "home/space" -> peer
+        self.phones: dict[str, Peer] = {}
+
+    def home_trust(self, home: str) -> TrustStore:
+        if home not in self._home_trust:
+            self._home_trust[home] = self.population.home_trust(home)
+        return self._home_trust[home]
+
+    def space(self, site: SpaceSite) -> Peer:
+        name = f"{site.home}/{site.space}"
+        if name not in self.spaces:
+            self.spaces[name] = self.population.space_peer(site, self.home_trust(site.home))
+        return self.spaces[name]
+
+    def phone(self, phone: str, *, carry_initial: bool) -> Peer:
+        if phone not in self.phones:
+            keys = [unit.context_key for unit in self.sim.units_by_learner.get(phone, [])]
+            if carry_initial:
+                keys = sorted({*keys, *self.architectures})
+            self.phones[phone] = self.population.phone_peer(
+                phone, keys, carry_initial=carry_initial
+            )
+        return self.phones[phone]
+
+    def build_learners(self) -> dict[str, Peer]:
+        """Every learner with the shared starting model: spaces, or phones."""
+        if self.fixed:
+            return {unit.learner: self.space(site_of(unit)) for unit in self.sim.data.units}
+        return {
+            learner: self.phone(learner, carry_initial=True)
+            for learner in self.sim.units_by_learner
+        }
+
+    def learner_of(self, unit: Unit) -> Peer:
+        return self.spaces[unit.learner] if self.fixed else self.phones[unit.learner]
+
+    def train_leftovers(self, now: float) -> None:
+        """The nightly round of every learner that has budget left in this period."""
+        needs: list[TrainNeed] = []
+        for unit in self.sim.data.units:
+            need = self.sim.need(self.learner_of(unit), unit.context_key, unit, now)
+            if need is not None:
+                needs.append(need)
+        self.sim.train(needs)
+
+    def model_for(self, unit: Unit) -> tuple[FamilySpec, Weights]:
+        slot = self.learner_of(unit).host.slot(unit.context_key)
+        return slot.spec, slot.weights
+
+
+def site_of(unit: Unit) -> SpaceSite:
+    home, space = unit.learner.split("/")
+    return SpaceSite(home, space, unit.context_key)
+
+
+# --- the baselines ----------------------------------------------------------------------------
+
+
+class Local(PeerMethod):
+    name = "local"
+
+    def __init__(self, sim: Simulation, root: Path) -> None:
+        super().__init__(sim, root)
+        self.build_learners()
+
+    def on_period_end(self, now: float) -> None:
+        self.train_leftovers(now)
+
+
+class Centralized(PeerMethod):
+    """Everyone's raw labelled data pooled at a server, one model per key: the upper bound."""
+
+    name = "centralized"
+
+    def __init__(self, sim: Simulation, root: Path) -> None:
+        super().__init__(sim, root)
+        self.server = self.population.server_peer(self.architectures)
+        self.pooled = {key: pool(key, sim.data.units) for key in self.architectures}
+        self._uploaded = 0
+
+    def on_period_end(self, now: float) -> None:
+        # the raw samples sensed since the last upload leave their homes
+        sensed = sum(unit.samples_before(now) for unit in self.pooled.values())
+        self.sim.ledger.raw_samples_moved += sensed - self._uploaded
+        self._uploaded = sensed
+        needs = [
+            need
+            for key, unit in self.pooled.items()
+            if (need := self.sim.need(self.server, key, unit, now)) is not None
+        ]
+        self.sim.train(needs)
+
+    def model_for(self, unit: Unit) -> tuple[FamilySpec, Weights]:
+        slot = self.server.host.slot(unit.context_key)
+        return slot.spec, slot.weights
+
+
+def pool(context_key: str, units: Sequence[Unit]) -> Unit:
+    """The units of one key as one time-ordered data set."""
+    chosen = [unit for unit in units if unit.context_key == context_key]
+    times = np.concatenate([unit.times for unit in chosen])
+    order = np.argsort(times, kind="stable")
+    return Unit(
+        unit_id=f"pooled/{context_key}",
+        context_key=context_key,
+        learner="server",
+        home="server",
+        times=times[order],
+        x=np.concatenate([unit.x for unit in chosen])[order],
+        y=np.concatenate([unit.y for unit in chosen])[order],
+        x_test=np.concatenate([unit.x_test for unit in chosen]),
+        y_test=np.concatenate([unit.y_test for unit in chosen]),
+        static=all(unit.static for unit in chosen),
+    )
+
+
+class ServerMethod(PeerMethod):
+    """Clients train, a server merges; every unit is scored on the server's model."""
+
+    def __init__(self, sim: Simulation, root: Path) -> None:
+        super().__init__(sim, root)
+        self.learners = self.build_learners()
+        self.server = self.population.server_peer(self.architectures)
+        self._downloaded: dict[tuple[str, str], int] = {}  # (learner, key) -> server version
+
+    def download(self, peer: Peer, context_key: str, now: float) -> None:
+        """The client takes the server's model, unless it already has this version."""
+        version = self.server.host.slot(context_key).version
+        if self._downloaded.get((peer.name, context_key), 0) >= version:
+            return
+        self._downloaded[(peer.name, context_key)] = version
+        payload = self.server.host.export(context_key)
+        outcome = peer.host.adopt(payload, now=now)
+        if outcome.accepted:
+            peer.note(context_key)
+        else:
+            self.sim.ledger.reject(outcome.reason)
+        self._moved(payload)
+
+    def _moved(self, payload: bytes) -> None:
+        self.sim.ledger.bytes_moved += len(payload)
+        self.sim.ledger.chunk_bytes += len(payload)
+        self.sim.ledger.transfers += 1
+
+    def model_for(self, unit: Unit) -> tuple[FamilySpec, Weights]:
+        slot = self.server.host.slot(unit.context_key)
+        return slot.spec, slot.weights
+
+
+class FedAvg(ServerMethod):
+    """McMahan et al.: every T hours each client trains from the global model, the server
+    takes the mean of the clients' models weighted by the samples of the round."""
+
+    name = "fedavg"
+
+    def on_hour(self, now: float) -> None:
+        every = self.sim.config.fedavg_every_hours * HOUR
+        if round((now - self.sim.start) / HOUR) % round(every / HOUR) == 0:
+            self.round(now - 1.0)
+
+    def round(self, now: float) -> None:
+        needs = [
+            need
+            for unit in self.sim.data.units
+            if (need := self.sim.need(self.learner_of(unit), unit.context_key, unit, now))
+            is not None
+        ]
+        self.sim.train(needs)
+        self.sim.ledger.encounters += len(needs)
+        self.sim.ledger.exchanges += len(needs)
+        for key in self.architectures:
+            updates = [need for need in needs if need.context_key == key]
+            if updates:
+                self.aggregate(key, updates, now)
+        for unit in self.sim.data.units:
+            self.download(self.learner_of(unit), unit.context_key, now)
+
+    def aggregate(self, context_key: str, updates: Sequence[TrainNeed], now: float) -> None:
+        """The round's sample-weighted mean, by the product's FedAvg strategy, of the clients'
+        verified snapshots (each counted with the samples it trained on, as in FedAvg)."""
+        server = self.server.host
+        states = []
+        for need in updates:
+            payload = need.peer.host.export(context_key)
+            self._moved(payload)
+            # The clients' verified snapshots, without the replay guard: a server knows its
+            # clients by their connections, and the spaces of one home share an identity.
+            snapshot = unpack(
+                payload, trust=server.trust, expected_arch=server.expected_arch(), now=now
+            )
+            _, _, weights = families.from_onnx(snapshot.model)
+            states.append(
+                ModelState(
+                    weights=weights,
+                    created_at=snapshot.meta.created_at,
+                    data_time=snapshot.meta.data_time,
+                    samples=int(need.y.shape[0]),
+                    version=snapshot.meta.version,
+                    origin=snapshot.origin,
+                    lineage=snapshot.meta.lineage,
+                )
+            )
+        slot = server.slot(context_key)
+        # the global model itself has no weight in a round: only the clients' updates count
+        current = replace(slot.state(), samples=0)
+        result = make_strategy("fedavg").aggregate(
+            current,
+            states,
+            now=now,
+            context=AggregationContext(shared=families.shared_names(slot.spec)),
+        )
+        server.commit(
+            context_key,
+            merged_state(current, states, result, now=now, origin=server.identity.id),
+        )
+
+
+class FedAsync(ServerMethod):
+    """Xie et al.: each client trains at its own hour of the period, from the model it
+    downloads, and the server mixes each update in as it arrives (product strategy `fedasync`)."""
+
+    name = "fedasync"
+    strategy = "fedasync"
+
+    def __init__(self, sim: Simulation, root: Path) -> None:
+        super().__init__(sim, root)
+        hours = int(sim.config.budget.period_hours)
+        self.slot_hour = {
+            unit.unit_id: int(stream(sim.seed, "fedasync-slot", unit.unit_id).integers(hours))
+            for unit in sim.data.units
+        }
+
+    def on_hour(self, now: float) -> None:
+        hour = round((now - self.sim.start) / HOUR) % int(self.sim.config.budget.period_hours)
+        due = [unit for unit in self.sim.data.units if self.slot_hour[unit.unit_id] == hour]
+        needs = []
+        for unit in due:
+            peer = self.learner_of(unit)
+            self.download(peer, unit.context_key, now)
+            need = self.sim.need(peer, unit.context_key, unit, now)
+            if need is not None:
+                needs.append(need)
+        self.sim.train(needs)
+        for need in needs:
+            payload = need.peer.host.export(need.context_key)
+            self._moved(payload)
+            self.sim.ledger.encounters += 1
+            self.sim.ledger.exchanges += 1
+            outcome = self.server.host.receive(payload, now=now)
+            if not outcome.accepted:
+                self.sim.ledger.reject(outcome.reason)
+
+
+class Gossip(PeerMethod):
+    """Phones that meet average their models pairwise (the product's FedAvg strategy between
+    the two); no server, and no space but the phone's own home's. In fixed-data mode the spaces
+    train and sync with their residents' phones; in mobile-data mode the phones learn alone."""
+
+    name = "gossip"
+    strategy = "fedavg"
+    uses_meetings = True
+
+    def __init__(self, sim: Simulation, root: Path) -> None:
+        super().__init__(sim, root)
+        self.build_learners()
+        for phone in sim.phones:
+            self.phone(phone, carry_initial=not self.fixed)
+        self.exchanges = Exchanges(
+            self.population,
+            sim.ledger,
+            training_for=sim.need,
+            evaluators=None,
+            seed=sim.seed,
+        )
+        self.sites = {(site.home, site.space): site for site in sim.data.sites}
+        self.units = {unit.learner: unit for unit in sim.data.units}
+
+    def on_visits(self, visits: Sequence[Visit]) -> None:
+        if not self.fixed:
+            return
+        own = [visit for visit in visits if self.sim.phones[visit.phone] == visit.home]
+        self.sim.drive(
+            self.exchanges.run(
+                space_app(self, self.sites[(visit.home, visit.space)], self.units),
+                MuleApp(self.phones[visit.phone], {}),
+                visit.time,
+            )
+            for visit in own
+        )
+
+    def on_meeting(self, meeting: Meeting) -> None:
+        a, b = self.phones[meeting.phone_a], self.phones[meeting.phone_b]
+        ledger = self.sim.ledger
+        ledger.encounters += 1
+        moved = 0
+        for key in self.architectures:
+            has_a, has_b = a.host.has(key), b.host.has(key)
+            if not (has_a or has_b):
+                continue
+            if has_a and has_b and _same_weights(a, b, key):
+                continue
+            payload_a = a.host.export(key) if has_a else None
+            payload_b = b.host.export(key) if has_b else None
+            for peer, payload in ((a, payload_b), (b, payload_a)):
+                if payload is None:
+                    continue
+                ledger.bytes_moved += len(payload)
+                ledger.chunk_bytes += len(payload)
+                moved += 1
+                if peer.host.has(key):
+                    take(peer, payload, meeting.time, ledger)
+                else:
+                    outcome = peer.host.adopt(payload, now=meeting.time)
+                    if outcome.accepted:
+                        peer.note(key)
+                    else:
+                        ledger.reject(outcome.reason)
+        ledger.transfers += moved
+        ledger.exchanges += moved > 0
+
+    def on_hour(self, now: float) -> None:
+        self.exchanges.tick(now)
+
+    def on_period_end(self, now: float) -> None:
+        self.train_leftovers(now)
+
+
+def _same_weights(a: Peer, b: Peer, context_key: str) -> bool:
+    return weights_digest(a.host.slot(context_key).weights) == weights_digest(
+        b.host.slot(context_key).weights
+    )
+
+
+# --- ML Mule ------------------------------------------------------------------------------------
+
+
+class MLMule(PeerMethod):
+    """The protocol: a phone entering a space runs an encounter through the product's
+    endpoints; the leader merges with the freshness-aware strategy, trains, and answers."""
+
+    name = "mlmule"
+
+    def __init__(self, sim: Simulation, root: Path) -> None:
+        super().__init__(sim, root)
+        self.units = {unit.learner: unit for unit in sim.data.units}
+        self.sites = {(site.home, site.space): site for site in sim.data.sites}
+        for site in sim.data.sites:
+            self.space(site)
+        for phone in sim.phones:
+            # in mobile-data mode a phone learns from the start; in fixed-data mode it carries
+            # only what spaces give it
+            self.phone(phone, carry_initial=not self.fixed)
+        self.exchanges = Exchanges(
+            self.population,
+            sim.ledger,
+            training_for=sim.need,
+            evaluators=self.evaluators if "gate" in self.strategy_options else None,
+            seed=sim.seed,
+        )
+
+    def on_visits(self, visits: Sequence[Visit]) -> None:
+        self.sim.drive(
+            self.exchanges.run(
+                space_app(self, self.sites[(visit.home, visit.space)], self.units),
+                MuleApp(self.phones[visit.phone], self.mule_units(visit.phone)),
+                visit.time,
+            )
+            for visit in visits
+        )
+
+    def mule_units(self, phone: str) -> dict[str, Unit]:
+        if self.fixed:
+            return {}
+        return {unit.context_key: unit for unit in self.sim.units_by_learner.get(phone, [])}
+
+    def evaluators(
+        self, peer: Peer, unit: Unit, now: float
+    ) -> dict[str, Callable[[Weights], float]]:
+        """The gate's held-out data: the newest fifth of what the space would train on now."""
+        x, y, _ = unit.window(now, self.sim.history)
+        held = int(y.size * HELD_OUT_FRACTION)
+        if held == 0:
+            return {}
+        return {unit.context_key: peer.host.evaluator(unit.context_key, x[-held:], y[-held:])}
+
+    def on_hour(self, now: float) -> None:
+        self.exchanges.tick(now)
+
+    def on_period_end(self, now: float) -> None:
+        self.train_leftovers(now)
+
+    def details(self) -> dict[str, object]:
+        counters: dict[str, int] = {}
+        for peer in [*self.spaces.values(), *self.phones.values()]:
+            for name, value in peer.host.counters.items():
+                counters[name] = counters.get(name, 0) + value
+        return {"host_counters": dict(sorted(counters.items()))}
+
+
+def space_app(method: PeerMethod, site: SpaceSite, units: Mapping[str, Unit]) -> SpaceApp:
+    return SpaceApp(
+        method.space(site),
+        site,
+        units.get(f"{site.home}/{site.space}") if method.fixed else None,
+        Mode.FIXED if method.fixed else Mode.MOBILE,
+    )
+
+
+class MLMuleNoFilter(MLMule):
+    name = "mlmule_no_filter"
+    strategy_options = {"freshness_filter": False}
+
+
+class MLMulePersonal(MLMule):
+    name = "mlmule_personal"
+    personal_head = True
+
+
+class MLMuleGated(MLMule):
+    name = "mlmule_gated"
+    strategy_options = {"gate": "guests", "gate_epsilon": GUEST_GATE_EPSILON}
+
+
+METHOD_CLASSES: dict[str, type[Method]] = {
+    cls.name: cls
+    for cls in (
+        Local,
+        Centralized,
+        FedAvg,
+        FedAsync,
+        Gossip,
+        MLMule,
+        MLMuleNoFilter,
+        MLMulePersonal,
+        MLMuleGated,
+    )
+}

@@ -1,0 +1,111 @@
+"""Who meets whom, and when: the contact opportunities every method draws on.
+
+- A *visit* is a phone appearing in a space, as HA presence reports it (the world's room
+  entries), the trigger of an ML Mule exchange. A space does not reopen an exchange with the
+  same phone within the cooldown.
+- A *meeting* is two phones starting to be at the same place at the same time (a home, an
+  office, a gym): gossip's only chance to exchange.
+- The *affinity graph* joins two homes by the phones that visited spaces in both.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from dataclasses import dataclass
+
+import numpy as np
+from mlmule_core.world import World
+from mlmule_core.world.residents import ELSEWHERE_CODE
+
+from .config import HOUR, BenchConfig
+from .data import HOME_SPACE, TaskData
+
+
+@dataclass(frozen=True, order=True)
+class Visit:
+    time: float
+    phone: str
+    home: str
+    space: str
+
+
+@dataclass(frozen=True, order=True)
+class Meeting:
+    time: float
+    phone_a: str
+    phone_b: str
+
+
+def visits(config: BenchConfig, world: World, data: TaskData, end: float) -> list[Visit]:
+    """Phones entering spaces before `end`, at most one per (space, phone) per cooldown."""
+    if data.task == "digits":
+        raw = _home_entries(world, end)
+    else:
+        raw = [
+            Visit(encounter.time, encounter.phone_id, encounter.home_id, encounter.room_id)
+            for encounter in world.encounters()
+            if encounter.time < end and (encounter.home_id, encounter.room_id) in data.kind_of_room
+        ]
+    cooldown = config.exchange_cooldown_hours * HOUR
+    last: dict[tuple[str, str, str], float] = {}
+    kept: list[Visit] = []
+    for visit in sorted(raw):
+        pair = (visit.home, visit.space, visit.phone)
+        if pair in last and visit.time - last[pair] < cooldown:
+            continue
+        last[pair] = visit.time
+        kept.append(visit)
+    return kept
+
+
+def _home_entries(world: World, end: float) -> list[Visit]:
+    """A phone entering a home (its owner arrives there from anywhere else)."""
+    trajectories = world.trajectories()
+    phones = {person.person_id: person.phone_id for person in world.people}
+    found: list[Visit] = []
+    for row, person in enumerate(trajectories.person_ids):
+        place = trajectories.place[row]
+        arrived = np.flatnonzero((place[1:] >= 0) & (place[1:] != place[:-1])) + 1
+        for step in arrived.tolist():
+            time = float(trajectories.times[step])
+            if time < end:
+                home = world.homes[int(place[step])].home_id
+                found.append(Visit(time, phones[person], home, HOME_SPACE))
+    return found
+
+
+def meetings(world: World, end: float) -> list[Meeting]:
+    """Every start of two phones being at the same tracked place at the same 5-minute step."""
+    trajectories = world.trajectories()
+    phones = [world.person(person).phone_id for person in trajectories.person_ids]
+    place = trajectories.place
+    found: list[Meeting] = []
+    changed_steps = np.flatnonzero((place[:, 1:] != place[:, :-1]).any(axis=0)) + 1
+    for step in changed_steps.tolist():
+        time = float(trajectories.times[step])
+        if time >= end:
+            break
+        now, before = place[:, step], place[:, step - 1]
+        arrivals = np.flatnonzero((now != before) & (now != ELSEWHERE_CODE))
+        arrived = set(arrivals.tolist())
+        for person in arrivals.tolist():
+            for other in np.flatnonzero(now == now[person]).tolist():
+                # two who arrive together meet once
+                if other != person and (other not in arrived or other > person):
+                    a, b = sorted((phones[person], phones[other]))
+                    found.append(Meeting(time, a, b))
+    return found
+
+
+def affinity(visit_list: list[Visit]) -> dict[tuple[str, str], int]:
+    """`(home a, home b) -> phones that visited spaces in both`, a < b."""
+    homes_of: dict[str, set[str]] = defaultdict(set)
+    for visit in visit_list:
+        homes_of[visit.phone].add(visit.home)
+    edges: dict[tuple[str, str], int] = defaultdict(int)
+    for homes in homes_of.values():
+        ordered = sorted(homes)
+        for i, a in enumerate(ordered):
+            for b in ordered[i + 1 :]:
+                edges[(a, b)] += 1
+    return dict(edges)

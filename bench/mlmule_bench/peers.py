@@ -1,0 +1,598 @@
+"""The simulated peers: the product's hosts, identities and protocol endpoints, wired in memory.
+
+Every space and every phone of a run is a `ModelHost` (the peer logic Home Assistant and the
+companion run) in a temporary directory, signing with its own Ed25519 identity and trusting
+exactly the peers it is paired with. ML Mule encounters run the product's `SpaceEndpoint` and
+`MuleEndpoint` state machines: each `Publish` an endpoint asks for is handed to the other
+endpoint at once (an in-memory broker), so every control message is signed and checked and
+every snapshot is chunked, reassembled, hash-checked and verified, as over MQTT.
+
+What a space and a mule do with a delivered snapshot is the application's part. Here it follows
+the integration's `exchange.py` (a space merges, trains, answers) and the mule's role in
+`docs/protocol.md` (adopt the answer in fixed-data mode; merge, train and answer in
+mobile-data mode), plus one rule the product does not have yet (see `KnownWeights`).
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections import deque
+from collections.abc import Callable, Generator, Iterable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+from mlmule_core import families
+from mlmule_core.errors import MlmuleError
+from mlmule_core.host import HostSettings, ModelHost, Outcome
+from mlmule_core.identity import Identity, TrustEntry, TrustStore
+from mlmule_core.protocol import (
+    Action,
+    Closed,
+    Completed,
+    Deliver,
+    Failed,
+    Mode,
+    MuleEndpoint,
+    Publish,
+    SnapshotInfo,
+    SpaceEndpoint,
+)
+from mlmule_core.protocol.wire import is_chunk
+from mlmule_core.snapshot import unpack
+from mlmule_core.train_numpy import TrainConfig, TrainReport
+from mlmule_core.weights import Weights
+from mlmule_core.world.config import stream
+
+from .data import Architecture, SpaceSite, Unit
+
+SERVER = "server"
+OWNER = "owner"
+GUEST = "guest"
+# Versions a host remembers as its own, to recognise a model coming back unchanged.
+REMEMBERED_VERSIONS = 32
+
+
+# --- accounting ---------------------------------------------------------------------------------
+
+
+@dataclass
+class Ledger:
+    """What a method moved and spent. Bytes are every payload on the wire: for ML Mule the
+    signed control messages and chunk frames, for the other methods the snapshot containers."""
+
+    bytes_moved: int = 0
+    control_bytes: int = 0
+    chunk_bytes: int = 0
+    transfers: int = 0  # snapshots delivered whole to a peer
+    exchanges: int = 0  # contacts in which at least one snapshot moved
+    encounters: int = 0  # contacts tried (sessions opened, rounds held, meetings)
+    raw_samples_moved: int = 0  # labelled samples that left the place they were sensed
+    train_rounds: int = 0
+    train_steps: int = 0
+    rejected: dict[str, int] = field(default_factory=dict)
+    unchanged: int = 0  # models that came back to their producer unchanged
+
+    def reject(self, reason: str) -> None:
+        code = str(reason)  # strategy reasons are StrEnum members
+        self.rejected[code] = self.rejected.get(code, 0) + 1
+
+    def trained(self, report: TrainReport) -> None:
+        self.train_rounds += 1
+        self.train_steps += report.steps
+
+    def as_dict(self) -> dict[str, object]:
+        return {
+            "bytes_moved": self.bytes_moved,
+            "control_bytes": self.control_bytes,
+            "chunk_bytes": self.chunk_bytes,
+            "transfers": self.transfers,
+            "exchanges": self.exchanges,
+            "encounters": self.encounters,
+            "raw_samples_moved": self.raw_samples_moved,
+            "train_rounds": self.train_rounds,
+            "train_steps": self.train_steps,
+            "rejected": dict(sorted(self.rejected.items())),
+            "unchanged": self.unchanged,
+        }
+
+
+# --- training requests --------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class TrainNeed:
+    """One training round a peer must run before the simulation can go on."""
+
+    peer: Peer
+    context_key: str
+    x: np.ndarray
+    y: np.ndarray
+    data_time: float
+    config: TrainConfig
+    now: float
+
+
+# A generator of the training rounds it needs; each gets its report (None: not trained).
+Training = Generator[TrainNeed, TrainReport | None, None]
+
+
+class Budget:
+    """At most one training round per learner and context key per budget period."""
+
+    def __init__(self, start: float, period: float) -> None:
+        self._start = start
+        self._period = period
+        self._spent: dict[tuple[str, str], int] = {}
+
+    def period(self, now: float) -> int:
+        return int((now - self._start) // self._period)
+
+    def available(self, learner: str, context_key: str, now: float) -> bool:
+        return self._spent.get((learner, context_key), -1) < self.period(now)
+
+    def spend(self, learner: str, context_key: str, now: float) -> None:
+        self._spent[(learner, context_key)] = self.period(now)
+
+
+# --- remembering one's own versions ---------------------------------------------------------------
+
+
+def weights_digest(weights: Mapping[str, np.ndarray]) -> str:
+    digest = hashlib.sha256()
+    for name in sorted(weights):
+        digest.update(name.encode())
+        digest.update(np.ascontiguousarray(weights[name]).tobytes())
+    return digest.hexdigest()
+
+
+class KnownWeights:
+    """The weights a host has held lately, per context key.
+
+    A mule that adopted a space's model offers it back, re-signed, at its next visit: a new
+    snapshot to the protocol (the protocol skips only hashes it has seen), the same weights to
+    the space. The product then merges its own model into itself, which changes nothing but
+    inflates the sample count by up to half each time, and trains again. The simulated peers
+    settle such a snapshot as accepted and `unchanged` instead, as the product should.
+    """
+
+    def __init__(self) -> None:
+        self._seen: dict[str, deque[str]] = {}
+
+    def note(self, host: ModelHost, context_key: str) -> None:
+        seen = self._seen.setdefault(context_key, deque(maxlen=REMEMBERED_VERSIONS))
+        seen.append(weights_digest(host.slot(context_key).weights))
+
+    def knows(self, context_key: str, weights: Weights) -> bool:
+        return weights_digest(weights) in self._seen.get(context_key, ())
+
+
+# --- identities ---------------------------------------------------------------------------------
+
+
+def seeded_identity(seed: int, kind: str, name: str) -> Identity:
+    """A reproducible identity: the same run signs the same bytes."""
+    raw = stream(seed, "identity", kind, name).bytes(32)
+    return Identity.from_private_bytes(raw, kind="space" if kind == "space" else "mule", name=name)
+
+
+def trust_of(identities: Iterable[tuple[Identity, str]], now: float) -> TrustStore:
+    store = TrustStore()
+    for identity, role in identities:
+        store.add(
+            TrustEntry.for_key(
+                identity.public_key_bytes,
+                kind=identity.kind,
+                role=OWNER if role == OWNER else GUEST,
+                label=identity.name,
+                paired_at=now,
+            )
+        )
+    return store
+
+
+@dataclass
+class Peer:
+    """A host with what its application remembers about its own models."""
+
+    name: str
+    home: str  # a space's home, a phone's owner's home
+    host: ModelHost
+    known: KnownWeights
+
+    def note(self, context_key: str) -> None:
+        self.known.note(self.host, context_key)
+
+
+class Population:
+    """Every identity and host of one method's run, in its own directory."""
+
+    def __init__(
+        self,
+        root: Path,
+        *,
+        seed: int,
+        start: float,
+        homes: Iterable[str],
+        phones: Mapping[str, str],  # phone -> owner's home
+        architectures: Mapping[str, Architecture],
+        settings: HostSettings,
+    ) -> None:
+        self.root = root
+        self.start = start
+        self.settings = settings
+        self.architectures = dict(architectures)
+        self.home_identity = {home: seeded_identity(seed, "space", home) for home in homes}
+        self.phone_identity = {
+            phone: seeded_identity(seed, "mule", phone) for phone in sorted(phones)
+        }
+        self.phone_home = dict(phones)
+        self.server_identity = seeded_identity(seed, "space", SERVER)
+        self.known_arch = {
+            key: families.arch_hash(arch.spec, arch.schema) for key, arch in architectures.items()
+        }
+        self.home_of_id = {identity.id: home for home, identity in self.home_identity.items()}
+
+    # Trust: a home trusts every phone (its residents as owners, the others as guests) and the
+    # server; a phone trusts every home, every other phone (gossip) and the server.
+
+    def home_trust(self, home: str) -> TrustStore:
+        phones = [
+            (identity, OWNER if self.phone_home[phone] == home else GUEST)
+            for phone, identity in self.phone_identity.items()
+        ]
+        return trust_of([*phones, (self.server_identity, OWNER)], self.start)
+
+    def phone_trust(self, phone: str) -> TrustStore:
+        homes = [
+            (identity, OWNER if self.phone_home[phone] == home else GUEST)
+            for home, identity in self.home_identity.items()
+        ]
+        others = [
+            (identity, GUEST) for name, identity in self.phone_identity.items() if name != phone
+        ]
+        return trust_of([*homes, *others, (self.server_identity, OWNER)], self.start)
+
+    def host(self, name: str, identity: Identity, trust: TrustStore) -> ModelHost:
+        return ModelHost(
+            self.root / name.replace("/", "__"),
+            identity,
+            trust,
+            self.settings,
+            known_arch=self.known_arch,
+        )
+
+    def install(self, peer: Peer, context_key: str) -> None:
+        arch = self.architectures[context_key]
+        model = families.build_onnx(arch.spec, arch.initial, arch.schema)
+        peer.host.install(model, context_key=context_key, data_time=self.start, now=self.start)
+        peer.note(context_key)
+
+    def space_peer(self, site: SpaceSite, trust: TrustStore) -> Peer:
+        identity = self.home_identity[site.home]
+        host = self.host(f"{site.home}/{site.space}", identity, trust)
+        peer = Peer(f"{site.home}/{site.space}", site.home, host, KnownWeights())
+        self.install(peer, site.context_key)
+        return peer
+
+    def phone_peer(self, phone: str, keys: Iterable[str], *, carry_initial: bool) -> Peer:
+        host = self.host(phone, self.phone_identity[phone], self.phone_trust(phone))
+        peer = Peer(phone, self.phone_home[phone], host, KnownWeights())
+        if carry_initial:
+            for key in keys:
+                self.install(peer, key)
+        return peer
+
+    def server_peer(self, keys: Iterable[str]) -> Peer:
+        trust = trust_of(
+            [
+                *((identity, OWNER) for identity in self.home_identity.values()),
+                *((identity, OWNER) for identity in self.phone_identity.values()),
+            ],
+            self.start,
+        )
+        peer = Peer(SERVER, SERVER, self.host(SERVER, self.server_identity, trust), KnownWeights())
+        for key in keys:
+            self.install(peer, key)
+        return peer
+
+
+# --- the in-memory broker and the ML Mule exchange ------------------------------------------------
+
+
+@dataclass(frozen=True)
+class SpaceApp:
+    """What the exchange needs from the simulation about one space."""
+
+    peer: Peer
+    site: SpaceSite
+    unit: Unit | None  # its data in fixed-data mode
+    mode: Mode
+
+
+@dataclass(frozen=True)
+class MuleApp:
+    peer: Peer
+    units: Mapping[str, Unit]  # its data per context key in mobile-data mode
+
+
+TrainingFor = Callable[[Peer, str, Unit, float], TrainNeed | None]
+Evaluators = Callable[[Peer, Unit, float], Mapping[str, Callable[[Weights], float]]]
+
+
+class Exchanges:
+    """Runs ML Mule encounters between space and mule endpoints, through an in-memory broker.
+
+    `run` is a generator: it yields each training round the encounter needs and resumes with
+    its report, so the simulation can batch the rounds of encounters that happen together.
+    """
+
+    def __init__(
+        self,
+        population: Population,
+        ledger: Ledger,
+        *,
+        training_for: TrainingFor,
+        evaluators: Evaluators | None,
+        seed: int,
+    ) -> None:
+        self.population = population
+        self.ledger = ledger
+        self._training_for = training_for
+        self._evaluators = evaluators
+        self.space_endpoints = {
+            home: SpaceEndpoint(
+                identity,
+                population.home_trust(home),
+                random_bytes=stream(seed, "sessions", home).bytes,
+            )
+            for home, identity in population.home_identity.items()
+        }
+        self.mule_endpoints: dict[str, MuleEndpoint] = {}
+        self._seed = seed
+        # (phone, key) -> the space a phone's current model came from, as that space signed it
+        self._origin: dict[tuple[str, str], tuple[str, str, int, SnapshotInfo, bytes]] = {}
+
+    def mule_endpoint(self, mule: MuleApp) -> MuleEndpoint:
+        endpoint = self.mule_endpoints.get(mule.peer.name)
+        if endpoint is None:
+            identity = self.population.phone_identity[mule.peer.name]
+            endpoint = MuleEndpoint(
+                identity,
+                self.population.phone_trust(mule.peer.name),
+                random_bytes=stream(self._seed, "sessions", mule.peer.name).bytes,
+            )
+            self.mule_endpoints[mule.peer.name] = endpoint
+        return endpoint
+
+    def tick(self, now: float) -> None:
+        """Let the endpoints forget sessions that ended long ago (they keep none open)."""
+        for endpoint in [*self.space_endpoints.values(), *self.mule_endpoints.values()]:
+            endpoint.tick(now)
+
+    def run(self, space: SpaceApp, mule: MuleApp, now: float) -> Training:
+        """One encounter: the space opens it, both sides exchange until nothing is left."""
+        key = space.site.context_key
+        home = self.space_endpoints[space.site.home]
+        phone = self.mule_endpoint(mule)
+        self._serve(home, space)
+        self._carry(phone, space, mule)
+        self.ledger.encounters += 1
+        queue: deque[tuple[str, Action]] = deque(
+            ("space", action)
+            for action in home.open(space.site.space, self._mule_id(mule), now, [key])
+        )
+        delivered = 0
+        while queue:
+            side, action = queue.popleft()
+            if isinstance(action, Publish):
+                self._count(action.payload)
+                target = phone if side == "space" else home
+                other = "mule" if side == "space" else "space"
+                queue.extend(
+                    (other, follow) for follow in target.receive(action.topic, action.payload, now)
+                )
+            elif isinstance(action, Deliver):
+                delivered += 1
+                if side == "space":
+                    follow = yield from self._space_delivered(home, space, mule, action, now)
+                else:
+                    follow = yield from self._mule_delivered(phone, space, mule, action, now)
+                queue.extend((side, action) for action in follow)
+            elif isinstance(action, Completed) and not action.accepted:
+                self.ledger.reject(action.reason)
+            elif isinstance(action, Failed):
+                self.ledger.reject(action.reason)
+            if not queue:
+                # everything has been answered: the space ends the encounter
+                queue.extend(
+                    ("space", follow)
+                    for follow in home.close(self._session(home, space, mule), "done", now)
+                    if not isinstance(follow, Closed)
+                )
+        self.ledger.transfers += delivered
+        self.ledger.exchanges += delivered > 0
+
+    def _carry(self, phone: MuleEndpoint, space: SpaceApp, mule: MuleApp) -> None:
+        """What the mule offers: back in the space its model came from, that space's own
+        snapshot (the space knows its hash, so nothing moves unless the space has a newer
+        model); anywhere else, its own re-signed copy, which the other space can verify."""
+        key = space.site.context_key
+        if not mule.peer.host.has(key):
+            return
+        slot = mule.peer.host.slot(key)
+        origin = self._origin.get((mule.peer.name, key))
+        if origin is not None and origin[:3] == (space.site.home, space.site.space, slot.version):
+            phone.carry(origin[3], origin[4])
+        else:
+            phone.carry(slot.offer(), slot.container)
+
+    # -- the space's application
+
+    def _space_delivered(
+        self,
+        home: SpaceEndpoint,
+        space: SpaceApp,
+        mule: MuleApp,
+        action: Deliver,
+        now: float,
+    ) -> Generator[TrainNeed, TrainReport | None, list[Action]]:
+        key = space.site.context_key
+        peer = space.peer
+        guest = mule.peer.home != space.site.home
+        evaluators = (
+            self._evaluators(peer, space.unit, now)
+            if self._evaluators is not None and space.unit is not None
+            else None
+        )
+        outcome, incoming = take(
+            peer, action.payload, now, self.ledger, guest=guest, evaluators=evaluators
+        )
+        follow = home.settle(
+            action.ref.session,
+            action.transfer,
+            accepted=outcome.accepted,
+            reason=outcome.reason,
+            now=now,
+        )
+        if not outcome.accepted:
+            return follow
+        if outcome.reason == "merged" and action.mode is Mode.FIXED and space.unit is not None:
+            need = self._training_for(peer, key, space.unit, now)
+            if need is not None:
+                yield need
+        self._serve(home, space)
+        if action.mode is Mode.FIXED and not _same(peer.host.slot(key).weights, incoming):
+            slot = peer.host.slot(key)
+            follow += home.reply(
+                action.ref.session,
+                slot.offer(),
+                slot.container,
+                in_reply_to=action.snapshot.sha256,
+                now=now,
+            )
+        return follow
+
+    # -- the mule's application
+
+    def _mule_delivered(
+        self,
+        phone: MuleEndpoint,
+        space: SpaceApp,
+        mule: MuleApp,
+        action: Deliver,
+        now: float,
+    ) -> Generator[TrainNeed, TrainReport | None, list[Action]]:
+        key = space.site.context_key
+        peer = mule.peer
+        if action.mode is Mode.FIXED or not peer.host.has(key):
+            # the space's answer (or the first model of a key): carried as it is
+            outcome = peer.host.adopt(action.payload, now=now)
+            incoming = peer.host.slot(key).weights if outcome.accepted else None
+            if outcome.accepted:
+                peer.note(key)
+                self._origin[(peer.name, key)] = (
+                    space.site.home,
+                    space.site.space,
+                    peer.host.slot(key).version,
+                    action.snapshot,
+                    action.payload,
+                )
+        else:
+            outcome, incoming = take(peer, action.payload, now, self.ledger)
+        follow = phone.settle(
+            action.ref.session,
+            action.transfer,
+            accepted=outcome.accepted,
+            reason=outcome.reason,
+            now=now,
+        )
+        if not outcome.accepted:
+            return follow
+        if action.mode is Mode.MOBILE:
+            unit = mule.units.get(key)
+            if unit is not None:
+                need = self._training_for(peer, key, unit, now)
+                if need is not None:
+                    yield need
+        slot = peer.host.slot(key)
+        if action.mode is Mode.MOBILE and not _same(slot.weights, incoming):
+            follow += phone.reply(
+                action.ref.session,
+                slot.offer(),
+                slot.container,
+                in_reply_to=action.snapshot.sha256,
+                now=now,
+            )
+        return follow
+
+    # -- helpers
+
+    def _serve(self, home: SpaceEndpoint, space: SpaceApp) -> None:
+        slot = space.peer.host.slot(space.site.context_key)
+        home.serve(
+            space.site.space, space.site.context_key, space.mode, slot.offer(), slot.container
+        )
+
+    def _mule_id(self, mule: MuleApp) -> str:
+        return self.population.phone_identity[mule.peer.name].id
+
+    def _session(self, home: SpaceEndpoint, space: SpaceApp, mule: MuleApp) -> str:
+        mule_id = self._mule_id(mule)
+        for ref in home.active_sessions():
+            if ref.space == space.site.space and ref.mule == mule_id:
+                return ref.session
+        return ""
+
+    def _count(self, payload: bytes) -> None:
+        self.ledger.bytes_moved += len(payload)
+        if is_chunk(payload):
+            self.ledger.chunk_bytes += len(payload)
+        else:
+            self.ledger.control_bytes += len(payload)
+
+
+def take(
+    peer: Peer,
+    payload: bytes,
+    now: float,
+    ledger: Ledger,
+    *,
+    guest: bool = False,
+    evaluators: Mapping[str, Callable[[Weights], float]] | None = None,
+) -> tuple[Outcome, Weights | None]:
+    """Merge a delivered snapshot with the peer's strategy, unless it is a model this peer held
+    itself lately; returns the outcome and the snapshot's weights (None if unreadable)."""
+    incoming = _peek_weights(peer.host, payload, now)
+    if incoming is not None:
+        key, weights = incoming
+        if peer.known.knows(key, weights):
+            ledger.unchanged += 1
+            return Outcome(accepted=True, reason="unchanged", context_key=key), weights
+    try:
+        outcome = peer.host.receive(payload, guest=guest, now=now, evaluators=evaluators)
+    except MlmuleError as err:
+        # ModelHost.receive can still raise while writing the merge: repeated merges inflate
+        # the sample count past what a snapshot header holds (reported; the model stays).
+        ledger.reject(err.reason)
+        return Outcome(accepted=False, reason=err.reason, detail=str(err)), None
+    if outcome.accepted and outcome.context_key is not None:
+        peer.note(outcome.context_key)
+    else:
+        ledger.reject(outcome.reason)
+    return outcome, None if incoming is None else incoming[1]
+
+
+def _peek_weights(host: ModelHost, payload: bytes, now: float) -> tuple[str, Weights] | None:
+    """The key and weights of a snapshot this host would accept, without merging it (the
+    host's `receive` runs every check again)."""
+    try:
+        snapshot = unpack(payload, trust=host.trust, expected_arch=host.expected_arch(), now=now)
+        _, _, weights = families.from_onnx(snapshot.model)
+    except MlmuleError:  # the host's own checks report the reason
+        return None
+    return snapshot.meta.context_key, weights
+
+
+def _same(weights: Weights, other: Weights | None) -> bool:
+    return other is not None and weights_digest(weights) == weights_digest(other)

@@ -1,0 +1,203 @@
+"""From the runs of every task, seed and method to `learning.json`: curves and figures summarised
+over seeds (median, mean, spread), time to target, communication, and ratios to the local
+baseline run in the same process."""
+
+from __future__ import annotations
+
+import json
+import math
+import platform
+import statistics
+from collections.abc import Mapping, Sequence
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .config import BenchConfig
+
+SCHEMA_VERSION = 1
+METRICS = {"occupancy": "balanced_accuracy", "phone_activity": "macro_f1", "digits": "macro_f1"}
+LEDGER_FIGURES = (
+    "bytes_moved",
+    "exchanges",
+    "transfers",
+    "encounters",
+    "raw_samples_moved",
+    "train_rounds",
+    "train_steps",
+)
+# The keys every per-method, per-task entry has (the tests check them).
+ENTRY_KEYS = frozenset(
+    {
+        "curve",
+        "final",
+        "time_to_target_hours",
+        "bytes_moved",
+        "exchanges",
+        "raw_samples_moved",
+        "transfers",
+        "encounters",
+        "train_rounds",
+        "train_steps",
+        "wall_seconds",
+        "ratio_to_local",
+        "rejected",
+    }
+)
+TOP_KEYS = frozenset(
+    {"schema", "generated", "config", "seeds", "target", "metric", "per_method", "tasks"}
+)
+
+
+def spread(values: Sequence[float]) -> dict[str, Any]:
+    """Median, mean, standard deviation, min, max and the values themselves (by seed)."""
+    array = np.asarray(values, dtype=np.float64)
+    return {
+        "median": float(np.median(array)),
+        "mean": float(array.mean()),
+        "std": float(array.std(ddof=1)) if array.size > 1 else 0.0,
+        "min": float(array.min()),
+        "max": float(array.max()),
+        "per_seed": [float(value) for value in array],
+    }
+
+
+def time_to_target(hours: Sequence[float], scores: Sequence[float], target: float) -> float | None:
+    """The first evaluation time (hours from the start) at which the mean score reached it."""
+    for hour, value in zip(hours, scores, strict=True):
+        if value >= target:
+            return float(hour)
+    return None
+
+
+def summarise(
+    config: BenchConfig,
+    task_runs: Sequence[Mapping[str, Any]],
+    *,
+    backend: str,
+    wall_seconds: float,
+) -> dict[str, Any]:
+    """The `learning.json` document from the JSON of every `TaskRun`."""
+    per_method: dict[str, dict[str, Any]] = {}
+    tasks: dict[str, Any] = {}
+    for task in config.tasks:
+        runs_of_task = sorted(
+            (run for run in task_runs if run["task"] == task), key=lambda run: run["seed"]
+        )
+        if not runs_of_task:
+            continue
+        tasks[task] = {
+            "metric": METRICS[task],
+            "units": [run["units"] for run in runs_of_task],
+            "learners": [run["learners"] for run in runs_of_task],
+            "visits": [run["visits"] for run in runs_of_task],
+            "meetings": [run["meetings"] for run in runs_of_task],
+            "data_seconds": [run["data_seconds"] for run in runs_of_task],
+            "affinity": runs_of_task[0]["affinity"],
+            "groups": runs_of_task[0]["groups"],
+        }
+        local_finals = _finals(runs_of_task, "local")
+        for method in config.methods:
+            method_runs = [
+                next(entry for entry in run["runs"] if entry["method"] == method)
+                for run in runs_of_task
+                if any(entry["method"] == method for entry in run["runs"])
+            ]
+            if method_runs:
+                per_method.setdefault(method, {})[task] = _entry(
+                    method_runs, config.targets[task], local_finals
+                )
+    return {
+        "schema": SCHEMA_VERSION,
+        "generated": datetime.now(UTC).isoformat(timespec="seconds"),
+        "machine": {"python": platform.python_version(), "cpus": _cpus()},
+        "backend": backend,
+        "wall_seconds": wall_seconds,
+        "config": config.to_json(),
+        "seeds": list(config.seeds),
+        "target": {task: config.targets[task] for task in config.tasks},
+        "metric": {task: METRICS[task] for task in config.tasks},
+        "per_method": per_method,
+        "tasks": tasks,
+    }
+
+
+def _finals(runs_of_task: Sequence[Mapping[str, Any]], method: str) -> list[float] | None:
+    finals = [
+        entry["final"] for run in runs_of_task for entry in run["runs"] if entry["method"] == method
+    ]
+    return finals if len(finals) == len(runs_of_task) else None
+
+
+def _entry(
+    runs: Sequence[Mapping[str, Any]], target: float, local_finals: Sequence[float] | None
+) -> dict[str, Any]:
+    hours = runs[0]["hours"]
+    curves = np.asarray([run["scores"] for run in runs], dtype=np.float64)
+    finals = [run["final"] for run in runs]
+    reached = [time_to_target(run["hours"], run["scores"], target) for run in runs]
+    hit = [value for value in reached if value is not None]
+    rejected: dict[str, int] = {}
+    for run in runs:
+        for reason, count in run["ledger"]["rejected"].items():
+            rejected[reason] = rejected.get(reason, 0) + count
+    entry: dict[str, Any] = {
+        "curve": {
+            "hours": hours,
+            "mean": curves.mean(axis=0).tolist(),
+            "median": np.median(curves, axis=0).tolist(),
+            "min": curves.min(axis=0).tolist(),
+            "max": curves.max(axis=0).tolist(),
+        },
+        "final": spread(finals),
+        "time_to_target_hours": {
+            "median": statistics.median(hit) if len(hit) == len(reached) else None,
+            "per_seed": reached,
+            "reached": f"{len(hit)}/{len(reached)}",
+        },
+        "wall_seconds": spread([run["wall_seconds"] for run in runs]),
+        "rejected": dict(sorted(rejected.items())),
+        "ratio_to_local": (
+            spread([f / b for f, b in zip(finals, local_finals, strict=True)])
+            if local_finals is not None and all(b > 0 for b in local_finals)
+            else None
+        ),
+    }
+    for name in LEDGER_FIGURES:
+        entry[name] = spread([run["ledger"][name] for run in runs])
+    return entry
+
+
+def check_document(document: Mapping[str, Any]) -> list[str]:
+    """Everything wrong with a `learning.json` document's shape; empty when it is sound."""
+    problems = [f"missing top-level key {key!r}" for key in sorted(TOP_KEYS - set(document))]
+    for method, by_task in document.get("per_method", {}).items():
+        for task, entry in by_task.items():
+            missing = ENTRY_KEYS - set(entry)
+            if missing:
+                problems.append(f"{method}/{task} lacks {sorted(missing)}")
+                continue
+            curve = entry["curve"]
+            if not (len(curve["hours"]) == len(curve["mean"]) > 1):
+                problems.append(f"{method}/{task} has no curve")
+            if not all(0.0 <= value <= 1.0 for value in curve["mean"]):
+                problems.append(f"{method}/{task} has scores outside [0, 1]")
+            if len(entry["final"]["per_seed"]) != len(document.get("seeds", [])):
+                problems.append(f"{method}/{task} lacks a seed's final score")
+            if not math.isclose(curve["mean"][-1], entry["final"]["mean"], abs_tol=1e-9):
+                problems.append(f"{method}/{task}: the curve does not end at the final score")
+    return problems
+
+
+def write_json(path: Path, document: Mapping[str, Any]) -> None:
+    from mlmule_core.storage import atomic_write_text  # noqa: PLC0415
+
+    atomic_write_text(path, json.dumps(document, indent=1, sort_keys=False) + "\n")
+
+
+def _cpus() -> int:
+    import os  # noqa: PLC0415
+
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1

@@ -1,0 +1,138 @@
+"""Where training rounds run: in this process, or as Ray tasks on a Ray cluster.
+
+The simulation hands over every round that can run at the same moment (the nightly rounds of
+all spaces, the rounds of encounters that happen together) as one batch. Either way a round is
+the product's numpy trainer on the host's current weights, and its result is committed through
+the host's own `TrainingJob`, so versions, lineage and sample counts are the product's.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from typing import Any, Protocol, cast
+
+import numpy as np
+from mlmule_core.families import FamilySpec
+from mlmule_core.host import TrainingJob
+from mlmule_core.train_numpy import TrainConfig, Trainer, TrainReport, train
+from mlmule_core.weights import Weights, copy_weights
+
+from .peers import TrainNeed
+
+# Small matrices train several times faster on one BLAS thread than on many fighting for the
+# cores; Ray workers get the same setting.
+SINGLE_THREADED = {
+    "OPENBLAS_NUM_THREADS": "1",
+    "OMP_NUM_THREADS": "1",
+    "MKL_NUM_THREADS": "1",
+}
+
+
+class Executor(Protocol):
+    name: str
+
+    def run(self, needs: Sequence[TrainNeed]) -> list[TrainReport]:
+        """Run the rounds, commit each as its host's next version, return the reports."""
+
+    def close(self) -> None: ...
+
+
+class LocalExecutor:
+    """Rounds one after another in this process: `ModelHost.train`, exactly as HA runs it."""
+
+    name = "local"
+
+    def run(self, needs: Sequence[TrainNeed]) -> list[TrainReport]:
+        return [
+            need.peer.host.train(
+                need.context_key,
+                need.x,
+                need.y,
+                config=need.config,
+                data_time=need.data_time,
+                now=need.now,
+            )
+            for need in needs
+        ]
+
+    def close(self) -> None:
+        return None
+
+
+class _FinishedRun:
+    """A training run that already happened elsewhere, for the host's `TrainingJob` to commit."""
+
+    def __init__(self, weights: Weights, report: TrainReport) -> None:
+        self._weights = weights
+        self._report = report
+
+    def run(self, *, max_seconds: float | None = None, max_steps: int | None = None) -> bool:
+        del max_seconds, max_steps
+        return True
+
+    def result(self) -> tuple[Weights, TrainReport]:
+        return copy_weights(self._weights), self._report
+
+
+def train_round(
+    spec: FamilySpec, weights: Weights, x: np.ndarray, y: np.ndarray, config: TrainConfig
+) -> tuple[Weights, TrainReport]:
+    """One round, as a Ray task runs it: the same trainer `ModelHost.train` builds."""
+    return train(spec, weights, x, y, config)
+
+
+class RayExecutor:
+    """Batches of rounds as Ray tasks, on a local Ray instance or the cluster at `address`.
+
+    A batch of one runs locally: the result is the same and a task costs more than the round.
+    """
+
+    name = "ray"
+
+    def __init__(self, address: str | None = None, num_cpus: int | None = None) -> None:
+        import ray  # noqa: PLC0415 - optional: only this backend needs it
+
+        self._ray: Any = ray
+        if not ray.is_initialized():
+            ray.init(
+                address=address,
+                num_cpus=num_cpus if address is None else None,
+                include_dashboard=False,
+                log_to_driver=False,
+                runtime_env={"env_vars": SINGLE_THREADED},
+            )
+        self._remote = ray.remote(num_cpus=1)(train_round)
+        self._local = LocalExecutor()
+        self.batches = 0  # batches that went out as Ray tasks
+
+    def run(self, needs: Sequence[TrainNeed]) -> list[TrainReport]:
+        if len(needs) < 2:
+            return self._local.run(needs)
+        self.batches += 1
+        slots = [need.peer.host.slot(need.context_key) for need in needs]
+        futures = [
+            self._remote.remote(slot.spec, slot.weights, need.x, need.y, need.config)
+            for slot, need in zip(slots, needs, strict=True)
+        ]
+        reports = []
+        for need, (weights, report) in zip(needs, self._ray.get(futures), strict=True):
+            # the host's own job commits: base-version check, metadata, signing, storing
+            job = TrainingJob(
+                need.peer.host,
+                need.context_key,
+                cast("Trainer", _FinishedRun(weights, report)),
+                samples=int(np.asarray(need.y).shape[0]),
+                data_time=need.data_time,
+            )
+            reports.append(job.commit(now=need.now))
+        return reports
+
+    def close(self) -> None:
+        self._ray.shutdown()
+
+
+def make_executor(backend: str, *, ray_address: str | None = None) -> Executor:
+    if backend == "ray":
+        return RayExecutor(address=ray_address or os.environ.get("RAY_ADDRESS"))
+    return LocalExecutor()

@@ -1,0 +1,98 @@
+"""The learning benchmark end to end on a tiny world: the CLI, learning.json, and its figures."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(ROOT / "bench"))  # the benchmark package is not installed
+
+from mlmule_bench.__main__ import main  # noqa: E402
+from mlmule_bench.config import METHODS, MLMULE_METHODS, PRESETS  # noqa: E402
+from mlmule_bench.results import ENTRY_KEYS, check_document  # noqa: E402
+
+TINY = PRESETS["tiny"]
+
+
+@pytest.fixture(scope="module")
+def run_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    out = tmp_path_factory.mktemp("bench") / "learning.json"
+    assert main(["run", "--config", "tiny", "--out", str(out), "--quiet"]) == 0
+    return out.parent
+
+
+@pytest.fixture(scope="module")
+def document(run_dir: Path) -> dict[str, Any]:
+    loaded: dict[str, Any] = json.loads((run_dir / "learning.json").read_text())
+    return loaded
+
+
+def test_the_document_has_every_method_task_and_figure(document: dict[str, Any]) -> None:
+    assert check_document(document) == []
+    assert document["seeds"] == list(TINY.seeds)
+    assert document["target"] == {task: TINY.targets[task] for task in TINY.tasks}
+    assert set(document["per_method"]) == set(METHODS)
+    for method, by_task in document["per_method"].items():
+        assert set(by_task) == set(TINY.tasks), method
+        for task, entry in by_task.items():
+            assert set(entry) >= ENTRY_KEYS
+            hours = entry["curve"]["hours"]
+            assert hours[0] == 0
+            assert hours[-1] == (TINY.days - TINY.test_days) * 24
+            assert entry["time_to_target_hours"]["reached"].endswith(f"/{len(TINY.seeds)}")
+            reached = entry["time_to_target_hours"]["per_seed"]
+            for hour, scores in zip(reached, [entry["curve"]["mean"]], strict=False):
+                if hour is not None:
+                    assert scores[hours.index(hour)] >= document["target"][task]
+
+
+def test_ml_mule_moves_models_and_never_raw_samples(document: dict[str, Any]) -> None:
+    for task in TINY.tasks:
+        for method in MLMULE_METHODS:
+            entry = document["per_method"][method][task]
+            assert entry["raw_samples_moved"]["per_seed"] == [0.0] * len(TINY.seeds)
+            assert entry["bytes_moved"]["min"] > 0, (method, task)
+            assert entry["exchanges"]["min"] > 0, (method, task)
+        # the upper bound pools raw data, and is the only method that does
+        assert document["per_method"]["centralized"][task]["raw_samples_moved"]["min"] > 0
+        assert document["per_method"]["local"][task]["bytes_moved"]["max"] == 0
+
+
+def test_every_method_starts_from_the_same_model_and_learns(document: dict[str, Any]) -> None:
+    for task in TINY.tasks:
+        starts = {
+            method: by_task[task]["curve"]["mean"][0]
+            for method, by_task in document["per_method"].items()
+        }
+        assert len(set(starts.values())) == 1, starts
+        for method, by_task in document["per_method"].items():
+            assert by_task[task]["final"]["mean"] > starts[method], (method, task)
+
+
+def test_the_training_budget_is_the_same_for_every_learner(document: dict[str, Any]) -> None:
+    periods = (TINY.days - TINY.test_days) * 24 / TINY.budget.period_hours
+    for task, info in document["tasks"].items():
+        learners = max(info["learners"])
+        for method, by_task in document["per_method"].items():
+            rounds = by_task[task]["train_rounds"]["max"]
+            # one round per learner and period at most; the server of `centralized` is one
+            # learner per context key
+            assert rounds <= learners * periods, (method, task, rounds)
+        local = document["per_method"]["local"][task]["train_rounds"]["max"]
+        assert local > 0
+
+
+def test_the_figures_are_written(run_dir: Path) -> None:
+    for name in ("learning_curves.png", "learning_bytes.png", "learning_affinity.png"):
+        data = (run_dir / name).read_bytes()
+        assert data.startswith(b"\x89PNG"), name
+        assert len(data) > 10_000, name
+    runs = json.loads((run_dir / "learning_runs.json").read_text())["runs"]
+    assert {(run["task"], run["seed"]) for run in runs} == {
+        (task, seed) for task in TINY.tasks for seed in TINY.seeds
+    }
