@@ -60,6 +60,7 @@ demo:
 	@exit 1
 
 bench:
+	@scripts/ensure-mosquitto.sh
 	@env="$(COMPANION_ENV)"; mkdir -p bench/results; \
 	  for script in bench/bench_*.py; do echo "== $$script"; "$$env/bin/python" "$$script"; done
 	@env="$(HA_ENV)"; echo "== bench/ha (real Home Assistant core)"; cd bench/ha && "$$env/bin/python" -m pytest

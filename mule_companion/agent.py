@@ -413,6 +413,10 @@ class Agent:
         self._clock = clock
         self._host_lock = threading.RLock()
         self._trainer = PhoneTrainer(self._config.training, self._config.dp, progress)
+        if self._config.dp is not None and self._trainer.backend != "torch":
+            raise ConfigError(
+                "config.yaml", [("privacy.dp", "DP-SGD needs torch, which is not installed")]
+            )
         self._requests: queue.Queue[TrainRequest | None] = queue.Queue()
         self._stopping = threading.Event()
         self._worker: threading.Thread | None = None

@@ -656,9 +656,13 @@ def cmd_export(args: argparse.Namespace) -> int:
 def cmd_import(args: argparse.Namespace) -> int:
     companion = Companion(args.data_dir)
     data = _read_snapshot_file(args.file)
+    # only to choose between merging and taking; both verify everything before use
+    header = inspect(data)["header"]
+    claimed_key = header.get("context_key") if isinstance(header, dict) else None
     with AgentLock(companion.paths.lock):
         host = companion.open_host()
-        outcome = host.receive(data) if args.merge else host.adopt(data)
+        merge = args.merge and isinstance(claimed_key, str) and host.has(claimed_key)
+        outcome = host.receive(data) if merge else host.adopt(data)
     if not outcome.accepted:
         print(f"{PROG}: refused {args.file}: {outcome.reason}: {outcome.detail}", file=sys.stderr)
         return 1

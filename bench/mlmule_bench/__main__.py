@@ -4,6 +4,7 @@
     flower   our FedAvg against Flower's on the same partitions and budget -> learning_flower.json
     scaling  wall time for a growing number of homes -> learning_scaling.json and a figure
     plot     redraw the figures of an existing learning.json
+    table    print the summary of an existing learning.json as Markdown tables
 
 Run it from the companion environment with `bench/` on the path (the Makefile does both):
 `PYTHONPATH=bench $(scripts/ensure-env.sh companion)/bin/python -m mlmule_bench --config tiny`.
@@ -21,6 +22,7 @@ for _name, _value in SINGLE_THREADED.items():
 
 import argparse  # noqa: E402
 import json  # noqa: E402
+import shutil  # noqa: E402
 import subprocess  # noqa: E402
 import sys  # noqa: E402
 import tempfile  # noqa: E402
@@ -29,12 +31,12 @@ from collections.abc import Iterable, Sequence  # noqa: E402
 from pathlib import Path  # noqa: E402
 from typing import Any  # noqa: E402
 
-from tqdm import tqdm  # noqa: E402
+from tqdm import tqdm  # type: ignore[import-untyped]  # noqa: E402
 
 from .config import BACKENDS, METHODS, TASKS, BenchConfig, load_config  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parents[1] / "results"
-COMMANDS = ("run", "flower", "scaling", "plot")
+COMMANDS = ("run", "flower", "scaling", "plot", "table")
 
 
 def _csv(text: str) -> tuple[str, ...]:
@@ -75,6 +77,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     plot = commands.add_parser("plot", help="redraw the figures of a learning.json")
     plot.add_argument("--out", type=Path, default=RESULTS / "learning.json")
+    table = commands.add_parser("table", help="a learning.json as Markdown tables")
+    table.add_argument("--out", type=Path, default=RESULTS / "learning.json")
     return parser
 
 
@@ -122,7 +126,10 @@ def progress_bar(quiet: bool) -> Any:
         return None
 
     def bar(label: str, hours: int) -> Iterable[int]:
-        return tqdm(range(hours), desc=label, unit="h", leave=False, mininterval=1.0)
+        ticks: Iterable[int] = tqdm(
+            range(hours), desc=label, unit="h", leave=False, mininterval=1.0
+        )
+        return ticks
 
     return bar
 
@@ -132,10 +139,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not arguments or arguments[0] not in (*COMMANDS, "-h", "--help"):
         arguments.insert(0, "run")
     args = build_parser().parse_args(arguments)
-    if args.command == "plot":
+    if args.command in {"plot", "table"}:
+        document = json.loads(args.out.read_text(encoding="utf-8"))
+        if args.command == "table":
+            from .results import markdown_tables  # noqa: PLC0415
+
+            print(markdown_tables(document))
+            return 0
         from .plots import plot_all  # noqa: PLC0415
 
-        document = json.loads(args.out.read_text(encoding="utf-8"))
         for path in plot_all(document, args.out.parent):
             print(path)
         return 0
@@ -209,6 +221,15 @@ def _in_processes(
     """Each (task, seed) in its own `python -m mlmule_bench run` process, `jobs` at a time;
     they hand back their runs as JSON files."""
     scratch = Path(tempfile.mkdtemp(prefix="mlmule-bench-jobs-"))
+    try:
+        return _run_workers(args, pairs, jobs, scratch)
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
+
+
+def _run_workers(
+    args: argparse.Namespace, pairs: list[tuple[str, int]], jobs: int, scratch: Path
+) -> list[dict[str, Any]]:
     waiting = list(pairs)
     running: list[tuple[subprocess.Popen[bytes], Path]] = []
     task_runs: list[dict[str, Any]] = []
@@ -243,7 +264,9 @@ def _in_processes(
                     continue
                 running.remove((process, target))
                 if process.returncode != 0:
-                    raise SystemExit(f"a worker failed: {process.args}")
+                    for other, _ in running:
+                        other.terminate()
+                    raise SystemExit(f"a worker failed: {process.args!r}")
                 task_runs += json.loads(target.read_text(encoding="utf-8"))
                 bar.update(1)
     return task_runs

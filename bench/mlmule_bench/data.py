@@ -145,7 +145,7 @@ def build_task(config: BenchConfig, world: World, task: str, seed: int) -> TaskD
     return _digits(config, world, seed)
 
 
-def test_start(config: BenchConfig, world: World) -> float:
+def held_out_start(config: BenchConfig, world: World) -> float:
     return world.start + config.learn_seconds
 
 
@@ -170,7 +170,7 @@ def _kind_table(world: World, kinds: dict[tuple[str, str], str]) -> npt.NDArray[
 
 def _occupancy(config: BenchConfig, world: World, seed: int) -> TaskData:
     recipe = TASK_RECIPES["occupancy"]
-    cut = test_start(config, world)
+    cut = held_out_start(config, world)
     units: list[Unit] = []
     for kind in config.room_kinds:
         for space in space_data(world, "occupancy", kind):
@@ -201,7 +201,7 @@ def _occupancy(config: BenchConfig, world: World, seed: int) -> TaskData:
 
 def _phone_activity(config: BenchConfig, world: World, seed: int) -> TaskData:
     recipe = TASK_RECIPES["phone_activity"]
-    cut = test_start(config, world)
+    cut = held_out_start(config, world)
     kinds = _room_kinds(config, world)
     table = _kind_table(world, kinds)
     units: list[Unit] = []

@@ -44,7 +44,8 @@ def flower_fedavg(config: BenchConfig, seed: int) -> dict[str, Any]:
     names = list(initial)
     units: list[Unit] = list(data.units)
     budget = config.budget
-    rounds = config.flower_rounds or int(config.learn_seconds // (budget.period_hours * HOUR))
+    # our FedAvg's rounds: one per budget period of the learning time
+    rounds = int(config.learn_seconds // (budget.period_hours * HOUR))
 
     class DigitsClient(NumPyClient):  # type: ignore[misc]
         def __init__(self, unit: Unit) -> None:

@@ -3,11 +3,11 @@
 | method | who learns | how models move |
 |---|---|---|
 | local | each learner alone | never |
-| centralized | one server per key, on everyone's pooled raw data | raw data to the server (upper bound) |
+| centralized | a server per key, on pooled raw data | raw data to the server (upper bound) |
 | fedavg | every learner, in rounds every T hours | server: sample-weighted mean of the round |
 | fedasync | every learner, at its own hour | server: staleness-weighted mixing per update |
 | gossip | spaces (fixed data) or phones (mobile data) | phone meets phone: pairwise averaging |
-| mlmule* | spaces and phones | phones carry snapshots between the spaces they enter |
+| mlmule* | spaces and phones | phones carry snapshots between the spaces they visit |
 
 A *learner* is a space in fixed-data mode (occupancy, digits) and a phone in mobile-data mode
 (phone_activity). Server methods score the server's model on every unit; the others score the
@@ -20,7 +20,8 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import replace
 from pathlib import Path
-from typing import Any
+from types import MappingProxyType
+from typing import Any, ClassVar
 
 import numpy as np
 from mlmule_core import families
@@ -32,6 +33,7 @@ from mlmule_core.snapshot import unpack
 from mlmule_core.strategies import (
     AggregationContext,
     ModelState,
+    Strategy,
     make_strategy,
     merged_state,
 )
@@ -48,7 +50,6 @@ from .peers import (
     Population,
     SpaceApp,
     TrainNeed,
-    take,
     weights_digest,
 )
 from .simulate import Method, Simulation
@@ -63,7 +64,7 @@ class PeerMethod(Method):
     """A method whose learners are product hosts; builds them on first use."""
 
     strategy = "mlmule"
-    strategy_options: Mapping[str, Any] = {}
+    strategy_options: ClassVar[Mapping[str, Any]] = MappingProxyType({})
     personal_head = False
 
     def __init__(self, sim: Simulation, root: Path) -> None:
@@ -233,6 +234,58 @@ class ServerMethod(PeerMethod):
         self.sim.ledger.chunk_bytes += len(payload)
         self.sim.ledger.transfers += 1
 
+    def upload(self, need: TrainNeed, now: float) -> ModelState:
+        """A client's trained model as the server receives it: its snapshot, verified, counted
+        with the samples of this round (FedAvg's `n_k`), not the running total in its
+        metadata, which re-counts every round's data (and would outgrow the header)."""
+        server = self.server.host
+        payload = need.peer.host.export(need.context_key)
+        self._moved(payload)
+        self.sim.ledger.encounters += 1
+        self.sim.ledger.exchanges += 1
+        # no replay guard: a server knows its clients by their connections, and the spaces of
+        # one home share an identity
+        snapshot = unpack(
+            payload, trust=server.trust, expected_arch=server.expected_arch(), now=now
+        )
+        _, _, weights = families.from_onnx(snapshot.model)
+        return ModelState(
+            weights=weights,
+            created_at=snapshot.meta.created_at,
+            data_time=snapshot.meta.data_time,
+            samples=int(need.y.shape[0]),
+            version=snapshot.meta.version,
+            origin=snapshot.origin,
+            lineage=snapshot.meta.lineage,
+        )
+
+    def merge(self, context_key: str, updates: Sequence[ModelState], now: float) -> None:
+        """Merge updates into the server's model with this method's strategy, as its next
+        version (`merged_state` keeps the product's metadata rules)."""
+        server = self.server.host
+        slot = server.slot(context_key)
+        current = self.server_state(slot.state())
+        result = self.server_strategy(context_key).aggregate(
+            current,
+            updates,
+            now=now,
+            context=AggregationContext(shared=families.shared_names(slot.spec)),
+        )
+        for decision in result.decisions:
+            if not decision.accepted:
+                self.sim.ledger.reject(decision.reason)
+        if result.changed:
+            server.commit(
+                context_key,
+                merged_state(current, updates, result, now=now, origin=server.identity.id),
+            )
+
+    def server_state(self, state: ModelState) -> ModelState:
+        return state
+
+    def server_strategy(self, context_key: str) -> Strategy:
+        raise NotImplementedError
+
     def model_for(self, unit: Unit) -> tuple[FamilySpec, Weights]:
         slot = self.server.host.slot(unit.context_key)
         return slot.spec, slot.weights
@@ -256,54 +309,22 @@ class FedAvg(ServerMethod):
             if (need := self.sim.need(self.learner_of(unit), unit.context_key, unit, now))
             is not None
         ]
-        self.sim.train(needs)
-        self.sim.ledger.encounters += len(needs)
-        self.sim.ledger.exchanges += len(needs)
+        trained = [
+            need for need, report in zip(needs, self.sim.train(needs), strict=True) if report
+        ]
         for key in self.architectures:
-            updates = [need for need in needs if need.context_key == key]
+            updates = [self.upload(need, now) for need in trained if need.context_key == key]
             if updates:
-                self.aggregate(key, updates, now)
+                self.merge(key, updates, now)
         for unit in self.sim.data.units:
             self.download(self.learner_of(unit), unit.context_key, now)
 
-    def aggregate(self, context_key: str, updates: Sequence[TrainNeed], now: float) -> None:
-        """The round's sample-weighted mean, by the product's FedAvg strategy, of the clients'
-        verified snapshots (each counted with the samples it trained on, as in FedAvg)."""
-        server = self.server.host
-        states = []
-        for need in updates:
-            payload = need.peer.host.export(context_key)
-            self._moved(payload)
-            # The clients' verified snapshots, without the replay guard: a server knows its
-            # clients by their connections, and the spaces of one home share an identity.
-            snapshot = unpack(
-                payload, trust=server.trust, expected_arch=server.expected_arch(), now=now
-            )
-            _, _, weights = families.from_onnx(snapshot.model)
-            states.append(
-                ModelState(
-                    weights=weights,
-                    created_at=snapshot.meta.created_at,
-                    data_time=snapshot.meta.data_time,
-                    samples=int(need.y.shape[0]),
-                    version=snapshot.meta.version,
-                    origin=snapshot.origin,
-                    lineage=snapshot.meta.lineage,
-                )
-            )
-        slot = server.slot(context_key)
+    def server_state(self, state: ModelState) -> ModelState:
         # the global model itself has no weight in a round: only the clients' updates count
-        current = replace(slot.state(), samples=0)
-        result = make_strategy("fedavg").aggregate(
-            current,
-            states,
-            now=now,
-            context=AggregationContext(shared=families.shared_names(slot.spec)),
-        )
-        server.commit(
-            context_key,
-            merged_state(current, states, result, now=now, origin=server.identity.id),
-        )
+        return replace(state, samples=0)
+
+    def server_strategy(self, context_key: str) -> Strategy:
+        return make_strategy("fedavg")
 
 
 class FedAsync(ServerMethod):
@@ -311,10 +332,10 @@ class FedAsync(ServerMethod):
     downloads, and the server mixes each update in as it arrives (product strategy `fedasync`)."""
 
     name = "fedasync"
-    strategy = "fedasync"
 
     def __init__(self, sim: Simulation, root: Path) -> None:
         super().__init__(sim, root)
+        self.strategies = {key: make_strategy("fedasync") for key in self.architectures}
         hours = int(sim.config.budget.period_hours)
         self.slot_hour = {
             unit.unit_id: int(stream(sim.seed, "fedasync-slot", unit.unit_id).integers(hours))
@@ -331,95 +352,97 @@ class FedAsync(ServerMethod):
             need = self.sim.need(peer, unit.context_key, unit, now)
             if need is not None:
                 needs.append(need)
-        self.sim.train(needs)
-        for need in needs:
-            payload = need.peer.host.export(need.context_key)
-            self._moved(payload)
-            self.sim.ledger.encounters += 1
-            self.sim.ledger.exchanges += 1
-            outcome = self.server.host.receive(payload, now=now)
-            if not outcome.accepted:
-                self.sim.ledger.reject(outcome.reason)
+        for need, report in zip(needs, self.sim.train(needs), strict=True):
+            if report is not None:
+                self.merge(need.context_key, [self.upload(need, now)], now)
+
+    def server_strategy(self, context_key: str) -> Strategy:
+        return self.strategies[context_key]
 
 
 class Gossip(PeerMethod):
-    """Phones that meet average their models pairwise (the product's FedAvg strategy between
-    the two); no server, and no space but the phone's own home's. In fixed-data mode the spaces
-    train and sync with their residents' phones; in mobile-data mode the phones learn alone."""
+    """Decentralised learning over phone-to-phone contacts only (Hegedus et al.): when two
+    phones meet, models are averaged pairwise, with equal weights. No server, and no exchange
+    at a space the phone visits.
+
+    Mobile-data mode: the phones are the learners and average their own models. Fixed-data
+    mode: the spaces learn, and two phones of different homes that meet relay their homes'
+    models (each space of a kind averages with the other home's spaces of that kind); the
+    relay home -> phone -> phone -> home counts three transfers each way.
+    """
 
     name = "gossip"
-    strategy = "fedavg"
     uses_meetings = True
 
     def __init__(self, sim: Simulation, root: Path) -> None:
         super().__init__(sim, root)
-        self.build_learners()
-        for phone in sim.phones:
-            self.phone(phone, carry_initial=not self.fixed)
-        self.exchanges = Exchanges(
-            self.population,
-            sim.ledger,
-            training_for=sim.need,
-            evaluators=None,
-            seed=sim.seed,
-        )
-        self.sites = {(site.home, site.space): site for site in sim.data.sites}
-        self.units = {unit.learner: unit for unit in sim.data.units}
-
-    def on_visits(self, visits: Sequence[Visit]) -> None:
-        if not self.fixed:
-            return
-        own = [visit for visit in visits if self.sim.phones[visit.phone] == visit.home]
-        self.sim.drive(
-            self.exchanges.run(
-                space_app(self, self.sites[(visit.home, visit.space)], self.units),
-                MuleApp(self.phones[visit.phone], {}),
-                visit.time,
-            )
-            for visit in own
-        )
+        learners = self.build_learners()
+        self.spaces_of: dict[tuple[str, str], list[Peer]] = {}  # (home, key) -> its spaces
+        for unit in sim.data.units:
+            if self.fixed:
+                self.spaces_of.setdefault((unit.home, unit.context_key), []).append(
+                    learners[unit.learner]
+                )
+        self.hops = 6 if self.fixed else 2
 
     def on_meeting(self, meeting: Meeting) -> None:
-        a, b = self.phones[meeting.phone_a], self.phones[meeting.phone_b]
         ledger = self.sim.ledger
         ledger.encounters += 1
+        pairs: list[tuple[Peer, Peer, str]] = []
+        if self.fixed:
+            home_a, home_b = self.sim.phones[meeting.phone_a], self.sim.phones[meeting.phone_b]
+            if home_a == home_b:
+                return  # housemates' phones carry the same home's models
+            for key in self.architectures:
+                pairs += [
+                    (a, b, key)
+                    for a in self.spaces_of.get((home_a, key), [])
+                    for b in self.spaces_of.get((home_b, key), [])
+                ]
+        else:
+            a, b = self.phones.get(meeting.phone_a), self.phones.get(meeting.phone_b)
+            if a is not None and b is not None:
+                pairs = [(a, b, key) for key in self.architectures]
         moved = 0
-        for key in self.architectures:
-            has_a, has_b = a.host.has(key), b.host.has(key)
-            if not (has_a or has_b):
-                continue
-            if has_a and has_b and _same_weights(a, b, key):
-                continue
-            payload_a = a.host.export(key) if has_a else None
-            payload_b = b.host.export(key) if has_b else None
-            for peer, payload in ((a, payload_b), (b, payload_a)):
-                if payload is None:
-                    continue
-                ledger.bytes_moved += len(payload)
-                ledger.chunk_bytes += len(payload)
-                moved += 1
-                if peer.host.has(key):
-                    take(peer, payload, meeting.time, ledger)
-                else:
-                    outcome = peer.host.adopt(payload, now=meeting.time)
-                    if outcome.accepted:
-                        peer.note(key)
-                    else:
-                        ledger.reject(outcome.reason)
+        for a, b, key in pairs:
+            if average_pair(a, b, key, meeting.time):
+                size = len(a.host.export(key)) + len(b.host.export(key))
+                ledger.bytes_moved += size * self.hops // 2
+                ledger.chunk_bytes += size * self.hops // 2
+                moved += self.hops
         ledger.transfers += moved
         ledger.exchanges += moved > 0
-
-    def on_hour(self, now: float) -> None:
-        self.exchanges.tick(now)
 
     def on_period_end(self, now: float) -> None:
         self.train_leftovers(now)
 
 
-def _same_weights(a: Peer, b: Peer, context_key: str) -> bool:
-    return weights_digest(a.host.slot(context_key).weights) == weights_digest(
-        b.host.slot(context_key).weights
-    )
+def average_pair(a: Peer, b: Peer, context_key: str, now: float) -> bool:
+    """Both peers take the equal-weight mean of their shared parameters (each keeps its own
+    personal ones) as their next version; False if they already agree."""
+    slot_a, slot_b = a.host.slot(context_key), b.host.slot(context_key)
+    if weights_digest(slot_a.weights) == weights_digest(slot_b.weights):
+        return False
+    context = AggregationContext(shared=families.shared_names(slot_a.spec))
+    # equal weights: each state counts as one sample for the mean
+    state_a, state_b = replace(slot_a.state(), samples=1), replace(slot_b.state(), samples=1)
+    for peer, own, other, slot in ((a, state_a, state_b, slot_a), (b, state_b, state_a, slot_b)):
+        result = make_strategy("fedavg").aggregate(own, [other], now=now, context=context)
+        meta = slot.meta
+        peer.host.commit(
+            context_key,
+            ModelState(
+                weights=result.weights,
+                created_at=now,
+                data_time=max(meta.data_time, other.data_time),
+                samples=meta.samples,  # averaging adds no data
+                version=meta.version + 1,
+                origin=peer.host.identity.id,
+                lineage=(*meta.lineage, other.origin),
+            ),
+        )
+        peer.note(context_key)
+    return True
 
 
 # --- ML Mule ------------------------------------------------------------------------------------
@@ -499,7 +522,7 @@ def space_app(method: PeerMethod, site: SpaceSite, units: Mapping[str, Unit]) ->
 
 class MLMuleNoFilter(MLMule):
     name = "mlmule_no_filter"
-    strategy_options = {"freshness_filter": False}
+    strategy_options = MappingProxyType({"freshness_filter": False})
 
 
 class MLMulePersonal(MLMule):
@@ -509,7 +532,7 @@ class MLMulePersonal(MLMule):
 
 class MLMuleGated(MLMule):
     name = "mlmule_gated"
-    strategy_options = {"gate": "guests", "gate_epsilon": GUEST_GATE_EPSILON}
+    strategy_options = MappingProxyType({"gate": "guests", "gate_epsilon": GUEST_GATE_EPSILON})
 
 
 METHOD_CLASSES: dict[str, type[Method]] = {

@@ -10,6 +10,7 @@
 
 from __future__ import annotations
 
+import math
 from collections import defaultdict
 from dataclasses import dataclass
 
@@ -74,11 +75,14 @@ def _home_entries(world: World, end: float) -> list[Visit]:
     return found
 
 
-def meetings(world: World, end: float) -> list[Meeting]:
-    """Every start of two phones being at the same tracked place at the same 5-minute step."""
+def meetings(world: World, end: float, cooldown_hours: float = 0.0) -> list[Meeting]:
+    """Two phones starting to be at the same tracked place at the same 5-minute step, at most
+    once per pair per cooldown."""
     trajectories = world.trajectories()
     phones = [world.person(person).phone_id for person in trajectories.person_ids]
     place = trajectories.place
+    cooldown = cooldown_hours * HOUR
+    last: dict[tuple[str, str], float] = {}
     found: list[Meeting] = []
     changed_steps = np.flatnonzero((place[:, 1:] != place[:, :-1]).any(axis=0)) + 1
     for step in changed_steps.tolist():
@@ -93,7 +97,9 @@ def meetings(world: World, end: float) -> list[Meeting]:
                 # two who arrive together meet once
                 if other != person and (other not in arrived or other > person):
                     a, b = sorted((phones[person], phones[other]))
-                    found.append(Meeting(time, a, b))
+                    if time - last.get((a, b), -math.inf) >= cooldown:
+                        last[(a, b)] = time
+                        found.append(Meeting(time, a, b))
     return found
 
 

@@ -20,12 +20,14 @@ from collections import deque
 from collections.abc import Callable, Generator, Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Final
 
 import numpy as np
 from mlmule_core import families
 from mlmule_core.errors import MlmuleError
 from mlmule_core.host import HostSettings, ModelHost, Outcome
 from mlmule_core.identity import Identity, TrustEntry, TrustStore
+from mlmule_core.identity import Role as TrustRole
 from mlmule_core.protocol import (
     Action,
     Closed,
@@ -47,8 +49,8 @@ from mlmule_core.world.config import stream
 from .data import Architecture, SpaceSite, Unit
 
 SERVER = "server"
-OWNER = "owner"
-GUEST = "guest"
+OWNER: Final = "owner"
+GUEST: Final = "guest"
 # Versions a host remembers as its own, to recognise a model coming back unchanged.
 REMEMBERED_VERSIONS = 32
 
@@ -176,14 +178,14 @@ def seeded_identity(seed: int, kind: str, name: str) -> Identity:
     return Identity.from_private_bytes(raw, kind="space" if kind == "space" else "mule", name=name)
 
 
-def trust_of(identities: Iterable[tuple[Identity, str]], now: float) -> TrustStore:
+def trust_of(identities: Iterable[tuple[Identity, TrustRole]], now: float) -> TrustStore:
     store = TrustStore()
     for identity, role in identities:
         store.add(
             TrustEntry.for_key(
                 identity.public_key_bytes,
                 kind=identity.kind,
-                role=OWNER if role == OWNER else GUEST,
+                role=role,
                 label=identity.name,
                 paired_at=now,
             )
@@ -237,18 +239,18 @@ class Population:
     # server; a phone trusts every home, every other phone (gossip) and the server.
 
     def home_trust(self, home: str) -> TrustStore:
-        phones = [
+        phones: list[tuple[Identity, TrustRole]] = [
             (identity, OWNER if self.phone_home[phone] == home else GUEST)
             for phone, identity in self.phone_identity.items()
         ]
         return trust_of([*phones, (self.server_identity, OWNER)], self.start)
 
     def phone_trust(self, phone: str) -> TrustStore:
-        homes = [
+        homes: list[tuple[Identity, TrustRole]] = [
             (identity, OWNER if self.phone_home[phone] == home else GUEST)
             for home, identity in self.home_identity.items()
         ]
-        others = [
+        others: list[tuple[Identity, TrustRole]] = [
             (identity, GUEST) for name, identity in self.phone_identity.items() if name != phone
         ]
         return trust_of([*homes, *others, (self.server_identity, OWNER)], self.start)
@@ -399,9 +401,9 @@ class Exchanges:
                 else:
                     follow = yield from self._mule_delivered(phone, space, mule, action, now)
                 queue.extend((side, action) for action in follow)
-            elif isinstance(action, Completed) and not action.accepted:
-                self.ledger.reject(action.reason)
-            elif isinstance(action, Failed):
+            elif (isinstance(action, Completed) and not action.accepted) or isinstance(
+                action, Failed
+            ):
                 self.ledger.reject(action.reason)
             if not queue:
                 # everything has been answered: the space ends the encounter
@@ -588,9 +590,10 @@ def _peek_weights(host: ModelHost, payload: bytes, now: float) -> tuple[str, Wei
     host's `receive` runs every check again)."""
     try:
         snapshot = unpack(payload, trust=host.trust, expected_arch=host.expected_arch(), now=now)
-        _, _, weights = families.from_onnx(snapshot.model)
     except MlmuleError:  # the host's own checks report the reason
         return None
+    # `unpack` has checked the model is canonical: its initializers are the weights
+    weights = {name: np.asarray(value) for name, value in snapshot.model.initializers.items()}
     return snapshot.meta.context_key, weights
 
 

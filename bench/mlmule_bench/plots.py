@@ -11,10 +11,10 @@ from typing import Any
 import matplotlib as mpl
 
 mpl.use("Agg")  # files only, no display
-import matplotlib.pyplot as plt  # noqa: E402 - the backend must be chosen first
-from matplotlib.figure import Figure  # noqa: E402
+import matplotlib.pyplot as plt
+from matplotlib.figure import Figure
 
-from .config import METHODS  # noqa: E402
+from .config import METHODS
 
 STYLE = {
     "local": ("tab:gray", "-"),

@@ -201,3 +201,40 @@ def _cpus() -> int:
     import os  # noqa: PLC0415
 
     return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+
+
+def markdown_tables(document: Mapping[str, Any]) -> str:
+    """One Markdown table per task: final score (median and range over seeds), its ratio to
+    local, time to target, communication and raw samples moved."""
+    lines: list[str] = []
+    for task, info in document["tasks"].items():
+        target = document["target"][task]
+        lines += [
+            f"**{task}** ({info['metric'].replace('_', ' ')} on each learner's held-out last "
+            f"{document['config']['test_days']} days; target {target}; median [min-max] over "
+            f"{len(document['seeds'])} seeds)",
+            "",
+            "| method | final | x local | hours to target | MB moved | exchanges "
+            "| raw samples moved |",
+            "|---|---|---|---|---|---|---|",
+        ]
+        for method, by_task in document["per_method"].items():
+            entry = by_task.get(task)
+            if entry is None:
+                continue
+            final, ratio = entry["final"], entry["ratio_to_local"]
+            reach = entry["time_to_target_hours"]
+            hours = "never" if reach["median"] is None else f"{reach['median']:.0f}"
+            if reach["median"] is None and reach["reached"][0] != "0":
+                hours = f"{reach['reached']} seeds"
+            lines.append(
+                f"| {method} | {final['median']:.3f} [{final['min']:.3f}-{final['max']:.3f}] "
+                f"| {ratio['median']:.3f} | {hours} "
+                f"| {entry['bytes_moved']['median'] / 1e6:.1f} "
+                f"| {entry['exchanges']['median']:.0f} "
+                f"| {entry['raw_samples_moved']['median']:.0f} |"
+                if ratio is not None
+                else f"| {method} | {final['median']:.3f} | - | {hours} | - | - | - |"
+            )
+        lines.append("")
+    return "\n".join(lines)

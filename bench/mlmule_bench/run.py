@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from .config import BenchConfig
-from .data import TaskData, build_task, build_world, test_start
+from .data import TaskData, build_task, build_world, held_out_start
 from .methods import METHOD_CLASSES
 from .mobility import Meeting, Visit, affinity, meetings, visits
 from .simulate import MethodRun, Simulation
@@ -71,10 +71,12 @@ def run_task(
     began = time.perf_counter()
     world = build_world(config, seed)
     data: TaskData = build_task(config, world, task, seed)
-    end = test_start(config, world)
+    end = held_out_start(config, world)
     visit_list: list[Visit] = visits(config, world, data, end)
     chosen = list(methods or config.methods)
-    meeting_list: list[Meeting] = meetings(world, end) if "gossip" in chosen else []
+    meeting_list: list[Meeting] = (
+        meetings(world, end, config.exchange_cooldown_hours) if "gossip" in chosen else []
+    )
     phones = {person.phone_id: person.home_id for person in world.people}
     simulation = Simulation(
         config,

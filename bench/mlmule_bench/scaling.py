@@ -41,7 +41,7 @@ def run_scaling(
             began = time.perf_counter()
             outcome = run_task(sized, TASK, seed, executor, methods=methods)
             total = time.perf_counter() - began
-            row = {
+            row: dict[str, Any] = {
                 "homes": count,
                 "units": outcome.units,
                 "visits": outcome.visits,

@@ -10,6 +10,7 @@ batch and their training rounds go to the executor together.
 
 from __future__ import annotations
 
+import contextlib
 import shutil
 import tempfile
 import time
@@ -18,8 +19,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+from mlmule_core.families import FamilySpec
 from mlmule_core.host import score
 from mlmule_core.train_numpy import TrainReport
+from mlmule_core.weights import Weights
 from mlmule_core.world.config import stream
 
 from .config import HOUR, BenchConfig
@@ -28,8 +31,10 @@ from .mobility import Meeting, Visit
 from .peers import Budget, Ledger, Peer, Training, TrainNeed
 from .training import Executor
 
-# Scratch space for the hosts' stores: memory-backed where the system has it.
-SCRATCH = Path("/dev/shm") if Path("/dev/shm").is_dir() else None
+# Scratch space for the hosts' stores: memory-backed where the system has it (`mkdtemp` makes
+# each run's directory private).
+_SHM = Path("/dev/shm")  # noqa: S108
+SCRATCH = _SHM if _SHM.is_dir() else None
 
 
 @dataclass
@@ -113,11 +118,17 @@ class Simulation:
             now=now,
         )
 
-    def train(self, needs: Sequence[TrainNeed]) -> list[TrainReport]:
-        reports = self.executor.run(needs)
-        for need, report in zip(needs, reports, strict=True):
-            self.ledger.trained(report)
-            need.peer.note(need.context_key)
+    def train(self, needs: Sequence[TrainNeed]) -> list[TrainReport | None]:
+        """Run the rounds; a round whose result could not be committed reports None."""
+        reports: list[TrainReport | None] = []
+        for need, outcome in zip(needs, self.executor.run(needs), strict=True):
+            if isinstance(outcome, TrainReport):
+                self.ledger.trained(outcome)
+                need.peer.note(need.context_key)
+                reports.append(outcome)
+            else:
+                self.ledger.reject(f"training_{outcome.reason}")
+                reports.append(None)
         return reports
 
     def drive(self, trainings: Iterable[Training]) -> None:
@@ -131,10 +142,8 @@ class Simulation:
             reports = self.train([need for _, need in pending])
             following = []
             for (generator, _), report in zip(pending, reports, strict=True):
-                try:
+                with contextlib.suppress(StopIteration):
                     following.append((generator, generator.send(report)))
-                except StopIteration:
-                    pass
             pending = following
 
     # -- the run
@@ -156,7 +165,7 @@ class Simulation:
     def _run(self, method: Method) -> MethodRun:
         result = MethodRun(method.name, self.data.task, self.seed, ledger=self.ledger)
         self._evaluate(method, self.start, result)
-        hours = int(round((self.end - self.start) / HOUR))
+        hours = round((self.end - self.start) / HOUR)
         visits = iter(self.visits)
         meetings = iter(self.meetings if method.uses_meetings else ())
         next_visit = next(visits, None)
@@ -246,7 +255,8 @@ class Method:
     def on_period_end(self, now: float) -> None:
         """Nightly: learners that have not trained in this period train now."""
 
-    def model_for(self, unit: Unit) -> tuple[object, object]:
+    def model_for(self, unit: Unit) -> tuple[FamilySpec, Weights]:
+        """The model `unit` is scored with now."""
         raise NotImplementedError
 
     def details(self) -> dict[str, object]:

@@ -13,9 +13,9 @@ from collections.abc import Sequence
 from typing import Any, Protocol, cast
 
 import numpy as np
-from mlmule_core.families import FamilySpec
+from mlmule_core.errors import MlmuleError
 from mlmule_core.host import TrainingJob
-from mlmule_core.train_numpy import TrainConfig, Trainer, TrainReport, train
+from mlmule_core.train_numpy import Trainer, TrainReport, train
 from mlmule_core.weights import Weights, copy_weights
 
 from .peers import TrainNeed
@@ -29,11 +29,15 @@ SINGLE_THREADED = {
 }
 
 
+# A round's report, or why its result could not be committed (the host keeps its model).
+Outcome = TrainReport | MlmuleError
+
+
 class Executor(Protocol):
     name: str
 
-    def run(self, needs: Sequence[TrainNeed]) -> list[TrainReport]:
-        """Run the rounds, commit each as its host's next version, return the reports."""
+    def run(self, needs: Sequence[TrainNeed]) -> list[Outcome]:
+        """Run the rounds, commit each as its host's next version, return the outcomes."""
 
     def close(self) -> None: ...
 
@@ -43,9 +47,13 @@ class LocalExecutor:
 
     name = "local"
 
-    def run(self, needs: Sequence[TrainNeed]) -> list[TrainReport]:
-        return [
-            need.peer.host.train(
+    def run(self, needs: Sequence[TrainNeed]) -> list[Outcome]:
+        return [self._one(need) for need in needs]
+
+    @staticmethod
+    def _one(need: TrainNeed) -> Outcome:
+        try:
+            return need.peer.host.train(
                 need.context_key,
                 need.x,
                 need.y,
@@ -53,8 +61,8 @@ class LocalExecutor:
                 data_time=need.data_time,
                 now=need.now,
             )
-            for need in needs
-        ]
+        except MlmuleError as err:  # e.g. a sample count past what a snapshot header holds
+            return err
 
     def close(self) -> None:
         return None
@@ -73,13 +81,6 @@ class _FinishedRun:
 
     def result(self) -> tuple[Weights, TrainReport]:
         return copy_weights(self._weights), self._report
-
-
-def train_round(
-    spec: FamilySpec, weights: Weights, x: np.ndarray, y: np.ndarray, config: TrainConfig
-) -> tuple[Weights, TrainReport]:
-    """One round, as a Ray task runs it: the same trainer `ModelHost.train` builds."""
-    return train(spec, weights, x, y, config)
 
 
 class RayExecutor:
@@ -102,11 +103,13 @@ class RayExecutor:
                 log_to_driver=False,
                 runtime_env={"env_vars": SINGLE_THREADED},
             )
-        self._remote = ray.remote(num_cpus=1)(train_round)
+        # The task is the core's own `train` (what `ModelHost.train` runs), so workers need the
+        # project installed, not this package.
+        self._remote = ray.remote(num_cpus=1)(train)
         self._local = LocalExecutor()
         self.batches = 0  # batches that went out as Ray tasks
 
-    def run(self, needs: Sequence[TrainNeed]) -> list[TrainReport]:
+    def run(self, needs: Sequence[TrainNeed]) -> list[Outcome]:
         if len(needs) < 2:
             return self._local.run(needs)
         self.batches += 1
@@ -115,7 +118,7 @@ class RayExecutor:
             self._remote.remote(slot.spec, slot.weights, need.x, need.y, need.config)
             for slot, need in zip(slots, needs, strict=True)
         ]
-        reports = []
+        outcomes: list[Outcome] = []
         for need, (weights, report) in zip(needs, self._ray.get(futures), strict=True):
             # the host's own job commits: base-version check, metadata, signing, storing
             job = TrainingJob(
@@ -125,8 +128,11 @@ class RayExecutor:
                 samples=int(np.asarray(need.y).shape[0]),
                 data_time=need.data_time,
             )
-            reports.append(job.commit(now=need.now))
-        return reports
+            try:
+                outcomes.append(job.commit(now=need.now))
+            except MlmuleError as err:
+                outcomes.append(err)
+        return outcomes
 
     def close(self) -> None:
         self._ray.shutdown()

@@ -2,17 +2,20 @@
 
 from __future__ import annotations
 
+import time
 from collections.abc import Mapping
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 from homeassistant.components import mqtt
 from homeassistant.config_entries import ConfigSubentry
 from homeassistant.const import Platform
-from homeassistant.core import HomeAssistant
+from homeassistant.core import HomeAssistant, callback
 from homeassistant.exceptions import ConfigEntryNotReady
 from homeassistant.helpers import config_validation as cv
 from homeassistant.helpers import device_registry as dr
+from homeassistant.helpers.event import async_track_time_interval
 from homeassistant.helpers.start import async_at_started
 from homeassistant.helpers.typing import ConfigType
 
@@ -69,6 +72,7 @@ from .services import async_setup_services
 
 CONFIG_SCHEMA = cv.config_entry_only_config_schema(DOMAIN)
 PLATFORMS: list[Platform] = [Platform.BINARY_SENSOR, Platform.SENSOR]
+TRAIN_INTERVAL = timedelta(days=1)
 
 
 async def async_setup(hass: HomeAssistant, config: ConfigType) -> bool:
@@ -125,16 +129,26 @@ async def async_setup_entry(hass: HomeAssistant, entry: MlmuleConfigEntry) -> bo
     entry.runtime_data.exchange = exchange
     await exchange.async_start()
 
-    async def _async_train_after_start(_hass: HomeAssistant) -> None:
-        # history training is heavy: only once HA has started, never during start-up
+    @callback
+    def _train_all(reason: str) -> None:
         for coordinator in entry.runtime_data.spaces.values():
             entry.async_create_background_task(
                 hass,
-                coordinator.async_train(reason="start"),
-                f"{DOMAIN} train {coordinator.settings.name}",
+                coordinator.async_train(reason=reason),
+                f"{DOMAIN} train {coordinator.settings.name} ({reason})",
             )
 
-    entry.async_on_unload(async_at_started(hass, _async_train_after_start))
+    @callback
+    def _train_after_start(_hass: HomeAssistant) -> None:
+        # history training is heavy: only once HA has started, never during start-up
+        _train_all("start")
+
+    @callback
+    def _train_daily(_now: datetime) -> None:
+        _train_all("daily")
+
+    entry.async_on_unload(async_at_started(hass, _train_after_start))
+    entry.async_on_unload(async_track_time_interval(hass, _train_daily, TRAIN_INTERVAL))
     loaded = _configuration(entry)
 
     async def _async_reload_if_changed(hass: HomeAssistant, entry: MlmuleConfigEntry) -> None:
@@ -181,8 +195,11 @@ def space_inputs(hass: HomeAssistant, subentry: ConfigSubentry) -> SpaceInputs:
     )
 
 
-def host_settings(options: Mapping[str, Any]) -> HostSettings:
-    """How a space's host merges and bounds snapshots, from the hub's options."""
+def host_settings(options: Mapping[str, Any], *, source: str = "") -> HostSettings:
+    """How a space's host merges and bounds snapshots, from the hub's options.
+
+    `source` is the space id: the home's spaces share its key, and versions count per space.
+    """
     strategy = options.get(CONF_STRATEGY, DEFAULT_STRATEGY)
     strategy_options: dict[str, Any] = {
         # guests' snapshots must not lower the space's accuracy on its own recent data
@@ -197,6 +214,7 @@ def host_settings(options: Mapping[str, Any]) -> HostSettings:
         strategy=strategy,
         strategy_options=strategy_options,
         limits=SnapshotLimits(max_bytes=max_bytes),
+        source=source,
     )
 
 
@@ -238,7 +256,7 @@ async def _async_create_space(
             root / subentry.subentry_id,
             identity,
             trust,
-            host_settings(entry.options),
+            host_settings(entry.options, source=subentry.subentry_id),
         )
         shipped = starter_index()
         keys = [settings.context_key(task) for task in settings.tasks]
@@ -246,7 +264,11 @@ async def _async_create_space(
         for context_key in [*keys, *([mobile] if mobile in shipped else [])]:
             if not host.has(context_key):
                 starter = load_starter(context_key)
-                host.install(load_model(starter.onnx_bytes), context_key=context_key)
+                # the starter is this space's knowledge as of now: installed fresh, so that
+                # phones do not refuse it as stale before the space has trained
+                host.install(
+                    load_model(starter.onnx_bytes), context_key=context_key, data_time=time.time()
+                )
         return host
 
     try:

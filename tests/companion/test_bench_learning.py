@@ -44,11 +44,15 @@ def test_the_document_has_every_method_task_and_figure(document: dict[str, Any])
             hours = entry["curve"]["hours"]
             assert hours[0] == 0
             assert hours[-1] == (TINY.days - TINY.test_days) * 24
-            assert entry["time_to_target_hours"]["reached"].endswith(f"/{len(TINY.seeds)}")
-            reached = entry["time_to_target_hours"]["per_seed"]
-            for hour, scores in zip(reached, [entry["curve"]["mean"]], strict=False):
-                if hour is not None:
-                    assert scores[hours.index(hour)] >= document["target"][task]
+            # one seed: its curve is the mean curve, and the target is first reached where
+            # the document says
+            (reached,) = entry["time_to_target_hours"]["per_seed"]
+            above = [
+                h
+                for h, v in zip(hours, entry["curve"]["mean"], strict=True)
+                if v >= document["target"][task]
+            ]
+            assert reached == (above[0] if above else None)
 
 
 def test_ml_mule_moves_models_and_never_raw_samples(document: dict[str, Any]) -> None:

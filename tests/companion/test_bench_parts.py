@@ -14,7 +14,7 @@ ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT / "bench"))  # the benchmark package is not installed
 
 from mlmule_bench.config import PRESETS, BenchConfig, BenchConfigError, load_config  # noqa: E402
-from mlmule_bench.data import build_task, build_world, dirichlet_partition, test_start  # noqa: E402
+from mlmule_bench.data import build_task, build_world, dirichlet_partition, held_out_start  # noqa: E402
 from mlmule_bench.methods import MLMule  # noqa: E402
 from mlmule_bench.mobility import meetings, visits  # noqa: E402
 from mlmule_bench.peers import Budget, Exchanges  # noqa: E402
@@ -56,14 +56,15 @@ def test_the_dirichlet_partition_skews_labels_more_for_a_small_alpha() -> None:
                 shares.append(counts.max() / counts.sum())
         return float(np.mean(shares))
 
-    assert top_share(0.05) > 0.7
-    assert top_share(100.0) < 0.25
+    # uniform parts have ~0.1 of each class; a small alpha leaves a few dominant classes
+    assert top_share(0.05) > 0.5
+    assert top_share(100.0) < 0.2
 
 
 def test_visits_respect_the_cooldown_and_meetings_are_co_locations() -> None:
     world = build_world(TINY, 0)
     data = build_task(TINY, world, "occupancy", 0)
-    end = test_start(TINY, world)
+    end = held_out_start(TINY, world)
     found = visits(TINY, world, data, end)
     assert found
     last: dict[tuple[str, str, str], float] = {}
@@ -116,7 +117,7 @@ def test_ml_mule_exchanges_run_the_real_protocol(monkeypatch: pytest.MonkeyPatch
     monkeypatch.setattr(Exchanges, "_count", spy)
     world = build_world(TINY, 1)
     data = build_task(TINY, world, "occupancy", 1)
-    end = test_start(TINY, world)
+    end = held_out_start(TINY, world)
     simulation = Simulation(
         TINY,
         data,
@@ -130,13 +131,14 @@ def test_ml_mule_exchanges_run_the_real_protocol(monkeypatch: pytest.MonkeyPatch
         executor=LocalExecutor(),
     )
     delivered: list[bytes] = []
-    original = Exchanges._space_delivered
+    for side in ("_space_delivered", "_mule_delivered"):
+        original = getattr(Exchanges, side)
 
-    def watch(self: Exchanges, home, space, mule, action, now):  # type: ignore[no-untyped-def]
-        delivered.append(action.payload)
-        return (yield from original(self, home, space, mule, action, now))
+        def watch(self, home, space, mule, action, now, original=original):  # type: ignore[no-untyped-def]
+            delivered.append(action.payload)
+            return (yield from original(self, home, space, mule, action, now))
 
-    monkeypatch.setattr(Exchanges, "_space_delivered", watch)
+        monkeypatch.setattr(Exchanges, side, watch)
     result = simulation.run(MLMule)
     ledger = result.ledger
     assert ledger.raw_samples_moved == 0
@@ -152,21 +154,22 @@ def test_ml_mule_exchanges_run_the_real_protocol(monkeypatch: pytest.MonkeyPatch
     for payload in delivered:
         header = verify_container(payload, trust=_AnySigner(simulation, result))
         assert header.meta.context_key.startswith("occupancy/")
-    assert ledger.unchanged > 0  # models that came back unchanged were not merged again
+    # back in the space its model came from, a phone offers that space's own snapshot, and
+    # nothing moves unless the space has something newer
+    assert ledger.transfers < ledger.encounters / 2
 
 
 class _AnySigner:
-    """Public keys of every phone of the run (what signed what the spaces received)."""
+    """Public keys of every home and phone of the run: who signs what travels."""
 
     def __init__(self, simulation: Simulation, result: object) -> None:
         from mlmule_bench.peers import seeded_identity  # noqa: PLC0415
 
-        self._keys = {
-            identity.id: identity.public_key_bytes
-            for identity in (
-                seeded_identity(simulation.seed, "mule", phone) for phone in simulation.phones
-            )
-        }
+        identities = [
+            *(seeded_identity(simulation.seed, "mule", phone) for phone in simulation.phones),
+            *(seeded_identity(simulation.seed, "space", home) for home in simulation.homes),
+        ]
+        self._keys = {identity.id: identity.public_key_bytes for identity in identities}
 
     def public_key_for(self, key_id: str) -> bytes:
         return self._keys[key_id]

@@ -62,6 +62,9 @@ def test_fixed_data_mode_the_phone_carries_the_space_model_and_brings_back_its_o
         assert received.delivery.snapshot.version == 1
         assert home.version(BEDROOM) == 3  # merged (v2), then trained on the room's data (v3)
         phone.wait_for(lambda: sessions(phone, home) == 2, 10, "the phone did not see the bye")
+        # the status line the agent shows, as it also records it for `status`
+        line = phone.activity()["agent"]["status_line"]
+        assert line.startswith("1/1 homes online · carrying 1 models · 2 exchanges · sent ")
         assert phone.stop() == 0
     finally:
         home.stop()

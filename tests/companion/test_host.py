@@ -225,3 +225,38 @@ def test_compressed_export_round_trips(
         unpack(fp16_host.export(KEY), trust=fp16_host.identity, expected_arch=None).compression
         == "fp16"
     )
+
+
+def test_versions_count_per_source_of_one_signer(tmp_path: Path) -> None:
+    """Two bedrooms of one home sign with the home's key: a phone must take both models."""
+    home = Identity.generate(kind="space", name="home")
+    phone = Identity.generate(kind="mule", name="phone")
+    rooms = [
+        ModelHost(tmp_path / name, home, trust_of(phone), HostSettings(source=name))
+        for name in ("kids", "parents")
+    ]
+    for seed, room in enumerate(rooms):
+        room.install(occupancy_model(seed), context_key=KEY, samples=100, data_time=NOW, now=NOW)
+    rooms[0].train(KEY, *data(300, 5), config=TrainConfig(max_epochs=2), data_time=NOW, now=NOW)
+    mule = ModelHost(tmp_path / "mule", phone, trust_of(home))
+    mule.install(occupancy_model(9), context_key=KEY, samples=100, data_time=NOW, now=NOW)
+    assert rooms[0].slot(KEY).version == 2
+    assert mule.receive(rooms[0].export(KEY), now=NOW + 1).accepted
+    # the other room's version 1 is not a replay of the first room's version 2
+    outcome = mule.receive(rooms[1].export(KEY), now=NOW + 2)
+    assert outcome.reason != "replayed", outcome.detail
+    assert mule.receive(rooms[1].export(KEY), now=NOW + 3).reason == "replayed"
+
+
+def test_receiving_a_known_key_not_yet_held_takes_it_as_it_is(tmp_path: Path) -> None:
+    space_id = Identity.generate(kind="space", name="kitchen")
+    mule_id = Identity.generate(kind="mule", name="phone")
+    space = ModelHost(tmp_path / "space", space_id, trust_of(mule_id))
+    space.install(occupancy_model(3), context_key=KEY, samples=50, data_time=NOW, now=NOW)
+    known = {KEY: space.slot(KEY).meta.arch_hash}
+    mule = ModelHost(tmp_path / "mule", mule_id, trust_of(space_id), known_arch=known)
+    outcome = mule.receive(space.export(KEY), now=NOW + 1)
+    assert (outcome.accepted, outcome.reason, outcome.version) == (True, "adopted", 1)
+    np.testing.assert_array_equal(
+        mule.slot(KEY).weights["head.weight"], space.slot(KEY).weights["head.weight"]
+    )

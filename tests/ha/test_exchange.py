@@ -17,6 +17,8 @@ import pytest
 from homeassistant.components import mqtt
 from homeassistant.config_entries import ConfigSubentry
 from homeassistant.core import HomeAssistant, callback
+from homeassistant.exceptions import ServiceValidationError
+from homeassistant.helpers import device_registry as dr
 from homeassistant.helpers import issue_registry as ir
 from pytest_homeassistant_custom_component.common import MockConfigEntry, async_fire_mqtt_message
 from pytest_homeassistant_custom_component.typing import MqttMockHAClient
@@ -297,3 +299,30 @@ async def test_repeated_rejections_raise_a_repair(
     space.rejections.record("alice-phone", True, "merged")
     assert issue_registry.async_get_issue(DOMAIN, "snapshots_rejected_alice-phone") is None
     assert Mode.FIXED in space.exchanged_keys().values()
+
+
+async def test_exchange_now_starts_an_encounter_without_presence(
+    hass: HomeAssistant, hub: MockConfigEntry, tmp_path: Path
+) -> None:
+    mule = await start(hass, hub, tmp_path)
+    device = dr.async_get(hass).async_get_device(identifiers={(DOMAIN, SPACE_ID)})
+    assert device is not None
+    response = await hass.services.async_call(
+        DOMAIN,
+        "exchange_now",
+        {"device_id": device.id, "mule_id": mule.identity.id},
+        blocking=True,
+        return_response=True,
+    )
+    assert response == {"space": "Bedroom", "mule_id": mule.identity.id, "started": True}
+    for _ in range(20):
+        await hass.async_block_till_done(wait_background_tasks=True)
+    assert [c.accepted for c in mule.completed] == [True]
+    with pytest.raises(ServiceValidationError, match="No exchange"):
+        await hass.services.async_call(
+            DOMAIN,
+            "exchange_now",
+            {"device_id": device.id, "mule_id": "strangerphone001"},
+            blocking=True,
+            return_response=True,
+        )

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import sys
 from dataclasses import replace
 from typing import Any
 
@@ -32,6 +33,7 @@ from custom_components.mlmule.const import (
     SUBENTRY_SPACE,
 )
 from custom_components.mlmule.core.identity import Identity, PairingCode
+from custom_components.mlmule.core.onnx import reset_runtime_backend
 from custom_components.mlmule.core.snapshot import pack, unpack
 
 SPACE_ID = "bedroom01"
@@ -277,3 +279,71 @@ async def test_models_survive_a_restart(hass: HomeAssistant, hub: MockConfigEntr
     assert again is not space
     assert hub.runtime_data.identity.id == identity
     assert again.host.slot("occupancy/bedroom").snapshot.sha256 == before
+
+
+async def test_binary_sensor_follows_the_hysteresis(
+    hass: HomeAssistant, hub: MockConfigEntry, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """On above 0.6, off below 0.4, no change in between (the model's output is scripted)."""
+    await setup(hass, hub)
+    space = hub.runtime_data.spaces[SPACE_ID]
+    slot = space.host.slot("occupancy/bedroom")
+    occupancy_id = entity_id(hass, "binary_sensor", "occupancy")
+    current = [0.0]
+    original = slot.predict
+
+    def scripted(x: Any) -> Any:
+        out = original(x)
+        out[:, 0] = current[0]
+        return out
+
+    monkeypatch.setattr(slot, "predict", scripted)
+    seen = []
+    for probability in (0.3, 0.5, 0.65, 0.45, 0.39, 0.59, 0.61):
+        current[0] = probability
+        await space.async_refresh()
+        await hass.async_block_till_done()
+        state = hass.states.get(occupancy_id)
+        assert state is not None
+        seen.append((state.state, state.attributes["probability"]))
+    assert [s for s, _ in seen] == ["off", "off", "on", "on", "off", "off", "on"]
+    assert [p for _, p in seen] == [0.3, 0.5, 0.65, 0.45, 0.39, 0.59, 0.61]
+
+
+async def test_removing_a_space_removes_its_device(
+    hass: HomeAssistant, hub: MockConfigEntry
+) -> None:
+    await setup(hass, hub)
+    devices = dr.async_get(hass)
+    assert devices.async_get_device(identifiers={(DOMAIN, SPACE_ID)}) is not None
+    assert hass.config_entries.async_remove_subentry(hub, SPACE_ID)
+    await hass.async_block_till_done(wait_background_tasks=True)
+    assert hub.state is ConfigEntryState.LOADED
+    assert hub.runtime_data.spaces == {}
+    assert devices.async_get_device(identifiers={(DOMAIN, SPACE_ID)}) is None
+    assert (
+        er.async_get(hass).async_get_entity_id("binary_sensor", DOMAIN, f"{SPACE_ID}_occupancy")
+        is None
+    )
+
+
+async def test_without_onnxruntime_the_space_predicts_with_numpy(
+    hass: HomeAssistant,
+    hub: MockConfigEntry,
+    monkeypatch: pytest.MonkeyPatch,
+    issue_registry: ir.IssueRegistry,
+) -> None:
+    """HA OS (musl) has no onnxruntime: the integration still installs, predicts and says so."""
+    monkeypatch.setitem(sys.modules, "onnxruntime", None)
+    reset_runtime_backend()
+    try:
+        await setup(hass, hub)
+        space = hub.runtime_data.spaces[SPACE_ID]
+        assert space.host.slot("occupancy/bedroom").session.backend == "numpy"
+        state = hass.states.get(entity_id(hass, "binary_sensor", "occupancy"))
+        assert state is not None
+        assert state.state in {"on", "off"}
+        assert 0.0 <= state.attributes["probability"] <= 1.0
+        assert issue_registry.async_get_issue(DOMAIN, "fast_runtime_unavailable") is not None
+    finally:
+        reset_runtime_backend()

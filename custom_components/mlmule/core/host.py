@@ -72,6 +72,9 @@ class HostSettings:
     compression: Compression = "none"
     backend: str = "auto"
     max_lineage: int = 64
+    # which of the signer's models this host keeps: several spaces of one home sign with the
+    # home's key, so their versions are told apart by source (the space id)
+    source: str = ""
 
 
 @dataclass(frozen=True)
@@ -155,6 +158,14 @@ class ModelSlot:
             lineage=meta.lineage,
             guest=guest,
         )
+
+
+def _replay_key(meta: SnapshotMeta) -> str:
+    """What a signer's versions count up within: the context key, per source."""
+    source = meta.extra.get("source")
+    return (
+        f"{meta.context_key}@{source}" if isinstance(source, str) and source else meta.context_key
+    )
 
 
 def score(spec: FamilySpec, weights: Mapping[str, FloatArray], x: FloatArray, y: Any) -> float:
@@ -370,7 +381,10 @@ class ModelHost:
             snapshot = self._unpack_received(data, now)
         except SnapshotError as err:
             return self._reject(err.reason, str(err))
-        slot = self._slots[snapshot.meta.context_key]
+        slot = self._slots.get(snapshot.meta.context_key)
+        if slot is None:
+            # a known architecture this host holds no model of yet: nothing to merge into
+            return self._adopt(snapshot, data, now)
         try:
             incoming = ModelSlot.from_snapshot(snapshot, data, self.settings.backend)
             result = self._strategy(slot).aggregate(
@@ -387,7 +401,7 @@ class ModelHost:
         decision = result.decisions[0]
         self._strategy_state[slot.context_key] = self._strategy(slot).state_dict()
         if not decision.accepted:
-            self.save_state()
+            self._record_replay(snapshot)
             return self._reject(decision.reason, f"strategy: {decision.reason}", snapshot)
         meta = snapshot.meta
         new = self.commit(
@@ -401,6 +415,7 @@ class ModelHost:
                 lineage_limit=self.settings.max_lineage,
             ),
         )
+        self._record_replay(snapshot)
         self.counters["merged"] += 1
         outcome = Outcome(
             accepted=True,
@@ -425,16 +440,22 @@ class ModelHost:
         now = time.time() if now is None else now
         try:
             snapshot = self._unpack_received(data, now)
-            spec, schema, weights = families.from_onnx(snapshot.model)
-        except MlmuleError as err:
+        except SnapshotError as err:
             return self._reject(err.reason, str(err))
+        return self._adopt(snapshot, data, now)
+
+    def _adopt(self, snapshot: Snapshot, data: bytes, now: float) -> Outcome:
+        try:
+            incoming = ModelSlot.from_snapshot(snapshot, data, self.settings.backend)
+        except MlmuleError as err:
+            return self._reject(err.reason, str(err), snapshot)
         meta = snapshot.meta
         current = self._slots.get(meta.context_key)
         new = self._write(
-            spec,
-            schema,
+            incoming.spec,
+            incoming.schema,
             ModelState(
-                weights=weights,
+                weights=incoming.weights,
                 created_at=now,
                 data_time=meta.data_time,
                 samples=meta.samples,
@@ -444,6 +465,7 @@ class ModelHost:
             ),
             context_key=meta.context_key,
         )
+        self._record_replay(snapshot)
         self.counters["adopted"] += 1
         outcome = Outcome(
             accepted=True,
@@ -462,15 +484,21 @@ class ModelHost:
     def _unpack_received(self, data: bytes, now: float) -> Snapshot:
         """Every check a peer's snapshot must pass before this host uses it (counts it)."""
         self.counters["received"] += 1
-        return unpack(
+        snapshot = unpack(
             data,
             trust=self.trust,
             expected_arch=self.expected_arch(),
             limits=self.settings.limits,
-            replay_guard=self.replay_guard,
             now=now,
             max_age=self.settings.max_age_seconds,
         )
+        self.replay_guard.check(snapshot.origin, _replay_key(snapshot.meta), snapshot.meta.version)
+        return snapshot
+
+    def _record_replay(self, snapshot: Snapshot) -> None:
+        # only once the outcome is stored: a crash before that must not make the phone's
+        # next try look like a replay
+        self.replay_guard.record(snapshot.origin, _replay_key(snapshot.meta), snapshot.meta.version)
 
     def export(self, context_key: str, *, compression: Compression | None = None) -> bytes:
         """The current model of `context_key` as a snapshot signed by this host."""
@@ -517,6 +545,7 @@ class ModelHost:
             samples=state.samples,
             version=state.version,
             lineage=state.lineage[-self.settings.max_lineage :],
+            extra={"source": self.settings.source} if self.settings.source else {},
         )
         container = pack(
             save_model(model),

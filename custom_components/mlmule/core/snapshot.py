@@ -92,7 +92,7 @@ from .onnx.model import TOO_LARGE as ONNX_TOO_LARGE
 from .storage import atomic_write_text
 
 # The core runs on Python 3.11, which has no `type` statement.
-JsonValue: TypeAlias = "str | int | float | bool | list[JsonValue] | dict[str, JsonValue] | None"  # noqa: UP040
+JsonValue: TypeAlias = "str | int | float | bool | list[JsonValue] | dict[str, JsonValue] | None"
 Compression = Literal["none", "fp16", "int8"]
 
 MAGIC: Final = b"MLMULE"
