@@ -25,7 +25,6 @@ import json  # noqa: E402
 import shutil  # noqa: E402
 import subprocess  # noqa: E402
 import sys  # noqa: E402
-import tempfile  # noqa: E402
 import time  # noqa: E402
 from collections.abc import Iterable, Sequence  # noqa: E402
 from pathlib import Path  # noqa: E402
@@ -205,6 +204,7 @@ def run(config: BenchConfig, args: argparse.Namespace) -> int:
     write_json(args.out, document)
     runs_path = args.out.with_name(args.out.stem + "_runs.json")
     write_json(runs_path, {"runs": task_runs})
+    shutil.rmtree(_parts_dir(args.out), ignore_errors=True)
     print(f"wrote {args.out} and {runs_path} in {document['wall_seconds']:.0f} s")
     _print_summary(document)
     if not args.no_plots:
@@ -218,26 +218,24 @@ def run(config: BenchConfig, args: argparse.Namespace) -> int:
 def _in_processes(
     args: argparse.Namespace, pairs: list[tuple[str, int]], jobs: int
 ) -> list[dict[str, Any]]:
-    """Each (task, seed) in its own `python -m mlmule_bench run` process, `jobs` at a time;
-    they hand back their runs as JSON files."""
-    scratch = Path(tempfile.mkdtemp(prefix="mlmule-bench-jobs-"))
-    try:
-        return _run_workers(args, pairs, jobs, scratch)
-    finally:
-        shutil.rmtree(scratch, ignore_errors=True)
+    """Each (task, seed) in its own `python -m mlmule_bench run` process, `jobs` at a time.
 
-
-def _run_workers(
-    args: argparse.Namespace, pairs: list[tuple[str, int]], jobs: int, scratch: Path
-) -> list[dict[str, Any]]:
-    waiting = list(pairs)
+    Workers hand back their runs as JSON files in `<out>_parts/`, which outlive a failed or
+    interrupted run: pairs already there are not run again. The folder goes once the whole
+    document is written.
+    """
+    parts = _parts_dir(args.out)
+    parts.mkdir(parents=True, exist_ok=True)
+    waiting = [pair for pair in pairs if not _part(parts, *pair).exists()]
     running: list[tuple[subprocess.Popen[bytes], Path]] = []
-    task_runs: list[dict[str, Any]] = []
-    with tqdm(total=len(pairs), desc="task x seed", disable=args.quiet) as bar:
+    with tqdm(
+        total=len(pairs), initial=len(pairs) - len(waiting), desc="task x seed", disable=args.quiet
+    ) as bar:
         while waiting or running:
             while waiting and len(running) < jobs:
                 task, seed = waiting.pop(0)
-                target = scratch / f"{task}-{seed}.json"
+                target = _part(parts, task, seed)
+                scratch = target.with_suffix(".tmp")
                 command = [
                     sys.executable,
                     "-m",
@@ -253,7 +251,7 @@ def _run_workers(
                     args.backend,
                     "--quiet",
                     "--emit-runs",
-                    str(target),
+                    str(scratch),
                 ]
                 if args.methods:
                     command += ["--methods", ",".join(args.methods)]
@@ -267,9 +265,17 @@ def _run_workers(
                     for other, _ in running:
                         other.terminate()
                     raise SystemExit(f"a worker failed: {process.args!r}")
-                task_runs += json.loads(target.read_text(encoding="utf-8"))
+                target.with_suffix(".tmp").replace(target)  # complete parts only
                 bar.update(1)
-    return task_runs
+    return [run for task, seed in pairs for run in json.loads(_part(parts, task, seed).read_text())]
+
+
+def _parts_dir(out: Path) -> Path:
+    return out.with_name(out.stem + "_parts")
+
+
+def _part(parts: Path, task: str, seed: int) -> Path:
+    return parts / f"{task}-{seed}.json"
 
 
 def _print_task(task_run: dict[str, Any]) -> None:

@@ -47,7 +47,7 @@ def flower_fedavg(config: BenchConfig, seed: int) -> dict[str, Any]:
     # our FedAvg's rounds: one per budget period of the learning time
     rounds = int(config.learn_seconds // (budget.period_hours * HOUR))
 
-    class DigitsClient(NumPyClient):  # type: ignore[misc]
+    class DigitsClient(NumPyClient):
         def __init__(self, unit: Unit) -> None:
             self.unit = unit
 

@@ -105,7 +105,7 @@ class RayExecutor:
             )
         # The task is the core's own `train` (what `ModelHost.train` runs), so workers need the
         # project installed, not this package.
-        self._remote = ray.remote(num_cpus=1)(train)
+        self._remote: Any = ray.remote(num_cpus=1)(train)
         self._local = LocalExecutor()
         self.batches = 0  # batches that went out as Ray tasks
 
