@@ -171,9 +171,8 @@ def scaling(document: Mapping[str, Any]) -> Figure:
     rows = document["runs"]
     homes = [row["homes"] for row in rows]
     figure, axis = plt.subplots(figsize=(6.5, 4.5))
-    axis.plot(
-        homes, [row["data_seconds"] for row in rows], "o-", color="tab:gray", label="world and data"
-    )
+    data = [row["data_seconds"] for row in rows]
+    axis.plot(homes, data, "^:", color="tab:brown", label="world, data and contacts")
     for method in document["methods"]:
         axis.plot(
             homes,
