@@ -6,13 +6,14 @@ ROOT := $(CURDIR)
 HA_ENV = $$(scripts/ensure-env.sh ha)
 COMPANION_ENV = $$(scripts/ensure-env.sh companion)
 
-.PHONY: help test test-ha test-companion coverage lint demo bench lock envs clean-envs
+.PHONY: help test test-ha test-companion coverage lint demo bench bench-learning lock envs clean-envs
 
 help:
 	@echo "make test   set up everything on first use, then run the whole test suite in both environments"
 	@echo "make demo   run the live demo (see README.md)"
 	@echo "make lint   ruff check, ruff format --check, mypy --strict"
 	@echo "make bench  run the benchmarks; figures go to bench/results/"
+	@echo "make bench-learning  the ML Mule learning benchmark (about an hour on 2 cores)"
 
 envs:
 	@echo "HA environment:        $(HA_ENV)"
@@ -64,6 +65,11 @@ bench:
 	@env="$(COMPANION_ENV)"; mkdir -p bench/results; \
 	  for script in bench/bench_*.py; do echo "== $$script"; "$$env/bin/python" "$$script"; done
 	@env="$(HA_ENV)"; echo "== bench/ha (real Home Assistant core)"; cd bench/ha && "$$env/bin/python" -m pytest
+
+# ML Mule against local, centralized, FedAvg, FedAsync and gossip (bench/results/README.md).
+bench-learning:
+	@env="$(COMPANION_ENV)"; cd bench && "$$env/bin/python" -m mlmule_bench run --jobs 2 && \
+	  "$$env/bin/python" -m mlmule_bench flower && "$$env/bin/python" -m mlmule_bench scaling
 
 lock:
 	scripts/lock.sh ha
