@@ -37,7 +37,7 @@ from mlmule_core.strategies import (
     make_strategy,
     merged_state,
 )
-from mlmule_core.weights import Weights
+from mlmule_core.weights import Weights, weights_digest
 from mlmule_core.world.config import stream
 
 from .config import HOUR
@@ -50,7 +50,6 @@ from .peers import (
     Population,
     SpaceApp,
     TrainNeed,
-    weights_digest,
 )
 from .simulate import Method, Simulation
 
@@ -223,9 +222,7 @@ class ServerMethod(PeerMethod):
         self._downloaded[(peer.name, context_key)] = version
         payload = self.server.host.export(context_key)
         outcome = peer.host.adopt(payload, now=now)
-        if outcome.accepted:
-            peer.note(context_key)
-        else:
+        if not outcome.accepted:
             self.sim.ledger.reject(outcome.reason)
         self._moved(payload)
 
@@ -441,7 +438,6 @@ def average_pair(a: Peer, b: Peer, context_key: str, now: float) -> bool:
                 lineage=(*meta.lineage, other.origin),
             ),
         )
-        peer.note(context_key)
     return True
 
 

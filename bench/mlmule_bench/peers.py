@@ -15,7 +15,6 @@ mobile-data mode), plus one rule the product does not have yet (see `KnownWeight
 
 from __future__ import annotations
 
-import hashlib
 from collections import deque
 from collections.abc import Callable, Generator, Iterable, Mapping
 from dataclasses import dataclass, field
@@ -24,8 +23,7 @@ from typing import Final
 
 import numpy as np
 from mlmule_core import families
-from mlmule_core.errors import MlmuleError
-from mlmule_core.host import HostSettings, ModelHost, Outcome
+from mlmule_core.host import HELD_BEFORE, UNCHANGED, HostSettings, ModelHost, Outcome
 from mlmule_core.identity import Identity, TrustEntry, TrustStore
 from mlmule_core.identity import Role as TrustRole
 from mlmule_core.protocol import (
@@ -41,7 +39,6 @@ from mlmule_core.protocol import (
     SpaceEndpoint,
 )
 from mlmule_core.protocol.wire import is_chunk
-from mlmule_core.snapshot import unpack
 from mlmule_core.train_numpy import TrainConfig, TrainReport
 from mlmule_core.weights import Weights
 from mlmule_core.world.config import stream
@@ -51,8 +48,6 @@ from .data import Architecture, SpaceSite, Unit
 SERVER = "server"
 OWNER: Final = "owner"
 GUEST: Final = "guest"
-# Versions a host remembers as its own, to recognise a model coming back unchanged.
-REMEMBERED_VERSIONS = 32
 
 
 # --- accounting ---------------------------------------------------------------------------------
@@ -73,7 +68,7 @@ class Ledger:
     train_rounds: int = 0
     train_steps: int = 0
     rejected: dict[str, int] = field(default_factory=dict)
-    unchanged: int = 0  # models that came back to their producer unchanged
+    unchanged: int = 0  # models that came back to their producer (`ModelHost.receive`)
 
     def reject(self, reason: str) -> None:
         code = str(reason)  # strategy reasons are StrEnum members
@@ -137,38 +132,6 @@ class Budget:
         self._spent[(learner, context_key)] = self.period(now)
 
 
-# --- remembering one's own versions ---------------------------------------------------------------
-
-
-def weights_digest(weights: Mapping[str, np.ndarray]) -> str:
-    digest = hashlib.sha256()
-    for name in sorted(weights):
-        digest.update(name.encode())
-        digest.update(np.ascontiguousarray(weights[name]).tobytes())
-    return digest.hexdigest()
-
-
-class KnownWeights:
-    """The weights a host has held lately, per context key.
-
-    A mule that adopted a space's model offers it back, re-signed, at its next visit: a new
-    snapshot to the protocol (the protocol skips only hashes it has seen), the same weights to
-    the space. The product then merges its own model into itself, which changes nothing but
-    inflates the sample count by up to half each time, and trains again. The simulated peers
-    settle such a snapshot as accepted and `unchanged` instead, as the product should.
-    """
-
-    def __init__(self) -> None:
-        self._seen: dict[str, deque[str]] = {}
-
-    def note(self, host: ModelHost, context_key: str) -> None:
-        seen = self._seen.setdefault(context_key, deque(maxlen=REMEMBERED_VERSIONS))
-        seen.append(weights_digest(host.slot(context_key).weights))
-
-    def knows(self, context_key: str, weights: Weights) -> bool:
-        return weights_digest(weights) in self._seen.get(context_key, ())
-
-
 # --- identities ---------------------------------------------------------------------------------
 
 
@@ -195,15 +158,11 @@ def trust_of(identities: Iterable[tuple[Identity, TrustRole]], now: float) -> Tr
 
 @dataclass
 class Peer:
-    """A host with what its application remembers about its own models."""
+    """A host with the names the simulation knows it by."""
 
     name: str
     home: str  # a space's home, a phone's owner's home
     host: ModelHost
-    known: KnownWeights
-
-    def note(self, context_key: str) -> None:
-        self.known.note(self.host, context_key)
 
 
 class Population:
@@ -268,18 +227,17 @@ class Population:
         arch = self.architectures[context_key]
         model = families.build_onnx(arch.spec, arch.initial, arch.schema)
         peer.host.install(model, context_key=context_key, data_time=self.start, now=self.start)
-        peer.note(context_key)
 
     def space_peer(self, site: SpaceSite, trust: TrustStore) -> Peer:
         identity = self.home_identity[site.home]
         host = self.host(f"{site.home}/{site.space}", identity, trust)
-        peer = Peer(f"{site.home}/{site.space}", site.home, host, KnownWeights())
+        peer = Peer(f"{site.home}/{site.space}", site.home, host)
         self.install(peer, site.context_key)
         return peer
 
     def phone_peer(self, phone: str, keys: Iterable[str], *, carry_initial: bool) -> Peer:
         host = self.host(phone, self.phone_identity[phone], self.phone_trust(phone))
-        peer = Peer(phone, self.phone_home[phone], host, KnownWeights())
+        peer = Peer(phone, self.phone_home[phone], host)
         if carry_initial:
             for key in keys:
                 self.install(peer, key)
@@ -293,7 +251,7 @@ class Population:
             ],
             self.start,
         )
-        peer = Peer(SERVER, SERVER, self.host(SERVER, self.server_identity, trust), KnownWeights())
+        peer = Peer(SERVER, SERVER, self.host(SERVER, self.server_identity, trust))
         for key in keys:
             self.install(peer, key)
         return peer
@@ -447,9 +405,7 @@ class Exchanges:
             if self._evaluators is not None and space.unit is not None
             else None
         )
-        outcome, incoming = take(
-            peer, action.payload, now, self.ledger, guest=guest, evaluators=evaluators
-        )
+        outcome = take(peer, action.payload, now, self.ledger, guest=guest, evaluators=evaluators)
         follow = home.settle(
             action.ref.session,
             action.transfer,
@@ -464,7 +420,8 @@ class Exchanges:
             if need is not None:
                 yield need
         self._serve(home, space)
-        if action.mode is Mode.FIXED and not _same(peer.host.slot(key).weights, incoming):
+        # as exchange.py: the mule needs nothing back when it carries the current model
+        if action.mode is Mode.FIXED and outcome.reason != UNCHANGED:
             slot = peer.host.slot(key)
             follow += home.reply(
                 action.ref.session,
@@ -490,9 +447,7 @@ class Exchanges:
         if action.mode is Mode.FIXED or not peer.host.has(key):
             # the space's answer (or the first model of a key): carried as it is
             outcome = peer.host.adopt(action.payload, now=now)
-            incoming = peer.host.slot(key).weights if outcome.accepted else None
             if outcome.accepted:
-                peer.note(key)
                 self._origin[(peer.name, key)] = (
                     space.site.home,
                     space.site.space,
@@ -501,7 +456,7 @@ class Exchanges:
                     action.payload,
                 )
         else:
-            outcome, incoming = take(peer, action.payload, now, self.ledger)
+            outcome = take(peer, action.payload, now, self.ledger)
         follow = phone.settle(
             action.ref.session,
             action.transfer,
@@ -511,6 +466,7 @@ class Exchanges:
         )
         if not outcome.accepted:
             return follow
+        received_version = peer.host.slot(key).version
         if action.mode is Mode.MOBILE:
             unit = mule.units.get(key)
             if unit is not None:
@@ -518,7 +474,11 @@ class Exchanges:
                 if need is not None:
                     yield need
         slot = peer.host.slot(key)
-        if action.mode is Mode.MOBILE and not _same(slot.weights, incoming):
+        # the space holds what the phone carries if it sent it and the phone did not train
+        space_holds_it = (
+            outcome.reason in {UNCHANGED, "adopted"} and slot.version == received_version
+        )
+        if action.mode is Mode.MOBILE and not space_holds_it:
             follow += phone.reply(
                 action.ref.session,
                 slot.offer(),
@@ -562,40 +522,12 @@ def take(
     *,
     guest: bool = False,
     evaluators: Mapping[str, Callable[[Weights], float]] | None = None,
-) -> tuple[Outcome, Weights | None]:
-    """Merge a delivered snapshot with the peer's strategy, unless it is a model this peer held
-    itself lately; returns the outcome and the snapshot's weights (None if unreadable)."""
-    incoming = _peek_weights(peer.host, payload, now)
-    if incoming is not None:
-        key, weights = incoming
-        if peer.known.knows(key, weights):
-            ledger.unchanged += 1
-            return Outcome(accepted=True, reason="unchanged", context_key=key), weights
-    try:
-        outcome = peer.host.receive(payload, guest=guest, now=now, evaluators=evaluators)
-    except MlmuleError as err:
-        # ModelHost.receive can still raise while writing the merge: repeated merges inflate
-        # the sample count past what a snapshot header holds (reported; the model stays).
-        ledger.reject(err.reason)
-        return Outcome(accepted=False, reason=err.reason, detail=str(err)), None
-    if outcome.accepted and outcome.context_key is not None:
-        peer.note(outcome.context_key)
-    else:
+) -> Outcome:
+    """Merge a delivered snapshot with the peer's strategy (`ModelHost.receive`), counting
+    rejections and the peer's own models coming back."""
+    outcome = peer.host.receive(payload, guest=guest, now=now, evaluators=evaluators)
+    if outcome.reason in {UNCHANGED, HELD_BEFORE}:
+        ledger.unchanged += 1
+    elif not outcome.accepted:
         ledger.reject(outcome.reason)
-    return outcome, None if incoming is None else incoming[1]
-
-
-def _peek_weights(host: ModelHost, payload: bytes, now: float) -> tuple[str, Weights] | None:
-    """The key and weights of a snapshot this host would accept, without merging it (the
-    host's `receive` runs every check again)."""
-    try:
-        snapshot = unpack(payload, trust=host.trust, expected_arch=host.expected_arch(), now=now)
-    except MlmuleError:  # the host's own checks report the reason
-        return None
-    # `unpack` has checked the model is canonical: its initializers are the weights
-    weights = {name: np.asarray(value) for name, value in snapshot.model.initializers.items()}
-    return snapshot.meta.context_key, weights
-
-
-def _same(weights: Weights, other: Weights | None) -> bool:
-    return other is not None and weights_digest(weights) == weights_digest(other)
+    return outcome

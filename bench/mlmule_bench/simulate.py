@@ -121,10 +121,9 @@ class Simulation:
     def train(self, needs: Sequence[TrainNeed]) -> list[TrainReport | None]:
         """Run the rounds; a round whose result could not be committed reports None."""
         reports: list[TrainReport | None] = []
-        for need, outcome in zip(needs, self.executor.run(needs), strict=True):
+        for outcome in self.executor.run(needs):
             if isinstance(outcome, TrainReport):
                 self.ledger.trained(outcome)
-                need.peer.note(need.context_key)
                 reports.append(outcome)
             else:
                 self.ledger.reject(f"training_{outcome.reason}")

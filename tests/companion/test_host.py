@@ -81,8 +81,33 @@ def test_merge_moves_the_model_and_raises_the_version(
     moved = families.shared_names(after.spec)
     assert any(not np.array_equal(after.weights[n], before.weights[n]) for n in moved)
     assert after.meta.lineage[-1] == mule.identity.id
-    assert after.meta.samples > 500
+    assert after.meta.samples == max(before.meta.samples, mule.slot(KEY).meta.samples)
     assert space.counters["merged"] == 1
+
+
+def test_its_own_model_coming_back_changes_nothing(
+    peers: tuple[ModelHost, ModelHost, Identity], tmp_path: Path
+) -> None:
+    # fixed-data mode: the mule adopts the space's model and offers it, re-signed, next visit
+    space, mule, _ = peers
+    assert mule.adopt(space.export(KEY), now=NOW + 60).accepted
+    before = space.slot(KEY)
+    outcome = space.receive(mule.export(KEY), now=NOW + 120)
+    assert (outcome.accepted, outcome.reason, outcome.changed) == (True, "unchanged", False)
+    assert outcome.version == before.version
+    assert space.slot(KEY).snapshot.sha256 == before.snapshot.sha256
+    assert space.counters["unchanged"] == 1
+    assert space.counters["merged"] == 0
+    # an older version is remembered across a restart; a model it never held still merges
+    config = TrainConfig(max_epochs=2, seed=0)
+    space.train(KEY, *data(200, 2), config=config, data_time=NOW + 130, now=NOW + 140)
+    reopened = ModelHost(tmp_path / "space", space.identity, space.trust)
+    carried = mule.slot(KEY).state()
+    mule.commit(KEY, replace(carried, version=carried.version + 1, created_at=NOW + 150))
+    # the space has moved on: an older model of its own
+    assert reopened.receive(mule.export(KEY), now=NOW + 160).reason == "held_before"
+    mule.train(KEY, *data(200, 3), config=config, data_time=NOW + 170, now=NOW + 180)
+    assert reopened.receive(mule.export(KEY), now=NOW + 190).reason == "merged"
 
 
 @pytest.mark.parametrize("attack", ["stranger", "tampered", "replay", "wrong_key", "stale"])
@@ -141,7 +166,8 @@ def test_training_warm_starts_and_stores_a_new_version(
     )
     slot = space.slot(KEY)
     assert slot.version == first.version + 1
-    assert slot.meta.samples == 500 + 600
+    # the training window overlaps what the model learned before: the count is the larger one
+    assert slot.meta.samples == max(500, 600)
     assert slot.meta.data_time == NOW
     assert report.val_balanced_accuracy is not None
     assert report.val_balanced_accuracy > 0.85

@@ -471,7 +471,7 @@ def test_merged_state_versions_the_result() -> None:
     assert merged.version == 8
     assert merged.created_at == NOW
     assert merged.data_time == fresh.data_time
-    assert merged.samples == 100 + round(result.decisions[0].weight * 300)
+    assert merged.samples == 300  # the largest count behind it: merging adds no evidence
     assert merged.lineage == ("y", "phone")
     assert merged.origin == "space2"
     assert not merged.guest
@@ -493,3 +493,24 @@ def test_zero_updates_do_not_pin_the_adaptive_clip_bound_at_zero() -> None:
     update = model_state({n: v + 0.1 for n, v in local.weights.items()})
     result = strategy.aggregate(local, [update], now=NOW, context=context)
     assert l2_distance(result.weights, local.weights) > 0
+
+
+def test_peers_that_keep_merging_each_other_do_not_inflate_their_sample_counts() -> None:
+    # The benchmark's finding: with counts added at every merge, a space and a phone that
+    # exchange at every visit multiplied their counts by ~1.5 per exchange, passed what a
+    # snapshot header holds within days, and drowned every newcomer's share on the way.
+    rng = np.random.default_rng(5)
+    strategy = make_strategy("mlmule")
+    context = AggregationContext(shared=share_all)
+    space = model_state(random_weights(rng), age=HOUR, samples=1440, origin="space")
+    phone = model_state(random_weights(rng), age=HOUR, samples=600, origin="phone")
+    for visit in range(200):
+        now = NOW + visit * HOUR
+        result = strategy.aggregate(space, [phone], now=now, context=context)
+        space = merged_state(space, [phone], result, now=now)
+        result = strategy.aggregate(phone, [space], now=now, context=context)
+        phone = merged_state(phone, [space], result, now=now)
+    assert space.samples == phone.samples == 1440
+    newcomer = model_state(random_weights(rng), age=HOUR, samples=1440, origin="guest")
+    shared = strategy.aggregate(space, [newcomer], now=NOW, context=context)
+    assert shared.decisions[0].weight > 0.2

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import json
 import time
-from collections import Counter
+from collections import Counter, deque
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -46,10 +46,15 @@ from .storage import atomic_write_text
 from .store import SnapshotStore, StoreError
 from .strategies import AggregationContext, ModelState, Strategy, make_strategy, merged_state
 from .train_numpy import TrainConfig, Trainer, TrainReport
-from .weights import FloatArray, Weights
+from .weights import FloatArray, Weights, weights_digest
 
 HOST_STATE_FILE = "host.json"
 HOST_STATE_VERSION = 1
+# How many of its own past models per context key a host recognises when they come back.
+HELD_DIGESTS = 32
+# Outcomes of a host's own model coming back: its current one, or one it has since replaced.
+UNCHANGED = "unchanged"
+HELD_BEFORE = "held_before"
 
 
 class HostError(MlmuleError):
@@ -90,6 +95,11 @@ class Outcome:
     weight: float = 0.0
     sha256: str = ""
     detail: str = ""  # the human explanation, for logs
+
+    @property
+    def changed(self) -> bool:
+        """Whether the host's model changed (not rejected, and not its own model back)."""
+        return self.accepted and self.reason not in {UNCHANGED, HELD_BEFORE}
 
 
 @dataclass
@@ -217,7 +227,8 @@ class TrainingJob:
                 weights=weights,
                 created_at=now,
                 data_time=max(local.data_time, self._data_time),
-                samples=local.samples + self._samples,
+                # the window overlaps what the model already learned from: see merged_state
+                samples=max(local.samples, self._samples),
                 version=local.version + 1,
                 origin=self._host.identity.id,
                 lineage=(*local.lineage, self._host.identity.id),
@@ -258,6 +269,7 @@ class ModelHost:
         self._slots: dict[str, ModelSlot] = {}
         self._strategies: dict[str, Strategy] = {}
         self._strategy_state: dict[str, object] = {}
+        self._held: dict[str, deque[str]] = {}  # digests of models this host held lately
         self._load_state()
         for context_key in self.store.context_keys():
             self._load_slot(context_key)
@@ -387,6 +399,9 @@ class ModelHost:
             return self._adopt(snapshot, data, now)
         try:
             incoming = ModelSlot.from_snapshot(snapshot, data, self.settings.backend)
+            digest = weights_digest(incoming.weights)
+            if digest in self._held.get(slot.context_key, ()):
+                return self._held_again(snapshot, slot, digest)
             result = self._strategy(slot).aggregate(
                 slot.state(),
                 [incoming.state(guest=guest)],
@@ -426,6 +441,29 @@ class ModelHost:
             version=new.version,
             weight=decision.weight,
             sha256=snapshot.sha256,
+        )
+        self._remember(outcome)
+        self.save_state()
+        return outcome
+
+    def _held_again(self, snapshot: Snapshot, slot: ModelSlot, digest: str) -> Outcome:
+        """One of this host's own recent models came back (a mule that adopted it offers it
+        again). It holds nothing new: merging would only re-weigh what the host already has,
+        so nothing is written and nothing retrains. `unchanged` when it is the current model
+        (the sender needs nothing back), `held_before` when the host has moved on since."""
+        current = weights_digest(slot.weights) == digest
+        reason = UNCHANGED if current else HELD_BEFORE
+        self._record_replay(snapshot)
+        self.counters[reason] += 1
+        outcome = Outcome(
+            accepted=True,
+            reason=reason,
+            context_key=slot.context_key,
+            origin=snapshot.origin,
+            received_version=snapshot.meta.version,
+            version=slot.version,
+            sha256=snapshot.sha256,
+            detail="the current model" if current else "a model this host has since replaced",
         )
         self._remember(outcome)
         self.save_state()
@@ -570,6 +608,10 @@ class ModelHost:
         )
         slot = ModelSlot.from_snapshot(snapshot, container, self.settings.backend)
         self._slots[context_key] = slot
+        held = self._held.setdefault(context_key, deque(maxlen=HELD_DIGESTS))
+        digest = weights_digest(slot.weights)
+        if digest not in held:
+            held.append(digest)
         return slot
 
     def _strategy(self, slot: ModelSlot) -> Strategy:
@@ -629,6 +671,7 @@ class ModelHost:
             "counters": dict(self.counters),
             "rejections": dict(self.rejections),
             "strategies": self._strategy_state,
+            "held": {key: list(digests) for key, digests in self._held.items()},
         }
         atomic_write_text(
             self.root / HOST_STATE_FILE, json.dumps(document, indent=1, sort_keys=True)
@@ -650,3 +693,10 @@ class ModelHost:
         strategies = document.get("strategies", {})
         if isinstance(strategies, dict):
             self._strategy_state = dict(strategies)
+        held = document.get("held", {})
+        if isinstance(held, dict):
+            self._held = {
+                str(key): deque((str(d) for d in digests), maxlen=HELD_DIGESTS)
+                for key, digests in held.items()
+                if isinstance(digests, list)
+            }

@@ -781,9 +781,11 @@ def merged_state(
 
     Unchanged (nothing accepted): `local` itself. Otherwise a new version by `origin` (default
     the local origin) created at `now`, whose data time is the newest among the local model and
-    the states that got a share, and whose sample count credits each merged state with its share
-    of its samples: `n_local + sum_i weight_i * n_i` (a heuristic: exact counts are lost once
-    models are averaged, and this one never counts a merged model's samples in full twice).
+    the states that got a share, and whose sample count is the largest among them and the local
+    model. Counts are evidence, not a census: peers that meet again hold models with a shared
+    ancestry, so adding counts at each merge would count the same samples over and over (two
+    peers re-merging each other's models grow without bound, and the inflated side then drowns
+    every newcomer's share). The largest count never grows by merging alone.
     The lineage appends the merged origins, keeping the last `lineage_limit` entries.
     """
     if len(result.decisions) != len(incoming):
@@ -797,7 +799,7 @@ def merged_state(
         if decision.accepted and decision.weight > 0
     ]
     data_time = max([local.data_time, *(state.data_time for state, _ in merged)])
-    samples = local.samples + round(sum(weight * state.samples for state, weight in merged))
+    samples = max([local.samples, *(state.samples for state, _ in merged)])
     lineage = (*local.lineage, *(state.origin for state, _ in merged))
     return ModelState(
         weights=result.weights,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Iterable, Mapping
 
 import numpy as np
@@ -14,6 +15,15 @@ Weights = dict[str, FloatArray]
 def copy_weights(weights: Mapping[str, FloatArray]) -> Weights:
     """A deep copy in the same order, as contiguous float32."""
     return {name: np.array(value, dtype=np.float32, copy=True) for name, value in weights.items()}
+
+
+def weights_digest(weights: Mapping[str, FloatArray]) -> str:
+    """SHA-256 over the names and float32 bytes: equal digests, equal models."""
+    digest = hashlib.sha256()
+    for name in sorted(weights):
+        digest.update(name.encode())
+        digest.update(np.ascontiguousarray(weights[name], dtype=np.float32).tobytes())
+    return digest.hexdigest()
 
 
 def same_layout(a: Mapping[str, FloatArray], b: Mapping[str, FloatArray]) -> bool:
