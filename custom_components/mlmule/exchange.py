@@ -21,6 +21,7 @@ from homeassistant.helpers.event import async_track_state_change_event, async_tr
 
 from .const import LOGGER
 from .core.errors import MlmuleError, ProtocolError
+from .core.host import UNCHANGED
 from .core.identity import Identity, TrustStore
 from .core.protocol import (
     Action,
@@ -216,13 +217,14 @@ class Exchange:
         if not outcome.accepted or outcome.context_key is None:
             return
         context_key = outcome.context_key
-        if action.mode is Mode.FIXED:
+        if action.mode is Mode.FIXED and outcome.changed:
             try:
                 await space.async_train_key(context_key, reason="exchange")
             except MlmuleError as err:
                 LOGGER.warning("%s: training after the merge failed: %s", space.settings.name, err)
         self.serve(space)
-        if action.mode is Mode.FIXED:
+        # the mule adopts the reply; it needs none when it already carries the current model
+        if action.mode is Mode.FIXED and outcome.reason != UNCHANGED:
             slot = space.host.slot(context_key)
             await self._async_run(
                 self.endpoint.reply(

@@ -37,6 +37,7 @@ from custom_components.mlmule.const import (
     DOMAIN,
     SUBENTRY_SPACE,
 )
+from custom_components.mlmule.core import families
 from custom_components.mlmule.core.errors import ProtocolError
 from custom_components.mlmule.core.host import ModelHost
 from custom_components.mlmule.core.identity import Identity, PairingCode, TrustEntry, TrustStore
@@ -119,7 +120,9 @@ class ScriptedMule:
                 self.completed.append(action)
 
 
-def make_mule(hass: HomeAssistant, tmp_path: Path, home: Identity, name: str) -> ScriptedMule:
+def make_mule(
+    hass: HomeAssistant, tmp_path: Path, home: Identity, name: str, *, learned: bool = True
+) -> ScriptedMule:
     identity = Identity.generate(kind="mule", name=name)
     trust = TrustStore()
     trust.add(
@@ -132,10 +135,27 @@ def make_mule(hass: HomeAssistant, tmp_path: Path, home: Identity, name: str) ->
     host.install(
         load_model(starter.onnx_bytes), context_key=KEY, samples=400, data_time=time.time()
     )
+    if learned:
+        _learn_elsewhere(host)
     endpoint = MuleEndpoint(identity, trust, config=ProtocolConfig(prefix="mlmule"))
     mule = ScriptedMule(hass, identity, host, endpoint)
     mule.carry(host.export(KEY))
     return mule
+
+
+def _learn_elsewhere(host: ModelHost) -> None:
+    """What another home taught the phone: the starter, moved a little (a space settles a
+    model it held itself, such as the bare starter, as unchanged, without merging)."""
+    carried = host.slot(KEY).state()
+    rng = np.random.default_rng(7)
+    learned = families.shared_names(host.slot(KEY).spec)
+    moved = {
+        name: (value + rng.normal(0.0, 0.01, value.shape)).astype(np.float32)
+        if name in learned
+        else value
+        for name, value in carried.weights.items()
+    }
+    host.commit(KEY, replace(carried, weights=moved, version=carried.version + 1))
 
 
 @pytest.fixture
@@ -152,12 +172,17 @@ def hub(hass: HomeAssistant, mqtt_mock: MqttMockHAClient) -> MockConfigEntry:
 
 
 async def start(
-    hass: HomeAssistant, hub: MockConfigEntry, tmp_path: Path, role: str = "owner"
+    hass: HomeAssistant,
+    hub: MockConfigEntry,
+    tmp_path: Path,
+    role: str = "owner",
+    *,
+    learned: bool = True,
 ) -> ScriptedMule:
     """Set up the hub, pair a phone, then add the space with the phone's presence trigger."""
     assert await hass.config_entries.async_setup(hub.entry_id)
     await hass.async_block_till_done()
-    mule = make_mule(hass, tmp_path, hub.runtime_data.identity, "alice-phone")
+    mule = make_mule(hass, tmp_path, hub.runtime_data.identity, "alice-phone", learned=learned)
     await hass.services.async_call(
         DOMAIN,
         "pair_mule",
@@ -206,6 +231,22 @@ async def walk_in(hass: HomeAssistant) -> None:
     hass.states.async_set("sensor.alice_room", "bedroom")
     for _ in range(20):
         await hass.async_block_till_done(wait_background_tasks=True)
+
+
+async def test_the_spaces_own_model_coming_back_is_settled_unchanged(
+    hass: HomeAssistant, hub: MockConfigEntry, tmp_path: Path
+) -> None:
+    # the phone carries the bare starter, which the space also started from
+    mule = await start(hass, hub, tmp_path, learned=False)
+    space = hub.runtime_data.spaces[SPACE_ID]
+    await walk_in(hass)
+
+    assert space.host.counters["unchanged"] == 1
+    assert space.host.counters["merged"] == space.host.counters["trained"] == 0
+    assert space.host.slot(KEY).version == 1
+    # accepted (nothing to refuse), and nothing sent back: the phone holds this model already
+    assert [c.accepted for c in mule.completed] == [True]
+    assert mule.adopted == []
 
 
 async def test_fixed_data_encounter_merges_trains_and_returns(
