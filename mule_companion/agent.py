@@ -232,6 +232,7 @@ class Companion:
                 max_store_bytes=config.store_max_bytes,
                 strategy=config.strategy,
                 strategy_options=config.strategy_options,
+                clock=config.replay_clock.now,
             ),
             known_arch=known_architectures(),
         )
@@ -410,7 +411,8 @@ class Agent:
         self.links: dict[str, HomeLink] = {}
         self._config = companion.config
         self._dump = dump
-        self._clock = clock
+        self._clock = clock  # wall time: the ledger, the agent's state
+        self._replay = companion.config.replay_clock
         self._host_lock = threading.RLock()
         self._trainer = PhoneTrainer(self._config.training, self._config.dp, progress)
         if self._config.dp is not None and self._trainer.backend != "torch":
@@ -556,6 +558,10 @@ class Agent:
         agent.status_line = line
         self.ledger.save()
 
+    def _scene_now(self) -> float:
+        """ "Now" for models and sensing data: the wall clock, or a replay's scene time."""
+        return self._replay.to_scene(self._clock())
+
     # -- encounters -----------------------------------------------------------------------
 
     def _carry(self, slot: ModelSlot) -> None:
@@ -569,7 +575,7 @@ class Agent:
     def _deliver(self, home: HomeConfig, delivery: Deliver) -> Verdict:
         """A space's snapshot arrived whole: verify it, take or merge it, and decide."""
         ref, key = delivery.ref, delivery.snapshot.context_key
-        now = self._clock()
+        now = self._scene_now()
         with self._host_lock:
             if delivery.mode is Mode.FIXED or not self.host.has(key):
                 # the space's trained merge (fixed), or a first model for this key (mobile)
@@ -665,7 +671,7 @@ class Agent:
     def _space_data(self, home: HomeConfig, space: str, slot: ModelSlot) -> TrainingData | None:
         """What the phone sensed in this space, labelled, within the training window."""
         settings = self._config.training
-        now = self._clock()
+        now = self._scene_now()
         kind = slot.context_key.split("/", 1)[1]
         return self.companion.data.training_data(
             homes={home.home_id, home.name, home.name.lower()},
@@ -765,15 +771,14 @@ class Agent:
         dp = self._config.dp
         if report.epsilon is not None and dp is not None:
             self.ledger.spend(key, report.epsilon, dp.delta)
-        now = self._clock()
         with self._host_lock:
             try:
-                job.commit(now=now)
+                job.commit(now=self._scene_now())
             except HostError as err:
                 _LOGGER.info("%s: %s", key, err)
                 return False
             self._carry(self.host.slot(key))
-        self.ledger.trained(key, report, now)
+        self.ledger.trained(key, report, self._clock())
         _LOGGER.info(
             "%s: trained on %d minutes in %.1f s (%s)%s",
             key,

@@ -31,6 +31,7 @@ from typing import Any, Final
 
 import voluptuous as vol
 import yaml
+from mlmule_core.clock import ReplayClock
 from mlmule_core.errors import MlmuleError
 from mlmule_core.features import resolve_timezone
 from mlmule_core.protocol import ProtocolConfig
@@ -168,6 +169,8 @@ class CompanionConfig:
     strategy: str = "mlmule"
     strategy_options: Mapping[str, Any] = field(default_factory=dict)
     status_interval: float = 60.0
+    # a developer option for replays (the demo): the scene time the phone's data lives in
+    replay_clock: ReplayClock = field(default_factory=ReplayClock)
 
 
 def local_timezone() -> str:
@@ -328,6 +331,11 @@ _CONFIG_SCHEMA = vol.Schema(
             }
         ),
         vol.Optional("status_interval"): _number(1.0, 86400.0),
+        # not written by `init`: a replay's scene clock (core/clock.py), for the demo
+        vol.Optional("replay_clock"): vol.Schema(
+            {vol.Required("origin"): _number(0.0), vol.Required("scale"): _number(1.0, 10_000.0)},
+            extra=vol.PREVENT_EXTRA,
+        ),
     },
     extra=vol.PREVENT_EXTRA,
 )
@@ -417,6 +425,7 @@ def _config_from(data: dict[str, Any], source: str) -> CompanionConfig:
         strategy=strategy_name,
         strategy_options=options,
         status_interval=data.get("status_interval", 60.0),
+        replay_clock=ReplayClock.from_config(data.get("replay_clock")),
     )
 
 

@@ -2,22 +2,22 @@
 
 from __future__ import annotations
 
-import time
 from collections.abc import Mapping
 from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+import voluptuous as vol
 from homeassistant.components import mqtt
 from homeassistant.config_entries import ConfigSubentry
 from homeassistant.const import Platform
 from homeassistant.core import HomeAssistant, callback
 from homeassistant.exceptions import ConfigEntryNotReady
-from homeassistant.helpers import config_validation as cv
 from homeassistant.helpers import device_registry as dr
 from homeassistant.helpers.event import async_track_time_interval
 from homeassistant.helpers.start import async_at_started
 from homeassistant.helpers.typing import ConfigType
+from homeassistant.util import dt as dt_util
 
 from .const import (
     CONF_ACTIVITY_LABEL,
@@ -39,21 +39,25 @@ from .const import (
     CONF_PRESENCE,
     CONF_PRESENCE_ENTITY,
     CONF_PRESENCE_STATE,
+    CONF_REPLAY_CLOCK,
     CONF_ROOM_KIND,
     CONF_SHARING,
     CONF_STRATEGY,
     CONF_TASKS,
     CONF_TOPIC_PREFIX,
+    DATA_CLOCK,
     DEFAULT_GATE_EPSILON,
     DEFAULT_HALF_LIFE_HOURS,
     DEFAULT_HISTORY_DAYS,
     DEFAULT_MAX_SNAPSHOT_MIB,
     DEFAULT_STRATEGY,
     DOMAIN,
+    LOGGER,
     SUBENTRY_SPACE,
     Sharing,
 )
 from .coordinator import PHONE_ACTIVITY, PresenceTrigger, SpaceCoordinator, SpaceSettings
+from .core.clock import MAX_SCALE, ReplayClock
 from .core.errors import MlmuleError
 from .core.features import Role
 from .core.host import HostSettings, ModelHost
@@ -70,15 +74,46 @@ from .inputs import input_role
 from .repairs import ISSUE_FAST_RUNTIME, ISSUE_MQTT, RejectionWatch, async_set_issue
 from .services import async_setup_services
 
-CONFIG_SCHEMA = cv.config_entry_only_config_schema(DOMAIN)
+# Configured through the UI only. The one YAML key is a developer option for replays (the demo):
+# `mlmule: {replay_clock: {origin: <epoch s>, scale: 60}}` runs the spaces on a scene clock.
+CONFIG_SCHEMA = vol.Schema(
+    {
+        vol.Optional(DOMAIN): vol.Schema(
+            {
+                vol.Optional(CONF_REPLAY_CLOCK): vol.Schema(
+                    {
+                        vol.Required("origin"): vol.All(vol.Coerce(float), vol.Range(min=0)),
+                        vol.Required("scale"): vol.All(
+                            vol.Coerce(float), vol.Range(min=1, max=MAX_SCALE)
+                        ),
+                    }
+                )
+            }
+        )
+    },
+    extra=vol.ALLOW_EXTRA,
+)
 PLATFORMS: list[Platform] = [Platform.BINARY_SENSOR, Platform.SENSOR]
 TRAIN_INTERVAL = timedelta(days=1)
 
 
 async def async_setup(hass: HomeAssistant, config: ConfigType) -> bool:
-    """Register the actions; they work on whichever hub entry is loaded."""
+    """Register the actions (they work on whichever hub entry is loaded) and the clock."""
+    clock = ReplayClock.from_config(config.get(DOMAIN, {}).get(CONF_REPLAY_CLOCK))
+    hass.data[DATA_CLOCK] = clock
+    if not clock.is_real_time:
+        LOGGER.warning(
+            "Replay clock: from %s on, scene time runs %gx faster than the wall clock",
+            dt_util.utc_from_timestamp(clock.origin).isoformat(),
+            clock.scale,
+        )
     async_setup_services(hass)
     return True
+
+
+def replay_clock(hass: HomeAssistant) -> ReplayClock:
+    """The clock spaces read "now" from: real time unless YAML configures a replay."""
+    return hass.data.get(DATA_CLOCK) or ReplayClock()
 
 
 async def async_setup_entry(hass: HomeAssistant, entry: MlmuleConfigEntry) -> bool:
@@ -195,7 +230,9 @@ def space_inputs(hass: HomeAssistant, subentry: ConfigSubentry) -> SpaceInputs:
     )
 
 
-def host_settings(options: Mapping[str, Any], *, source: str = "") -> HostSettings:
+def host_settings(
+    options: Mapping[str, Any], *, source: str = "", clock: ReplayClock | None = None
+) -> HostSettings:
     """How a space's host merges and bounds snapshots, from the hub's options.
 
     `source` is the space id: the home's spaces share its key, and versions count per space.
@@ -215,6 +252,7 @@ def host_settings(options: Mapping[str, Any], *, source: str = "") -> HostSettin
         strategy_options=strategy_options,
         limits=SnapshotLimits(max_bytes=max_bytes),
         source=source,
+        clock=(clock or ReplayClock()).now,
     )
 
 
@@ -250,13 +288,14 @@ async def _async_create_space(
         history_days=int(entry.options.get(CONF_HISTORY_DAYS, DEFAULT_HISTORY_DAYS)),
     )
     inputs = space_inputs(hass, subentry)
+    clock = replay_clock(hass)
 
     def open_host() -> ModelHost:
         host = ModelHost(
             root / subentry.subentry_id,
             identity,
             trust,
-            host_settings(entry.options, source=subentry.subentry_id),
+            host_settings(entry.options, source=subentry.subentry_id, clock=clock),
         )
         shipped = starter_index()
         keys = [settings.context_key(task) for task in settings.tasks]
@@ -266,8 +305,9 @@ async def _async_create_space(
                 starter = load_starter(context_key)
                 # the starter is this space's knowledge as of now: installed fresh, so that
                 # phones do not refuse it as stale before the space has trained
+                now = clock.now()
                 host.install(
-                    load_model(starter.onnx_bytes), context_key=context_key, data_time=time.time()
+                    load_model(starter.onnx_bytes), context_key=context_key, data_time=now, now=now
                 )
         return host
 
@@ -286,6 +326,7 @@ async def _async_create_space(
         inputs=inputs,
         host=host,
         rejections=entry.runtime_data.rejections,
+        clock=clock,
         presence={
             mule: PresenceTrigger(trigger[CONF_PRESENCE_ENTITY], trigger[CONF_PRESENCE_STATE])
             for mule, trigger in data.get(CONF_PRESENCE, {}).items()

@@ -6,8 +6,16 @@ import logging
 from enum import StrEnum
 from typing import Final
 
+from homeassistant.util.hass_dict import HassKey
+
+from .core.clock import ReplayClock
+
 DOMAIN: Final = "mlmule"
 LOGGER: Final = logging.getLogger(__package__)
+
+# YAML-only developer option (hidden from the UI): the scene clock of a sped-up replay
+CONF_REPLAY_CLOCK: Final = "replay_clock"
+DATA_CLOCK: HassKey[ReplayClock] = HassKey(f"{DOMAIN}_clock")
 
 SUBENTRY_SPACE: Final = "space"
 

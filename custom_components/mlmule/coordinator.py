@@ -24,6 +24,7 @@ from homeassistant.helpers.update_coordinator import DataUpdateCoordinator, Upda
 from homeassistant.util import dt as dt_util
 
 from .const import DOMAIN, LOGGER, Task
+from .core.clock import ReplayClock
 from .core.errors import MlmuleError
 from .core.host import ModelHost, Outcome, TrainingJob
 from .core.hysteresis import Hysteresis, HysteresisConfig
@@ -146,6 +147,7 @@ class SpaceCoordinator(DataUpdateCoordinator[SpacePrediction]):
         host: ModelHost,
         rejections: RejectionWatch,
         presence: dict[str, PresenceTrigger] | None = None,
+        clock: ReplayClock | None = None,
     ) -> None:
         super().__init__(
             hass,
@@ -162,6 +164,8 @@ class SpaceCoordinator(DataUpdateCoordinator[SpacePrediction]):
         self.host = host
         self.rejections = rejections
         self.presence = presence or {}
+        # "now" and state times for features, labels, training windows and snapshot times
+        self.clock = clock or ReplayClock()
         self.state = SpaceState()
         self.hysteresis = Hysteresis(settings.hysteresis)
         self._changes: dict[str, deque[tuple[float, str]]] = {}
@@ -210,7 +214,11 @@ class SpaceCoordinator(DataUpdateCoordinator[SpacePrediction]):
     def _async_input_changed(self, event: Event[EventStateChangedData]) -> None:
         new_state = event.data["new_state"]
         state = new_state.state if new_state is not None else STATE_UNAVAILABLE
-        when = new_state.last_updated_timestamp if new_state is not None else time.time()
+        when = (
+            self.clock.to_scene(new_state.last_updated_timestamp)
+            if new_state is not None
+            else self.clock.now()
+        )
         self._changes.setdefault(event.data["entity_id"], deque()).append((when, state))
         self.hass.async_create_task(self.async_request_refresh(), eager_start=True)
 
@@ -220,6 +228,7 @@ class SpaceCoordinator(DataUpdateCoordinator[SpacePrediction]):
             self.inputs.roles,
             dt_util.utc_from_timestamp(now - LOOKBACK_SECONDS),
             dt_util.utc_from_timestamp(now),
+            clock=self.clock,
         )
         for entity_id, recorded in changes.items():
             live = self._changes.get(entity_id, deque())
@@ -250,7 +259,7 @@ class SpaceCoordinator(DataUpdateCoordinator[SpacePrediction]):
     # ---- prediction
 
     async def _async_update_data(self) -> SpacePrediction:
-        now = time.time()
+        now = self.clock.now()
         if not self._history_loaded:
             await self._async_load_recent_history(now)
         states = self._current_states()
@@ -315,12 +324,13 @@ class SpaceCoordinator(DataUpdateCoordinator[SpacePrediction]):
     async def _async_train(self, tasks: list[str], *, reason: str) -> dict[str, TrainingSummary]:
         self.async_check_entities()
         async with self._train_lock:
-            now = time.time()
+            now = self.clock.now()
             changes = await async_state_changes(
                 self.hass,
                 self.inputs.entities,
                 dt_util.utc_from_timestamp(now - self.settings.history_days * 86400),
                 dt_util.utc_from_timestamp(now),
+                clock=self.clock,
             )
             summaries: dict[str, TrainingSummary] = {}
             for task in tasks:
@@ -368,7 +378,7 @@ class SpaceCoordinator(DataUpdateCoordinator[SpacePrediction]):
             done = await self.hass.async_add_executor_job(
                 partial(job.run, max_seconds=TRAIN_CHUNK_SECONDS)
             )
-        report = await self.hass.async_add_executor_job(job.commit)
+        report = await self.hass.async_add_executor_job(partial(job.commit, now=self.clock.now()))
         held_back = max(1, data.y.size // 5)
         self.state.held_out[task] = HeldOut(data.x[-held_back:], data.y[-held_back:])
         summary = TrainingSummary(
@@ -392,10 +402,21 @@ class SpaceCoordinator(DataUpdateCoordinator[SpacePrediction]):
                 )
                 for task, held_out in self.state.held_out.items()
             }
-            return self.host.receive(snapshot, guest=guest, evaluators=evaluators)
+            return self.host.receive(
+                snapshot, guest=guest, now=self.clock.now(), evaluators=evaluators
+            )
 
         outcome = await self.hass.async_add_executor_job(receive)
-        if outcome.accepted:
+        if outcome.accepted and not outcome.changed:
+            LOGGER.debug(
+                "%s: %s v%s from %s is a model this space held before; kept v%s",
+                self.settings.name,
+                outcome.context_key,
+                outcome.received_version,
+                outcome.origin,
+                outcome.version,
+            )
+        elif outcome.accepted:
             LOGGER.info(
                 "%s: merged %s v%s from %s (weight %.2f) -> v%s",
                 self.settings.name,

@@ -15,6 +15,9 @@ from homeassistant.const import (
 )
 from homeassistant.core import HomeAssistant, State
 from homeassistant.helpers.recorder import get_instance
+from homeassistant.util import dt as dt_util
+
+from .core.clock import ReplayClock
 
 HISTORY_CHUNK = timedelta(hours=12)
 
@@ -28,17 +31,23 @@ async def async_state_changes(
     end: datetime,
     *,
     chunk: timedelta = HISTORY_CHUNK,
+    clock: ReplayClock | None = None,
 ) -> StateChanges:
     """Every state change of the entities in [start, end) as (epoch seconds, state) pairs.
 
     The first chunk includes each entity's state at `start`, so the series begin with a known
     value. Each chunk is one recorder query on the recorder's executor, never on the event loop;
     `unknown` and `unavailable` are kept as they are (the feature extractor flags them).
+    With a replay `clock`, `start`, `end` and the returned times are scene times; the recorder
+    is queried over the wall-clock span that shows them.
     """
     ids = sorted(set(entity_ids))
     changes: StateChanges = {entity_id: [] for entity_id in ids}
     if not ids:
         return changes
+    clock = clock or ReplayClock()
+    start = dt_util.utc_from_timestamp(clock.to_wall(start.timestamp()))
+    end = dt_util.utc_from_timestamp(clock.to_wall(end.timestamp()))
     recorder = get_instance(hass)
     chunk_start = start
     while chunk_start < end:
@@ -58,14 +67,16 @@ async def async_state_changes(
             )
         )
         for entity_id, states in rows.items():
-            changes[entity_id].extend(_as_change(row) for row in states)
+            changes[entity_id].extend(_as_change(row, clock) for row in states)
         chunk_start = chunk_end
     return changes
 
 
-def _as_change(row: State | dict[str, object]) -> tuple[float, str]:
+def _as_change(row: State | dict[str, object], clock: ReplayClock) -> tuple[float, str]:
     if isinstance(row, State):
-        return row.last_updated_timestamp, row.state
+        return clock.to_scene(row.last_updated_timestamp), row.state
     # the recorder stores a removed entity as a row without a state
     state = cast(str | None, row[COMPRESSED_STATE_STATE])
-    return cast(float, row[COMPRESSED_STATE_LAST_UPDATED]), state or STATE_UNAVAILABLE
+    return clock.to_scene(cast(float, row[COMPRESSED_STATE_LAST_UPDATED])), (
+        state or STATE_UNAVAILABLE
+    )

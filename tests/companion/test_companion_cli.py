@@ -9,6 +9,7 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 import yaml
 from hypothesis import HealthCheck, given, settings
@@ -18,6 +19,7 @@ from mlmule_core.identity import BrokerInfo, Identity, PairingCode, TrustStore
 from mlmule_core.onnx import load_model
 from mlmule_core.snapshot import inspect
 from mlmule_core.starter import load_starter, starter_index
+from mlmule_core.train_numpy import TrainConfig
 
 from mule_companion.agent import AgentLock
 from mule_companion.cli import main
@@ -178,8 +180,9 @@ def test_status_of_a_new_phone(phone: Phone) -> None:
 # snapshots
 
 
-def home_snapshot(root: Path, home: Identity, *, version_bumps: int = 0) -> bytes:
-    """A home's model for KEY, signed by the home, as its space would export it."""
+def home_snapshot(root: Path, home: Identity, *, trained: bool = False) -> bytes:
+    """A home's model for KEY, signed by the home, as its space would export it: the starter,
+    or (`trained`) its next version after a round of training on the room's frames."""
     host = ModelHost(
         root,
         home,
@@ -187,10 +190,15 @@ def home_snapshot(root: Path, home: Identity, *, version_bumps: int = 0) -> byte
         known_arch={key: entry.arch_hash for key, entry in starter_index().items()},
     )
     now = time.time()
-    model = load_model(load_starter(KEY).onnx_bytes)
-    host.install(model, context_key=KEY, samples=50, data_time=now, now=now)
-    for _ in range(version_bumps):
-        host.install(model, context_key=KEY, samples=50, data_time=now, now=now, replace=True)
+    starter = load_starter(KEY)
+    host.install(
+        load_model(starter.onnx_bytes), context_key=KEY, samples=50, data_time=now, now=now
+    )
+    if trained:
+        rng = np.random.default_rng(0)
+        x = rng.normal(size=(200, starter.schema.n_inputs)).astype(np.float32)
+        y = (x[:, 0] > 0).astype(np.int64)
+        host.train(KEY, x, y, config=TrainConfig(max_epochs=2, seed=0), data_time=now, now=now)
     return host.export(KEY)
 
 
@@ -204,7 +212,7 @@ def test_import_export_verify_inspect_and_rollback(phone: Phone, tmp_path: Path)
         "snapshot", "import", str(first), "--merge"
     )
     newer = tmp_path / "newer.snap"
-    newer.write_bytes(home_snapshot(tmp_path / "home2", home, version_bumps=1))
+    newer.write_bytes(home_snapshot(tmp_path / "home2", home, trained=True))
     assert "(merged); the phone now carries v2" in phone.ok(
         "snapshot", "import", str(newer), "--merge"
     )

@@ -54,13 +54,16 @@ def test_fixed_data_mode_the_phone_carries_the_space_model_and_brings_back_its_o
         encounter(home, "bedroom", mule, lambda: answers_taken(home) == 1)
         assert home.received == []
         assert home.version(BEDROOM) == 1
-        # second visit: the space merges what the phone carries, trains, and hands it back
+        home.train(BEDROOM)  # the space's nightly round: v2
+        # second visit: the phone brings back the space's own v1, which holds nothing new;
+        # the space keeps v2 (no merge, no training) and hands v2 over
         encounter(home, "bedroom", mule, lambda: answers_taken(home) == 2)
         [received] = home.received
         assert received.outcome.accepted, received.outcome
+        assert received.outcome.reason == "held_before"
         assert received.outcome.origin == mule
         assert received.delivery.snapshot.version == 1
-        assert home.version(BEDROOM) == 3  # merged (v2), then trained on the room's data (v3)
+        assert home.version(BEDROOM) == 2
         phone.wait_for(lambda: sessions(phone, home) == 2, 10, "the phone did not see the bye")
         # the status line the agent shows, as it also records it for `status`
         line = phone.activity()["agent"]["status_line"]
@@ -162,6 +165,7 @@ def test_a_phone_carries_a_model_from_one_home_to_another_on_another_broker(
         phone.pair(second.home_code(), "--guest")
         bedroom_data(first)
         bedroom_data(second)
+        first.train(BEDROOM)  # what the first home learned: news to the second
         first_weights = first.host.slot(BEDROOM).weights
         phone.start()
         phone.wait_connected(homes=2)
@@ -169,7 +173,7 @@ def test_a_phone_carries_a_model_from_one_home_to_another_on_another_broker(
         encounter(first, "bedroom", mule, lambda: answers_taken(first) == 1)
         encounter(second, "bedroom", mule, lambda: answers_taken(second) == 1)
         [received] = second.received
-        assert received.outcome.accepted, received.outcome
+        assert received.outcome.reason == "merged", received.outcome
         # what reached the second home is the first home's model, carried by the phone
         carried_over = families.from_onnx(
             unpack(received.delivery.payload, trust=second.trust, expected_arch=None).model

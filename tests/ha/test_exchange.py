@@ -37,7 +37,6 @@ from custom_components.mlmule.const import (
     DOMAIN,
     SUBENTRY_SPACE,
 )
-from custom_components.mlmule.core import families
 from custom_components.mlmule.core.errors import ProtocolError
 from custom_components.mlmule.core.host import ModelHost
 from custom_components.mlmule.core.identity import Identity, PairingCode, TrustEntry, TrustStore
@@ -53,6 +52,7 @@ from custom_components.mlmule.core.protocol import (
 from custom_components.mlmule.core.snapshot import inspect, unpack
 from custom_components.mlmule.core.starter import load_starter
 from tests.support.forge import resigned
+from tests.support.models import learned_elsewhere
 
 SPACE_ID = "bedroom01"
 KEY = "occupancy/bedroom"
@@ -132,30 +132,17 @@ def make_mule(
     )
     host = ModelHost(tmp_path / name, identity, trust)
     starter = load_starter(KEY)
+    model = load_model(starter.onnx_bytes)
     host.install(
-        load_model(starter.onnx_bytes), context_key=KEY, samples=400, data_time=time.time()
+        learned_elsewhere(model) if learned else model,
+        context_key=KEY,
+        samples=400,
+        data_time=time.time(),
     )
-    if learned:
-        _learn_elsewhere(host)
     endpoint = MuleEndpoint(identity, trust, config=ProtocolConfig(prefix="mlmule"))
     mule = ScriptedMule(hass, identity, host, endpoint)
     mule.carry(host.export(KEY))
     return mule
-
-
-def _learn_elsewhere(host: ModelHost) -> None:
-    """What another home taught the phone: the starter, moved a little (a space settles a
-    model it held itself, such as the bare starter, as unchanged, without merging)."""
-    carried = host.slot(KEY).state()
-    rng = np.random.default_rng(7)
-    learned = families.shared_names(host.slot(KEY).spec)
-    moved = {
-        name: (value + rng.normal(0.0, 0.01, value.shape)).astype(np.float32)
-        if name in learned
-        else value
-        for name, value in carried.weights.items()
-    }
-    host.commit(KEY, replace(carried, weights=moved, version=carried.version + 1))
 
 
 @pytest.fixture

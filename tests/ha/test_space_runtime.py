@@ -33,8 +33,9 @@ from custom_components.mlmule.const import (
     SUBENTRY_SPACE,
 )
 from custom_components.mlmule.core.identity import Identity, PairingCode
-from custom_components.mlmule.core.onnx import reset_runtime_backend
+from custom_components.mlmule.core.onnx import reset_runtime_backend, save_model
 from custom_components.mlmule.core.snapshot import pack, unpack
+from tests.support.models import learned_elsewhere
 
 SPACE_ID = "bedroom01"
 INPUT_STATES: dict[str, tuple[str, dict[str, Any]]] = {
@@ -173,10 +174,9 @@ async def test_pair_export_import_and_rollback(hass: HomeAssistant, hub: MockCon
     assert snapshot.meta.context_key == "occupancy/bedroom"
     assert exported["version"] == snapshot.meta.version == 1
 
-    # the phone re-signs the model as its own newer version and the space merges it
-
+    # the phone trained on it elsewhere and signs it as its own newer version; the space merges it
     resigned = pack(
-        snapshot.onnx_bytes,
+        save_model(learned_elsewhere(snapshot.model)),
         replace(snapshot.meta, version=7, samples=200, data_time=snapshot.meta.created_at),
         phone,
     )

@@ -20,7 +20,7 @@ import numpy as np
 import numpy.typing as npt
 import paho.mqtt.client as mqtt
 from mlmule_core.errors import ProtocolError
-from mlmule_core.host import ModelHost, Outcome
+from mlmule_core.host import UNCHANGED, ModelHost, Outcome
 from mlmule_core.identity import BrokerInfo, Identity, PairingCode, TrustEntry, TrustStore
 from mlmule_core.onnx import load_model
 from mlmule_core.protocol import (
@@ -266,11 +266,12 @@ class SpacePeer:
             if not outcome.accepted or outcome.context_key is None:
                 return
             key = outcome.context_key
-            if delivery.mode is Mode.FIXED and key in self.own_data:
+            if delivery.mode is Mode.FIXED and outcome.changed and key in self.own_data:
                 x, y = self.own_data[key]
                 self.host.train(key, x, y, config=SPACE_TRAINING, data_time=time.time())
             self._reoffer(key)
-            if delivery.mode is Mode.FIXED:
+            # the mule needs nothing back when it carries the current model
+            if delivery.mode is Mode.FIXED and outcome.reason != UNCHANGED:
                 slot = self.host.slot(key)
                 self.call(
                     lambda now: self.endpoint.reply(

@@ -283,3 +283,9 @@ class OnnxRunError(OnnxError):
     """A node failed during inference (shapes that do not fit, an index out of range, ...)."""
 
     reason = "onnx_run_failed"
+
+
+class ReplayClockError(MlmuleError):
+    """A replay clock setting is not a finite origin with a scale >= 1."""
+
+    reason = "replay_clock"

@@ -80,6 +80,9 @@ class HostSettings:
     # which of the signer's models this host keeps: several spaces of one home sign with the
     # home's key, so their versions are told apart by source (the space id)
     source: str = ""
+    # "now" for data and model times (a replay's scene clock in a sped-up demo); protocol
+    # timers stay on the wall clock
+    clock: Callable[[], float] = time.time
 
 
 @dataclass(frozen=True)
@@ -219,7 +222,7 @@ class TrainingJob:
                 f"v{slot.version}); the result was discarded",
                 reason="superseded",
             )
-        now = time.time() if now is None else now
+        now = self._host.settings.clock() if now is None else now
         local = slot.state()
         self._host.commit(
             self.context_key,
@@ -319,7 +322,7 @@ class ModelHost:
             schema,
             ModelState(
                 weights=weights,
-                created_at=time.time() if now is None else now,
+                created_at=self.settings.clock() if now is None else now,
                 data_time=data_time,
                 samples=samples,
                 version=previous.version + 1 if previous else 1,
@@ -388,7 +391,7 @@ class ModelHost:
         `evaluators` score candidate weights per context key on this host's recent data; the
         validation gate (strategy option `gate`) uses them.
         """
-        now = time.time() if now is None else now
+        now = self.settings.clock() if now is None else now
         try:
             snapshot = self._unpack_received(data, now)
         except SnapshotError as err:
@@ -475,7 +478,7 @@ class ModelHost:
         A mule adopts the merged, trained model a space hands back in fixed-data mode: it
         already contains what the mule brought, so merging it again would count that twice.
         """
-        now = time.time() if now is None else now
+        now = self.settings.clock() if now is None else now
         try:
             snapshot = self._unpack_received(data, now)
         except SnapshotError as err:
@@ -604,7 +607,11 @@ class ModelHost:
         container = self.store.read(stored)
         # our own snapshots: verified against our own key, structure and canonical form
         snapshot = unpack(
-            container, trust=self.identity, expected_arch=None, limits=self.settings.limits
+            container,
+            trust=self.identity,
+            expected_arch=None,
+            limits=self.settings.limits,
+            now=self.settings.clock(),
         )
         slot = ModelSlot.from_snapshot(snapshot, container, self.settings.backend)
         self._slots[context_key] = slot
