@@ -66,6 +66,7 @@ from .const import (
     Task,
 )
 from .core.identity import TrustEntry
+from .core.starter import starter_index
 from .inputs import input_filters, input_role, suggested_inputs, unusable_inputs
 from .repairs import ISSUE_MQTT, async_set_issue
 
@@ -385,6 +386,9 @@ class SpaceSubentryFlow(ConfigSubentryFlow):
         if user_input is not None:
             if not user_input[CONF_TASKS]:
                 errors[CONF_TASKS] = "no_task"
+            elif await self._async_tasks_without_starter(user_input):
+                # a space serves from a starter model until it has learned its own
+                errors[CONF_TASKS] = "no_starter_model"
             else:
                 self._space.update(user_input)
                 return await self.async_step_inputs()
@@ -393,6 +397,11 @@ class SpaceSubentryFlow(ConfigSubentryFlow):
             data_schema=self.add_suggested_values_to_schema(schema, user_input or self._space),
             errors=errors,
         )
+
+    async def _async_tasks_without_starter(self, user_input: Mapping[str, Any]) -> list[str]:
+        shipped = await self.hass.async_add_executor_job(starter_index)
+        kind = user_input[CONF_ROOM_KIND]
+        return [task for task in user_input[CONF_TASKS] if f"{task}/{kind}" not in shipped]
 
     async def async_step_inputs(
         self, user_input: dict[str, Any] | None = None

@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from homeassistant.components.diagnostics import async_redact_data
+from homeassistant.const import CONF_NAME
 from homeassistant.core import HomeAssistant
 
 from .const import (
@@ -13,14 +14,18 @@ from .const import (
     CONF_HOME_NAME,
     CONF_OCCUPANCY_LABEL,
     CONF_OCCUPANCY_LABEL_STATE,
+    CONF_PRESENCE,
 )
 from .core.onnx import runtime_diagnostics
 from .data import MlmuleConfigEntry
 
-# key ids and hashes identify homes and phones; label sources name people and their phones
+# key ids and hashes identify homes and phones; names, label sources and presence triggers
+# name people, rooms and their phones
 TO_REDACT = {
     CONF_HOME_NAME,
+    CONF_NAME,
     CONF_AREA,
+    CONF_PRESENCE,
     CONF_OCCUPANCY_LABEL,
     CONF_OCCUPANCY_LABEL_STATE,
     CONF_ACTIVITY_LABEL,

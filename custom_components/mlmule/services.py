@@ -20,6 +20,7 @@ from homeassistant.core import (
 from homeassistant.exceptions import HomeAssistantError, ServiceValidationError
 from homeassistant.helpers import config_validation as cv
 from homeassistant.helpers import device_registry as dr
+from homeassistant.helpers.service import async_register_admin_service
 
 from .const import DOMAIN, LOGGER, Task
 from .coordinator import SpaceCoordinator
@@ -300,14 +301,23 @@ async def _async_exchange(call: ServiceCall) -> ServiceResponse:
 
 @callback
 def async_setup_services(hass: HomeAssistant) -> None:
-    """Register every action (once, in `async_setup`)."""
+    """Register every action (once, in `async_setup`).
+
+    Actions that change whom the home trusts or which model it runs are for administrators
+    only; training, exporting and starting an exchange are for any user.
+    """
     for name, handler, schema, response in (
         (SERVICE_TRAIN, _async_train, TRAIN_SCHEMA, SupportsResponse.OPTIONAL),
         (SERVICE_EXPORT, _async_export, EXPORT_SCHEMA, SupportsResponse.OPTIONAL),
+        (SERVICE_EXCHANGE, _async_exchange, EXCHANGE_SCHEMA, SupportsResponse.OPTIONAL),
+    ):
+        hass.services.async_register(DOMAIN, name, handler, schema, supports_response=response)
+    for name, handler, schema, response in (
         (SERVICE_IMPORT, _async_import, IMPORT_SCHEMA, SupportsResponse.OPTIONAL),
         (SERVICE_ROLLBACK, _async_rollback, ROLLBACK_SCHEMA, SupportsResponse.OPTIONAL),
         (SERVICE_PAIR, _async_pair, PAIR_SCHEMA, SupportsResponse.ONLY),
         (SERVICE_UNPAIR, _async_unpair, UNPAIR_SCHEMA, SupportsResponse.OPTIONAL),
-        (SERVICE_EXCHANGE, _async_exchange, EXCHANGE_SCHEMA, SupportsResponse.OPTIONAL),
     ):
-        hass.services.async_register(DOMAIN, name, handler, schema, supports_response=response)
+        async_register_admin_service(
+            hass, DOMAIN, name, handler, schema, supports_response=response
+        )

@@ -191,6 +191,12 @@ async def test_activity_task_needs_a_label_and_no_task_is_an_error(
         )
     )
     assert result["errors"] == {CONF_TASKS: "no_task"}
+    # no starter model predicts a whole home's activity: refused before it could fail to load
+    whole_home = {**space, CONF_ROOM_KIND: "home", CONF_TASKS: ["occupancy", "activity"]}
+    result = dict(
+        await hass.config_entries.subentries.async_configure(result["flow_id"], whole_home)
+    )
+    assert result["errors"] == {CONF_TASKS: "no_starter_model"}
     result = dict(
         await hass.config_entries.subentries.async_configure(
             result["flow_id"], {**space, CONF_TASKS: ["occupancy", "activity"]}
