@@ -6,7 +6,7 @@ ROOT := $(CURDIR)
 HA_ENV = $$(scripts/ensure-env.sh ha)
 COMPANION_ENV = $$(scripts/ensure-env.sh companion)
 
-.PHONY: help test test-ha test-companion coverage lint demo bench bench-learning lock envs clean-envs
+.PHONY: help test test-ha test-companion test-demo coverage lint demo bench bench-learning lock envs clean-envs
 
 help:
 	@echo "make test   set up everything on first use, then run the whole test suite in both environments"
@@ -22,7 +22,7 @@ envs:
 COVERAGE_DIR = $(ROOT)/build/coverage
 PYTEST_PARALLEL = -n 2
 
-test: test-companion test-ha coverage
+test: test-companion test-ha test-demo coverage
 
 test-companion:
 	@scripts/ensure-mosquitto.sh
@@ -48,17 +48,21 @@ coverage:
 lint:
 	@ha="$(HA_ENV)"; companion="$(COMPANION_ENV)"; \
 	  "$$ha/bin/ruff" check . && "$$ha/bin/ruff" format --check . && \
-	  "$$ha/bin/mypy" custom_components/mlmule && \
+	  "$$ha/bin/mypy" custom_components/mlmule demo/mlmule_demo && \
 	  mkdir -p build/mypy-path && ln -sfn ../../custom_components/mlmule/core build/mypy-path/mlmule_core && \
 	  ln -sfn ../../models build/mypy-path/mlmule_models && \
 	  MYPYPATH=build/mypy-path "$$companion/bin/mypy" --python-version 3.11 \
 	    -p mule_companion -p mlmule_core -p mlmule_models
 
 demo:
-	@echo "make demo will start a real Home Assistant with the mlmule integration, a simulated home"
-	@echo "replayed at x60, an MQTT broker and two phone companions, and print live predictions."
-	@echo "It is not built yet (issue: 'The main job: a live demo home')." >&2
-	@exit 1
+	@ha="$(HA_ENV)"; export MLMULE_COMPANION_ENV="$(COMPANION_ENV)"; \
+	  cd demo && PYTHONPATH="$(ROOT)" exec "$$ha/bin/python" -m mlmule_demo
+
+# a short demo (DEMO_MINUTES=3) checked through HA's API and in headless Chromium
+test-demo:
+	@scripts/ensure-chromium.sh
+	@ha="$(HA_ENV)"; export MLMULE_COMPANION_ENV="$(COMPANION_ENV)"; \
+	  cd tests/demo && "$$ha/bin/python" -m pytest -q
 
 bench:
 	@scripts/ensure-mosquitto.sh

@@ -1,0 +1,1 @@
+"""The mlmule live demo: `make demo` (python -m mlmule_demo). See docs/demo.md."""
