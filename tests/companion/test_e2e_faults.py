@@ -49,6 +49,7 @@ def test_a_broker_killed_in_the_middle_of_a_transfer_comes_back_and_the_transfer
         phone.start()
         phone.wait_connected()
         encounter(home, "bedroom", mule, lambda: answers_taken(home) == 1)
+        home.train(BEDROOM)  # the space moves on, so it answers the phone's next offer
 
         home.pause_after_chunks = 5
         home.open("bedroom", mule)
