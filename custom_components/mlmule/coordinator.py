@@ -378,7 +378,7 @@ class SpaceCoordinator(DataUpdateCoordinator[SpacePrediction]):
             done = await self.hass.async_add_executor_job(
                 partial(job.run, max_seconds=TRAIN_CHUNK_SECONDS)
             )
-        report = await self.hass.async_add_executor_job(partial(job.commit, now=self.clock.now()))
+        report = await self.hass.async_add_executor_job(job.commit)
         held_back = max(1, data.y.size // 5)
         self.state.held_out[task] = HeldOut(data.x[-held_back:], data.y[-held_back:])
         summary = TrainingSummary(
@@ -402,9 +402,7 @@ class SpaceCoordinator(DataUpdateCoordinator[SpacePrediction]):
                 )
                 for task, held_out in self.state.held_out.items()
             }
-            return self.host.receive(
-                snapshot, guest=guest, now=self.clock.now(), evaluators=evaluators
-            )
+            return self.host.receive(snapshot, guest=guest, evaluators=evaluators)
 
         outcome = await self.hass.async_add_executor_job(receive)
         if outcome.accepted and not outcome.changed:

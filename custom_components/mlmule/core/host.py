@@ -272,7 +272,8 @@ class ModelHost:
         self._slots: dict[str, ModelSlot] = {}
         self._strategies: dict[str, Strategy] = {}
         self._strategy_state: dict[str, object] = {}
-        self._held: dict[str, deque[str]] = {}  # digests of models this host held lately
+        # digests of the models this host held lately, per context key, the current one last
+        self._held: dict[str, deque[str]] = {}
         self._load_state()
         for context_key in self.store.context_keys():
             self._load_slot(context_key)
@@ -402,9 +403,10 @@ class ModelHost:
             return self._adopt(snapshot, data, now)
         try:
             incoming = ModelSlot.from_snapshot(snapshot, data, self.settings.backend)
+            held = self._held[slot.context_key]
             digest = weights_digest(incoming.weights)
-            if digest in self._held.get(slot.context_key, ()):
-                return self._held_again(snapshot, slot, digest)
+            if digest in held:
+                return self._held_again(snapshot, slot, current=digest == held[-1])
             result = self._strategy(slot).aggregate(
                 slot.state(),
                 [incoming.state(guest=guest)],
@@ -449,12 +451,11 @@ class ModelHost:
         self.save_state()
         return outcome
 
-    def _held_again(self, snapshot: Snapshot, slot: ModelSlot, digest: str) -> Outcome:
+    def _held_again(self, snapshot: Snapshot, slot: ModelSlot, *, current: bool) -> Outcome:
         """One of this host's own recent models came back (a mule that adopted it offers it
         again). It holds nothing new: merging would only re-weigh what the host already has,
         so nothing is written and nothing retrains. `unchanged` when it is the current model
         (the sender needs nothing back), `held_before` when the host has moved on since."""
-        current = weights_digest(slot.weights) == digest
         reason = UNCHANGED if current else HELD_BEFORE
         self._record_replay(snapshot)
         self.counters[reason] += 1
@@ -615,10 +616,12 @@ class ModelHost:
         )
         slot = ModelSlot.from_snapshot(snapshot, container, self.settings.backend)
         self._slots[context_key] = slot
+        # the current model's digest is always the newest entry (a model held again moves up)
         held = self._held.setdefault(context_key, deque(maxlen=HELD_DIGESTS))
         digest = weights_digest(slot.weights)
-        if digest not in held:
-            held.append(digest)
+        if digest in held:
+            held.remove(digest)
+        held.append(digest)
         return slot
 
     def _strategy(self, slot: ModelSlot) -> Strategy:
