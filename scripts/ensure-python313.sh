@@ -31,6 +31,12 @@ for py in "${candidates[@]}"; do
   fi
 done
 
+# One build at a time: several environments and make targets may ask for it at once.
+mkdir -p "$CACHE"
+exec 9>"$CACHE/cpython-3.13.lock"
+flock 9
+if suitable "$PREFIX/bin/python3.13"; then echo "$PREFIX/bin/python3.13"; exit 0; fi
+
 log "no CPython >= 3.13.2 found; building Debian trixie's python3.13 into $PREFIX (about 5 minutes)"
 if [ "$(id -u)" -ne 0 ]; then SUDO=sudo; else SUDO=; fi
 SRC_LIST=/etc/apt/sources.list.d/mlmule-trixie-src.sources

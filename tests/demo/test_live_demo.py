@@ -22,7 +22,7 @@ LIVE_LIMIT = 180.0  # seconds for every space's sensors to hold valid states onc
 EXIT_LIMIT = 420.0  # seconds from the browser test to the demo's exit: its live minutes and more
 LIVE_BEFORE_SCREENSHOTS = 1.2  # minutes (scene hours) of live replay on the graphs
 UI_TIMEOUT = 90_000  # ms for a page of the UI to render on a loaded machine
-IMAGES = REPO / "docs" / "img"
+IMAGES = REPO / "build" / "screenshots"  # `make docs-img` copies them into docs/img/
 CHROMIUM = "/usr/bin/chromium"
 CHROMIUM_ARGS = [
     "--headless",
