@@ -30,7 +30,7 @@ from .families import FamilySpec
 from .features import FeatureSchema
 from .identity import Identity, Verifier
 from .metrics import balanced_accuracy, macro_f1
-from .onnx import OnnxModel, Session, create_session, save_model
+from .onnx import OnnxModel, Session, create_session
 from .protocol import SnapshotInfo
 from .snapshot import (
     DEFAULT_LIMITS,
@@ -40,6 +40,7 @@ from .snapshot import (
     SnapshotLimits,
     SnapshotMeta,
     pack,
+    seal,
     unpack,
 )
 from .storage import atomic_write_text
@@ -119,7 +120,9 @@ class ModelSlot:
 
     @classmethod
     def from_snapshot(cls, snapshot: Snapshot, container: bytes, backend: str) -> ModelSlot:
-        spec, schema, weights = families.from_onnx(snapshot.model)
+        # a received or sealed snapshot was read back canonically already: no second decode
+        canonical = snapshot.canonical or families.from_onnx(snapshot.model)
+        spec, schema, weights = canonical
         return cls(snapshot, container, spec, schema, weights, backend)
 
     @property
@@ -170,6 +173,7 @@ class ModelSlot:
             origin=self.snapshot.origin,
             lineage=meta.lineage,
             guest=guest,
+            trained_at=meta.trained_at,
         )
 
 
@@ -235,6 +239,7 @@ class TrainingJob:
                 version=local.version + 1,
                 origin=self._host.identity.id,
                 lineage=(*local.lineage, self._host.identity.id),
+                trained_at=now,
             ),
         )
         self._host.counters["trained"] += 1
@@ -504,6 +509,8 @@ class ModelHost:
                 version=current.version + 1 if current else 1,
                 origin=self.identity.id,
                 lineage=(*meta.lineage, snapshot.origin)[-self.settings.max_lineage :],
+                # adopting re-signs the model: it is no fresher than its last training
+                trained_at=meta.trained_at,
             ),
             context_key=meta.context_key,
         )
@@ -588,16 +595,19 @@ class ModelHost:
             version=state.version,
             lineage=state.lineage[-self.settings.max_lineage :],
             extra={"source": self.settings.source} if self.settings.source else {},
+            trained_at=state.trained_at,
         )
-        container = pack(
-            save_model(model),
+        # built once and not read back: the store gets the bytes, the slot the built model
+        container, snapshot = seal(
+            model,
+            (spec, schema, state.weights),
             meta,
             self.identity,
             compression=self.settings.compression,
             limits=self.settings.limits,
         )
         self.store.put(context_key, state.version, container, now=state.created_at)
-        return self._load_slot(context_key)
+        return self._serve(ModelSlot.from_snapshot(snapshot, container, self.settings.backend))
 
     # ---- state
 
@@ -614,7 +624,11 @@ class ModelHost:
             limits=self.settings.limits,
             now=self.settings.clock(),
         )
-        slot = ModelSlot.from_snapshot(snapshot, container, self.settings.backend)
+        return self._serve(ModelSlot.from_snapshot(snapshot, container, self.settings.backend))
+
+    def _serve(self, slot: ModelSlot) -> ModelSlot:
+        """Make `slot` the current model of its context key."""
+        context_key = slot.context_key
         self._slots[context_key] = slot
         # the current model's digest is always the newest entry (a model held again moves up)
         held = self._held.setdefault(context_key, deque(maxlen=HELD_DIGESTS))

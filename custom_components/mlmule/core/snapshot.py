@@ -17,6 +17,10 @@ Header fields (all required unless noted):
                   version and records the space's in `lineage`.
     task, context_key, arch_hash, schema_hash      what the model is for and what it is
     created_at, data_time    unix seconds: when it was made, and its newest training data
+    trained_at    (optional) unix seconds of its last training: of a merge, the newest among the
+                  models that got a share. Re-signing and adopting keep it. Staleness is measured
+                  from it (strategies.py); a snapshot without it is as old as its `data_time`.
+                  `data_time <= trained_at <= created_at`.
     samples       number of training samples behind it
     version       the origin's version counter for this context key; it only ever grows
     lineage       strings naming what was merged into it, oldest first
@@ -30,7 +34,10 @@ Versioning. The u16 version changes only when a reader of the old version would 
 container; a reader refuses versions it does not know with `UnsupportedSnapshotFormat`, which
 lists the versions it reads. Within a version, header fields may be added: a reader ignores
 fields it does not know, unless the writer named them in `critical`; then it refuses, naming them
-(same error). A compression a reader does not know is refused in the same way.
+(same error). A compression a reader does not know is refused in the same way. Fields added so
+far: `trained_at` (December 2026). It is not critical: a reader that predates it measures
+staleness from `data_time`, an older and so more cautious age, and a newer reader does the same
+for a snapshot without it.
 
 Compression is a transport concern: `unpack` always yields a float32 ONNX model. With "none" the
 body is the ONNX file as given. With "fp16" or "int8" the weight matrices (float32 initializers
@@ -85,15 +92,19 @@ from .errors import (
     StaleSnapshot,
     UnsupportedSnapshotFormat,
 )
-from .families import META_ARCH_HASH, from_onnx
+from .families import META_ARCH_HASH, FamilySpec, from_onnx
+from .features import FeatureSchema
 from .identity import SIGNATURE_BYTES, Identity, Verifier, verify
 from .onnx import DataType, NumpyExecutor, OnnxLimits, OnnxModel, ValueInfo, load_model, save_model
 from .onnx.model import TOO_LARGE as ONNX_TOO_LARGE
 from .storage import atomic_write_text
+from .weights import Weights, copy_weights
 
 # The core runs on Python 3.11, which has no `type` statement.
 JsonValue: TypeAlias = "str | int | float | bool | list[JsonValue] | dict[str, JsonValue] | None"
 Compression = Literal["none", "fp16", "int8"]
+# A canonical model read back (`families.from_onnx`): its family, feature schema and weights.
+Canonical: TypeAlias = tuple[FamilySpec, FeatureSchema, Weights]
 
 MAGIC: Final = b"MLMULE"
 FORMAT_VERSION: Final = 1
@@ -112,6 +123,7 @@ _HEADER_FIELDS = frozenset(
         "schema_hash",
         "created_at",
         "data_time",
+        "trained_at",
         "samples",
         "version",
         "lineage",
@@ -178,6 +190,12 @@ class SnapshotMeta:
     version: int
     lineage: tuple[str, ...] = ()
     extra: Mapping[str, JsonValue] = field(default_factory=dict, hash=False)
+    trained_at: float | None = None  # None: not stated (a writer that predates the field)
+
+    @property
+    def last_trained(self) -> float:
+        """When the model was last trained, as far as the header tells: what staleness measures."""
+        return self.data_time if self.trained_at is None else self.trained_at
 
 
 @dataclass(frozen=True)
@@ -195,10 +213,15 @@ class SnapshotHeader:
 
 @dataclass(frozen=True)
 class Snapshot(SnapshotHeader):
-    """A snapshot that passed every check, with its model as float32 ONNX."""
+    """A snapshot that passed every check, with its model as float32 ONNX.
+
+    `canonical` is the model read back as its family, when the check that it is canonical ran
+    (a receiver about to merge, or `seal`): a host takes it as it is instead of decoding again.
+    """
 
     onnx_bytes: bytes = field(repr=False)
     model: OnnxModel = field(repr=False, compare=False)
+    canonical: Canonical | None = field(default=None, repr=False, compare=False)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -219,6 +242,59 @@ def pack(
     them, so what this packs is not refused for those; whether the model is the canonical one
     of its architecture is the receiver's check (see `unpack`).
     """
+    return _signed(onnx_bytes, None, meta, identity, compression=compression, limits=limits)[0]
+
+
+def seal(
+    model: OnnxModel,
+    canonical: Canonical,
+    meta: SnapshotMeta,
+    identity: Identity,
+    *,
+    compression: Compression = "none",
+    limits: SnapshotLimits = DEFAULT_LIMITS,
+) -> tuple[bytes, Snapshot]:
+    """Sign a model this peer has just built from `canonical` (`families.build_onnx`), and
+    return the container with the snapshot a reader would unpack from it.
+
+    The model is the canonical one of its family, so it is not encoded and decoded again to
+    check it: only its values and header are (as `pack` does). A compressed container's model is
+    rounded, so that one is unpacked from the container.
+    """
+    onnx_bytes = save_model(model)
+    _check_values(model, meta)
+    container, parsed = _signed(
+        onnx_bytes, model, meta, identity, compression=compression, limits=limits
+    )
+    if compression != "none":
+        return container, unpack(
+            container, trust=identity, expected_arch=None, limits=limits, now=meta.created_at
+        )
+    spec, schema, weights = canonical
+    return container, Snapshot(
+        meta=parsed,
+        origin=identity.id,
+        sha256=hashlib.sha256(container).hexdigest(),
+        format_version=FORMAT_VERSION,
+        compression=compression,
+        size=len(container),
+        onnx_bytes=onnx_bytes,
+        model=model,
+        canonical=(spec, schema, copy_weights(weights)),
+    )
+
+
+def _signed(
+    onnx_bytes: bytes,
+    model: OnnxModel | None,
+    meta: SnapshotMeta,
+    identity: Identity,
+    *,
+    compression: Compression,
+    limits: SnapshotLimits,
+) -> tuple[bytes, SnapshotMeta]:
+    """The signed container, and its metadata as a reader will see it. `model` is the parsed
+    `onnx_bytes` when the caller has checked it already; None checks it here."""
     if compression not in COMPRESSIONS:
         raise MalformedSnapshot(f"compression must be one of {COMPRESSIONS}")
     header: dict[str, JsonValue] = {
@@ -235,9 +311,12 @@ def pack(
         "extra": dict(meta.extra),
         "compression": compression,
     }
+    if meta.trained_at is not None:
+        header["trained_at"] = meta.trained_at
     # Read the header back as a receiver would, so a writer never sends what readers refuse.
-    _meta_from_header(_parse_header(_serialised(header)), limits)
-    model = _checked_model(onnx_bytes, meta, limits, canonical=False)
+    parsed, _ = _meta_from_header(_parse_header(_serialised(header)), limits)
+    if model is None:
+        model = _checked_model(onnx_bytes, meta, limits, canonical=False)[0]
     body = onnx_bytes
     if compression != "none":
         body, tensors = _compress(model, compression)
@@ -259,7 +338,7 @@ def pack(
         raise SnapshotTooLarge(
             f"snapshot of {len(container)} bytes exceeds the {limits.max_bytes}-byte limit"
         )
-    return container
+    return container, parsed
 
 
 def verify_container(
@@ -312,10 +391,12 @@ def unpack(
     is what a peer about to merge it passes. `None` skips these checks and keeps the structural
     ones, for tools that only look.
 
-    `max_age` bounds `now - data_time`: a model is as old as the newest data it learnt from, and
-    re-signing does not make it fresher. With a `replay_guard`, a version not newer than the
-    last one accepted from the same origin and context key is refused, and this one is recorded
-    once every check has passed.
+    `max_age` is the hard cap on data age, `now - data_time`: a model is as old as the newest
+    data it learnt from, and neither re-signing nor retraining on old data makes it fresher.
+    How much a model under that cap counts is the strategy's business, by its training age.
+
+    With a `replay_guard`, a version not newer than the last one accepted from the same origin
+    and context key is refused, and this one is recorded once every check has passed.
     """
     info, frame = _verified(data, trust, limits)
     meta = info.meta
@@ -340,7 +421,7 @@ def unpack(
         onnx_bytes = frame.body
     else:
         onnx_bytes = _decompress(frame.body, _tensor_table(frame.header, limits), limits)
-    model = _checked_model(onnx_bytes, meta, limits, canonical=expected_arch is not None)
+    model, canonical = _checked_model(onnx_bytes, meta, limits, canonical=expected_arch is not None)
     if replay_guard is not None:
         replay_guard.record(info.origin, meta.context_key, meta.version)
     return Snapshot(
@@ -352,6 +433,7 @@ def unpack(
         size=info.size,
         onnx_bytes=onnx_bytes,
         model=model,
+        canonical=canonical,
     )
 
 
@@ -473,6 +555,9 @@ def _meta_from_header(
     data_time = _seconds(header, "data_time")
     if data_time > created_at:
         raise MalformedSnapshot("the newest training data is dated after the snapshot")
+    trained_at = _seconds(header, "trained_at") if "trained_at" in header else None
+    if trained_at is not None and not data_time <= trained_at <= created_at:
+        raise MalformedSnapshot("trained_at must lie between data_time and created_at")
     lineage = header.get("lineage")
     if not isinstance(lineage, list) or len(lineage) > limits.max_lineage:
         raise MalformedSnapshot(f"lineage must be a list of at most {limits.max_lineage} entries")
@@ -492,6 +577,7 @@ def _meta_from_header(
         version=_integer(header, "version"),
         lineage=tuple(cast("list[str]", lineage)),
         extra=extra,
+        trained_at=trained_at,
     )
     return meta, compression
 
@@ -693,28 +779,34 @@ def _load(onnx_bytes: bytes, limits: SnapshotLimits, *, runnable: bool = True) -
 
 def _checked_model(
     onnx_bytes: bytes, meta: SnapshotMeta, limits: SnapshotLimits, *, canonical: bool
-) -> OnnxModel:
+) -> tuple[OnnxModel, Canonical | None]:
     """The model, once it is well-formed, within limits, finite, and what the header says.
 
     With `canonical`, the model must be the canonical graph of a model family (families.py)
     whose architecture, schema and task are the header's: the receiver is about to merge it.
     """
     model = _load(onnx_bytes, limits)
+    _check_values(model, meta)
+    if not canonical:
+        return model, None
+    try:
+        spec, schema, weights = from_onnx(model)
+    except OnnxError as err:
+        raise SnapshotModelInvalid(f"not a canonical model: {err}", reason=err.reason) from err
+    # from_onnx has checked the model's arch hash against its spec and schema
+    if schema.schema_hash() != meta.schema_hash or spec.task != meta.task:
+        raise IncompatibleSnapshot("the model's feature schema or task differs from the header")
+    return model, (spec, schema, weights)
+
+
+def _check_values(model: OnnxModel, meta: SnapshotMeta) -> None:
+    """Finite weights, and the architecture hash the header states."""
     for name, value in model.initializers.items():
         if value.dtype.kind == "f" and not np.isfinite(value).all():
             raise PoisonedSnapshot(f"tensor {name!r} holds NaN or infinite values")
     declared = model.metadata.get(META_ARCH_HASH)
     if declared is not None and declared != meta.arch_hash:
         raise IncompatibleSnapshot("the model's own architecture hash differs from the header's")
-    if canonical:
-        try:
-            spec, schema, _ = from_onnx(model)
-        except OnnxError as err:
-            raise SnapshotModelInvalid(f"not a canonical model: {err}", reason=err.reason) from err
-        # from_onnx has checked the model's arch hash against its spec and schema
-        if schema.schema_hash() != meta.schema_hash or spec.task != meta.task:
-            raise IncompatibleSnapshot("the model's feature schema or task differs from the header")
-    return model
 
 
 # ---------------------------------------------------------------------------------------------

@@ -10,10 +10,9 @@ Every merging strategy runs the same pipeline (`MergingStrategy`):
 1. **Screen** each incoming state. Another layout (names, order, shapes) is rejected
    `incompatible`, non-finite weights `poisoned`, zero training samples `empty`. A rejected state
    is never merged and leaves no trace in the adaptive state.
-2. **Admit.** ML Mule's adaptive freshness filter rejects a state whose data age exceeds `tau`
+2. **Admit.** ML Mule's adaptive freshness filter rejects a state whose age exceeds `tau`
    (`stale`). `tau` is `k` times the median of the recent ages this strategy has seen, clamped to
-   `[floor, ceiling]`; with no history it is the ceiling. A data age is `now - data_time`; a
-   data time in the future (a phone clock running ahead) counts as age 0.
+   `[floor, ceiling]`; with no history it is the ceiling.
 3. **Shares.** The strategy gives each admitted state `i` a share `g_i` of the result, with
    `sum g_i <= 1`; the local model keeps the rest. The merge is
    `local + sum_i g_i * (w_i - local)`, computed in float64 over the shared parameters only.
@@ -28,7 +27,28 @@ origin; the local model's origin takes the rest. Both describe the shared parame
 trimmed mean, whose shares vary per coordinate, each share is averaged over the shared
 coordinates.
 
-Strategies keep adaptive state: the recent data ages for the freshness filter, and the recent
+**Ages.** Staleness is measured from training: a state's age is `now - trained_at`, the time
+since it was last trained (a merge counts from its newest contributor's training; see
+`merged_state`), or `now - data_time` for a state whose snapshot predates `trained_at`. A time in
+the future (a phone clock running ahead) counts as age 0. The age of the newest data point is
+the wrong measure: a model trained today on a fixed data set (the benchmark's digits, whose
+samples all carry the world's start time) or on a home's quiet week looks weeks old, its share
+collapses, and the filter ends up refusing everything (on the benchmark's digits task, ML Mule
+scored 0.600 with data ages and 0.767 with training ages, on a patched simulator). The hard cap
+on data age stays outside the strategies, before any of them sees a state: the host's
+`max_age_seconds` (90 days by default), which `snapshot.unpack` enforces on `data_time`.
+
+**Defaults, calibration pending.** ML Mule's `half_life` of 6 h with `exponent` 1 and the
+filter's `k` 3, floor 6 h and ceiling 30 days are kept from before the switch to training
+ages. Measured on the benchmark's digits task with training ages, they gave merge shares of
+about 0.22, and replacing the discount by a constant share of 0.5 did no better (0.863 against
+0.870 with it); so a longer half-life, which moves shares towards that constant, is not
+justified by the evidence either. A model carried for a day since its training keeps a fifth
+of a fresh one's pull, and the filter refuses only models far older than the ones this space
+usually sees. A calibration of the half-life and the filter over a full benchmark sweep is
+still to be done (docs/architecture.md, "Freshness").
+
+Strategies keep adaptive state: the recent ages for the freshness filter, and the recent
 update norms for adaptive clipping. `state_dict()` returns it as a JSON-able dict (the space
 persists it) and `load_state_dict()` restores it. Updates are deterministic: the ages and norms of
 one call are appended in the order of `incoming`. Use one instance per (space, context key). An
@@ -101,10 +121,16 @@ class ModelState:
     origin: str  # identity that produced this version
     lineage: tuple[str, ...] = ()  # who merged what, most recent last
     guest: bool = False  # came from a guest mule (another home)
+    # epoch seconds of its last training; None (a snapshot that predates the field): data_time
+    trained_at: float | None = None
 
     def __post_init__(self) -> None:
         _check_weights_container(self.weights)
-        for label, value in (("created_at", self.created_at), ("data_time", self.data_time)):
+        for label, value in (
+            ("created_at", self.created_at),
+            ("data_time", self.data_time),
+            ("trained_at", self.last_trained),
+        ):
             if not _is_finite_real(value):
                 raise InvalidModelState(f"{label} must be a finite time, got {value!r}")
         for label, value in (("samples", self.samples), ("version", self.version)):
@@ -113,6 +139,15 @@ class ModelState:
         _check_text("origin", self.origin)
         _check_lineage(self.lineage)
         _check_flag("guest", self.guest, error=InvalidModelState)
+
+    @property
+    def last_trained(self) -> float:
+        """When it was last trained, as far as its snapshot tells."""
+        return self.data_time if self.trained_at is None else self.trained_at
+
+    def age(self, now: float) -> float:
+        """Its staleness in seconds: the time since its last training, never negative."""
+        return max(0.0, float(now) - float(self.last_trained))
 
 
 @dataclass(frozen=True)
@@ -335,7 +370,7 @@ class _Plan:
     admitted: tuple[int, ...]
     update_norms: Mapping[int, float]  # per admitted index, over the shared parameters
     clip_bound: float | None
-    seen_ages: tuple[float, ...]  # data ages of the states that passed screening
+    seen_ages: tuple[float, ...]  # ages of the states that passed screening
 
 
 class MergingStrategy(Strategy):
@@ -433,7 +468,7 @@ class MergingStrategy(Strategy):
         for index, state in enumerate(incoming):
             reason = _screen(local, state)
             if reason is None:
-                age = max(0.0, float(now) - float(state.data_time))
+                age = state.age(float(now))
                 seen_ages.append(age)
                 if age > age_limit:
                     reason = Reason.STALE
@@ -532,8 +567,8 @@ class FedAvg(MergingStrategy):
 class FedAsync(MergingStrategy):
     """FedAsync (Xie et al. 2019): `w <- (1 - alpha s) w + alpha s w_new` per incoming state.
 
-    The staleness `s` is measured on `clock`: "time" uses the data age `now - data_time` in
-    seconds; "version" uses `local.version - incoming.version`, the paper's staleness when the
+    The staleness `s` is measured on `clock`: "time" uses the age since training (module docs)
+    in seconds; "version" uses `local.version - incoming.version`, the paper's staleness when the
     incoming state reports the server version it started from (default `half_life` 1 then,
     which gives the paper's `(1 + staleness) ** -a`). Several pending states are applied one
     after another, oldest first, as if they had arrived in that order. Sample counts are not
@@ -564,7 +599,7 @@ class FedAsync(MergingStrategy):
     def _age(self, local: ModelState, state: ModelState, now: float) -> float:
         if self.clock == "version":
             return float(max(0, local.version - state.version))
-        return max(0.0, now - state.data_time)
+        return state.age(now)
 
     def _shares(self, local: ModelState, admitted: Sequence[ModelState], now: float) -> list[float]:
         ages = [self._age(local, state, now) for state in admitted]
@@ -583,9 +618,9 @@ class MLMule(MergingStrategy):
     """ML Mule's freshness-aware merge (ours: the paper names it but gives no formula).
 
     One incoming state: `alpha = alpha_max * n_in / (n_in + n_local)`, and
-    `w <- (1 - alpha s(age)) w + alpha s(age) w_in`, where `age = now - data_time` is the age of
-    the newest data behind the snapshot. A model trained on more data pulls harder; a stale
-    one pulls less. Several pending states in one call get sample shares of the whole batch,
+    `w <- (1 - alpha s(age)) w + alpha s(age) w_in`, where `age` is the time since the snapshot
+    was last trained (module docs). A model trained on more data pulls harder; a stale one
+    pulls less. Several pending states in one call get sample shares of the whole batch,
     each discounted by its own staleness:
     `g_i = alpha_max * s(age_i) * n_i / (n_local + sum_j n_j)`. The result does not depend on
     the order in which the states arrived, unlike a sequential merge. The freshness filter runs
@@ -593,7 +628,8 @@ class MLMule(MergingStrategy):
 
     Defaults: `alpha_max` 1 makes a fresh merge the pairwise sample-weighted mean (FedAvg between
     the two), so staleness and the filter are exactly what sets ML Mule apart. `exponent` 1
-    makes `half_life` what its name says: the data age at which a snapshot counts half.
+    makes `half_life` what its name says: the age at which a snapshot counts half. Why these
+    values, and what is still to calibrate: module docs.
     """
 
     def __init__(
@@ -632,7 +668,7 @@ class MLMule(MergingStrategy):
     def _shares(self, local: ModelState, admitted: Sequence[ModelState], now: float) -> list[float]:
         total = local.samples + sum(state.samples for state in admitted)
         return [
-            self.alpha_max * self.staleness.weight(now - state.data_time) * state.samples / total
+            self.alpha_max * self.staleness.weight(state.age(now)) * state.samples / total
             for state in admitted
         ]
 
@@ -781,12 +817,13 @@ def merged_state(
 
     Unchanged (nothing accepted): `local` itself. Otherwise a new version by `origin` (default
     the local origin) created at `now`, whose data time is the newest among the local model and
-    the states that got a share, and whose sample count is the largest among them and the local
-    model. Counts are evidence, not a census: peers that meet again hold models with a shared
-    ancestry, so adding counts at each merge would count the same samples over and over (two
-    peers re-merging each other's models grow without bound, and the inflated side then drowns
-    every newcomer's share). The largest count never grows by merging alone.
-    The lineage appends the merged origins, keeping the last `lineage_limit` entries.
+    the states that got a share, as is its training time (the newest training it holds), and
+    whose sample count is the largest among them and the local model. Counts are evidence, not a
+    census: peers that meet again hold models with a shared ancestry, so adding counts at each
+    merge would count the same samples over and over (two peers re-merging each other's models
+    grow without bound, and the inflated side then drowns every newcomer's share). The largest
+    count never grows by merging alone. The lineage appends the merged origins, keeping the last
+    `lineage_limit` entries.
     """
     if len(result.decisions) != len(incoming):
         raise StrategyError("result does not belong to these incoming states")
@@ -799,6 +836,7 @@ def merged_state(
         if decision.accepted and decision.weight > 0
     ]
     data_time = max([local.data_time, *(state.data_time for state, _ in merged)])
+    trained_at = max([local.last_trained, *(state.last_trained for state, _ in merged)])
     samples = max([local.samples, *(state.samples for state, _ in merged)])
     lineage = (*local.lineage, *(state.origin for state, _ in merged))
     return ModelState(
@@ -810,6 +848,7 @@ def merged_state(
         origin=local.origin if origin is None else origin,
         lineage=lineage[-lineage_limit:],
         guest=False,
+        trained_at=trained_at,
     )
 
 
