@@ -35,7 +35,6 @@ from homeassistant.components.persistent_notification import (
 from homeassistant.config_entries import ConfigEntryState, ConfigSubentryDataWithId
 from homeassistant.core import HomeAssistant, State, callback
 from homeassistant.exceptions import HomeAssistantError
-from homeassistant.helpers import device_registry as dr
 from homeassistant.helpers import entity_registry as er
 from homeassistant.setup import async_setup_component
 from homeassistant.util import dt as dt_util
@@ -62,7 +61,7 @@ from custom_components.mlmule.const import (
 )
 from custom_components.mlmule.coordinator import SpaceCoordinator
 from custom_components.mlmule.core.world import WorldConfig, generate_world
-from tests.support.ha_fixtures import async_replay_room, replayed_room_hub
+from tests.support.ha_fixtures import async_replay_room, replayed_room_hub, space_device
 from tests.support.world_replay import room_replay, start_days_before_now
 
 BLUEPRINTS = Path(__file__).parents[2] / "blueprints" / "automation" / "mlmule"
@@ -275,7 +274,9 @@ async def async_later(
 
 
 class NotificationLog:
-    """Every persistent notification created while the test runs."""
+    """Every persistent notification created while the test runs, as the user sees them: one
+    created again under an id already shown counts again (HA 2026.2 reports it as ADDED,
+    2026.10 as UPDATED)."""
 
     def __init__(self, hass: HomeAssistant) -> None:
         self.created: list[Notification] = []
@@ -283,7 +284,7 @@ class NotificationLog:
 
     @callback
     def _updated(self, kind: UpdateType, notifications: dict[str, Notification]) -> None:
-        if kind is UpdateType.ADDED:
+        if kind in (UpdateType.ADDED, UpdateType.UPDATED):
             self.created.extend(notifications.values())
 
 
@@ -634,7 +635,7 @@ def junk_snapshot() -> dict[str, str]:
 
 async def async_reject_snapshots(hass: HomeAssistant, count: int) -> None:
     """Import broken snapshots with the integration's own action: each is rejected and counted."""
-    device = dr.async_get(hass).async_get_device(identifiers={(DOMAIN, SPACE_ID)})
+    device = space_device(hass, SPACE_ID)
     assert device is not None
     for _ in range(count):
         with pytest.raises(HomeAssistantError, match="rejected"):

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
+import onnxruntime
 from homeassistant.core import HomeAssistant
 from pytest_homeassistant_custom_component.common import MockConfigEntry
 from pytest_homeassistant_custom_component.components.diagnostics import (
@@ -17,9 +18,11 @@ from test_space_runtime import hub, setup  # noqa: F401  (the space fixture is s
 from custom_components.mlmule.const import DOMAIN
 from custom_components.mlmule.core.identity import Identity, PairingCode
 
-# what changes from run to run: times, and predictions (they depend on the time of day)
+# what changes from run to run: times, predictions (they depend on the time of day), and the
+# onnxruntime each Home Assistant environment installs (checked on its own)
 VOLATILE = frozenset(
     {
+        "onnxruntime_version",
         "created_at",
         "data_time",
         "finished_at",
@@ -70,4 +73,5 @@ async def test_diagnostics_redact_keys_people_and_places(
     ):
         assert secret not in text, secret
     assert diagnostics["runtime"]["backend"] == "onnxruntime"
+    assert diagnostics["runtime"]["onnxruntime_version"] == onnxruntime.__version__
     assert stable(diagnostics) == snapshot

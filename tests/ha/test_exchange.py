@@ -18,7 +18,6 @@ from homeassistant.components import mqtt
 from homeassistant.config_entries import ConfigSubentry
 from homeassistant.core import HomeAssistant, callback
 from homeassistant.exceptions import ServiceValidationError
-from homeassistant.helpers import device_registry as dr
 from homeassistant.helpers import issue_registry as ir
 from pytest_homeassistant_custom_component.common import MockConfigEntry, async_fire_mqtt_message
 from pytest_homeassistant_custom_component.typing import MqttMockHAClient
@@ -52,6 +51,7 @@ from custom_components.mlmule.core.protocol import (
 from custom_components.mlmule.core.snapshot import inspect, unpack
 from custom_components.mlmule.core.starter import load_starter
 from tests.support.forge import resigned
+from tests.support.ha_fixtures import space_device
 from tests.support.models import learned_elsewhere
 
 SPACE_ID = "bedroom01"
@@ -333,7 +333,7 @@ async def test_exchange_now_starts_an_encounter_without_presence(
     hass: HomeAssistant, hub: MockConfigEntry, tmp_path: Path
 ) -> None:
     mule = await start(hass, hub, tmp_path)
-    device = dr.async_get(hass).async_get_device(identifiers={(DOMAIN, SPACE_ID)})
+    device = space_device(hass, SPACE_ID)
     assert device is not None
     response = await hass.services.async_call(
         DOMAIN,

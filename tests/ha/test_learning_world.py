@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import numpy as np
 from homeassistant.core import HomeAssistant
-from homeassistant.helpers import device_registry as dr
 from pytest_homeassistant_custom_component.typing import MqttMockHAClient
 
 from custom_components.mlmule.const import (
@@ -17,7 +16,7 @@ from custom_components.mlmule.core.metrics import balanced_accuracy
 from custom_components.mlmule.core.space import SpaceInputs, model_inputs, room_series
 from custom_components.mlmule.core.starter import load_starter
 from custom_components.mlmule.core.world import WorldConfig, generate_world
-from tests.support.ha_fixtures import async_replay_room, replayed_room_hub
+from tests.support.ha_fixtures import async_replay_room, replayed_room_hub, space_device
 from tests.support.world_replay import room_replay, start_days_before_now
 
 DAY = 86400.0
@@ -49,7 +48,7 @@ async def test_a_space_beats_its_starter_after_two_weeks_of_history(
     assert space.host.slot("occupancy/bedroom").version == 2
 
     # the train action trains again, warm-started, and answers with the metrics
-    device = dr.async_get(hass).async_get_device(identifiers={(DOMAIN, "bedroom")})
+    device = space_device(hass, "bedroom")
     assert device is not None
     response = await hass.services.async_call(
         DOMAIN, "train", {"device_id": device.id}, blocking=True, return_response=True

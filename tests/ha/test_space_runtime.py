@@ -11,7 +11,6 @@ import pytest
 from homeassistant.config_entries import ConfigEntryState, ConfigSubentryDataWithId
 from homeassistant.core import HomeAssistant
 from homeassistant.exceptions import HomeAssistantError, ServiceValidationError
-from homeassistant.helpers import device_registry as dr
 from homeassistant.helpers import entity_registry as er
 from homeassistant.helpers import issue_registry as ir
 from pytest_homeassistant_custom_component.common import MockConfigEntry
@@ -35,6 +34,7 @@ from custom_components.mlmule.const import (
 from custom_components.mlmule.core.identity import Identity, PairingCode
 from custom_components.mlmule.core.onnx import reset_runtime_backend, save_model
 from custom_components.mlmule.core.snapshot import pack, unpack
+from tests.support.ha_fixtures import space_device
 from tests.support.models import learned_elsewhere
 
 SPACE_ID = "bedroom01"
@@ -118,7 +118,7 @@ async def test_a_space_predicts_from_the_starter_model_at_once(
     assert activity is not None
     assert activity.state in activity.attributes["options"]
     assert hass.states.get(entity_id(hass, "sensor", "snapshots_merged")).state == "0"  # type: ignore[union-attr]
-    device = dr.async_get(hass).async_get_device(identifiers={(DOMAIN, SPACE_ID)})
+    device = space_device(hass, SPACE_ID)
     assert device is not None
     assert device.name == "Bedroom"
 
@@ -144,7 +144,7 @@ async def test_entities_go_unavailable_when_most_inputs_are(
 
 async def test_pair_export_import_and_rollback(hass: HomeAssistant, hub: MockConfigEntry) -> None:
     await setup(hass, hub)
-    device = dr.async_get(hass).async_get_device(identifiers={(DOMAIN, SPACE_ID)})
+    device = space_device(hass, SPACE_ID)
     assert device is not None
     phone = Identity.generate(kind="mule", name="Alice's phone")
 
@@ -215,7 +215,7 @@ async def test_pair_export_import_and_rollback(hass: HomeAssistant, hub: MockCon
 
 async def test_action_errors_are_clear(hass: HomeAssistant, hub: MockConfigEntry) -> None:
     await setup(hass, hub)
-    device = dr.async_get(hass).async_get_device(identifiers={(DOMAIN, SPACE_ID)})
+    device = space_device(hass, SPACE_ID)
     assert device is not None
     with pytest.raises(ServiceValidationError, match="not an ML Mule space"):
         await hass.services.async_call(DOMAIN, "train", {"device_id": "nope"}, blocking=True)
@@ -314,13 +314,12 @@ async def test_removing_a_space_removes_its_device(
     hass: HomeAssistant, hub: MockConfigEntry
 ) -> None:
     await setup(hass, hub)
-    devices = dr.async_get(hass)
-    assert devices.async_get_device(identifiers={(DOMAIN, SPACE_ID)}) is not None
+    assert space_device(hass, SPACE_ID) is not None
     assert hass.config_entries.async_remove_subentry(hub, SPACE_ID)
     await hass.async_block_till_done(wait_background_tasks=True)
     assert hub.state is ConfigEntryState.LOADED
     assert hub.runtime_data.spaces == {}
-    assert devices.async_get_device(identifiers={(DOMAIN, SPACE_ID)}) is None
+    assert space_device(hass, SPACE_ID) is None
     assert (
         er.async_get(hass).async_get_entity_id("binary_sensor", DOMAIN, f"{SPACE_ID}_occupancy")
         is None

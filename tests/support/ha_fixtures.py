@@ -12,6 +12,7 @@ from typing import Any
 import pytest
 from homeassistant.config_entries import ConfigSubentryDataWithId
 from homeassistant.core import HomeAssistant
+from homeassistant.helpers import device_registry as dr
 from pytest_homeassistant_custom_component.common import MockConfigEntry
 from pytest_homeassistant_custom_component.components.recorder.common import (
     async_wait_recording_done,
@@ -54,6 +55,20 @@ def isolated_config_dir(hass: HomeAssistant, tmp_path: Path) -> Path:
     and mlmule keeps its keys and models under `<config>/mlmule/`."""
     hass.config.config_dir = str(tmp_path)
     return tmp_path
+
+
+def space_device(hass: HomeAssistant, space_id: str) -> dr.DeviceEntry | None:
+    """The device of a space (identifier `(DOMAIN, space id)`), among mlmule's entries' devices.
+
+    `DeviceRegistry.async_get_device(identifiers=...)` is deprecated since Home Assistant 2026.8,
+    and its replacements are newer than the oldest Home Assistant we test on.
+    """
+    registry = dr.async_get(hass)
+    for entry in hass.config_entries.async_entries(DOMAIN):
+        for device in dr.async_entries_for_config_entry(registry, entry.entry_id):
+            if (DOMAIN, space_id) in device.identifiers:
+                return device
+    return None
 
 
 async def async_replay_room(hass: HomeAssistant, replay: RoomReplay, end: float) -> None:
