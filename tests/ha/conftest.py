@@ -8,8 +8,7 @@ from pytest_homeassistant_custom_component.syrupy import HomeAssistantSnapshotEx
 from pytest_homeassistant_custom_component.typing import MqttMockPahoClient
 from syrupy.assertion import SnapshotAssertion
 
-# single_core first: the world must build on the integration's own copy of the core
-pytest_plugins = ["tests.support.single_core", "tests.support.ha_fixtures"]
+pytest_plugins = ["tests.support.ha_fixtures"]
 
 
 @pytest.fixture
