@@ -60,8 +60,8 @@ assert not outside, f"libraries loaded from outside {allowed}: {outside}"
 PY
   fi
   touch "$venv/.complete"
-  # drop stale environments of the same kind
-  for old in "$CACHE/venvs/$kind"-*; do
+  # drop stale environments of the same kind (ha-<key> only, never ha-newest-<key>)
+  for old in "$CACHE/venvs/$kind"-????????????; do
     [ "$old" = "$venv" ] || rm -rf "$old"
   done
 fi
