@@ -15,20 +15,27 @@ from typing import Any
 
 from mlmule_core.train_numpy import TrainConfig
 
-TASKS = ("occupancy", "phone_activity", "digits")
-FIXED_DATA_TASKS = frozenset({"occupancy", "digits"})  # the space holds the data and trains
+TASKS = ("occupancy", "phone_activity", "digits", "paper")
+FIXED_DATA_TASKS = frozenset({"occupancy", "digits", "paper"})  # the space holds the data
+DATASET_TASKS = frozenset({"digits", "paper"})  # a data set dealt out to the homes over time
 METHODS = (
     "local",
     "centralized",
     "fedavg",
+    "fedavg_ft",
     "fedasync",
     "gossip",
     "mlmule",
+    "mlmule_no_relay",
+    "mlmule_carry_merge",
     "mlmule_no_filter",
     "mlmule_personal",
     "mlmule_gated",
 )
 MLMULE_METHODS = frozenset(name for name in METHODS if name.startswith("mlmule"))
+# Server methods have a global model, scored as `final_global` beside the personalised score.
+GLOBAL_METHODS = frozenset({"centralized", "fedavg", "fedavg_ft", "fedasync"})
+MULE_CARRIES = ("answer", "merge")
 BACKENDS = ("local", "ray")
 HOUR = 3600.0
 DAY = 24 * HOUR
@@ -77,6 +84,13 @@ class BenchConfig:
     measured on, and no method trains on them. `room_kinds` are the kinds of room that are
     spaces (and so context keys). Encounters are the world's room entries; a space does not
     reopen an exchange with the same phone within `exchange_cooldown_hours`.
+
+    What ML Mule does, fixed before the run (the sweeps vary these): `relays` makes the
+    world's shared places (offices, gym, cafe, shop) relay spaces, which keep, merge and hand
+    back the snapshots of the keys they relay; `mule_carries` is what a phone carries on in
+    fixed-data mode, the last space's answer ("answer") or its own running merge of the
+    answers ("merge"); `mlmule_options` are strategy options of every ML Mule method (the
+    staleness rule, a guest's share, ...), on top of each ablation's own.
     """
 
     name: str = "default"
@@ -88,7 +102,7 @@ class BenchConfig:
     group_size: int = 4
     tasks: tuple[str, ...] = TASKS
     methods: tuple[str, ...] = METHODS
-    seeds: tuple[int, ...] = (0, 1, 2)
+    seeds: tuple[int, ...] = (0, 1, 2, 3, 4)
     # The room every household shares and guests sit in: where phones of several homes meet
     # the same kind of space. More kinds are more context keys and proportionally more time.
     room_kinds: tuple[str, ...] = ("living_room",)
@@ -100,9 +114,26 @@ class BenchConfig:
     digits_alpha: float = 0.5  # Dirichlet concentration of the label skew over spaces
     digits_test_fraction: float = 0.3
     digits_hidden: tuple[int, ...] = (32,)
+    # A data set's samples arrive one by one over the learning period; a home trains once it
+    # holds this many (a world room senses a sample every few minutes, a home gets a digit a day)
+    dataset_min_samples: int = 10
+    # paper: each affinity group sees this many digits, neighbouring groups overlapping
+    paper_classes: int = 4
+    relays: bool = True
+    mule_carries: str = "answer"
+    mlmule_options: Mapping[str, Any] = field(default_factory=dict)
+    # a served model that scores this much lower than the one it replaced, on the next day's
+    # ground truth, is a regression
+    regression_tolerance: float = 0.02
+    regression_min_samples: int = 10  # fewer next-day samples: the held-out future instead
     # Fixed before any run: the accuracy each task must reach for time_to_target_hours.
     targets: Mapping[str, float] = field(
-        default_factory=lambda: {"occupancy": 0.9, "phone_activity": 0.5, "digits": 0.8}
+        default_factory=lambda: {
+            "occupancy": 0.9,
+            "phone_activity": 0.5,
+            "digits": 0.8,
+            "paper": 0.9,
+        }
     )
 
     def __post_init__(self) -> None:
@@ -121,6 +152,14 @@ class BenchConfig:
         missing = [task for task in self.tasks if task not in self.targets]
         if missing:
             raise BenchConfigError(f"no target for {missing}")
+        if self.mule_carries not in MULE_CARRIES:
+            raise BenchConfigError(f"mule_carries is one of {list(MULE_CARRIES)}")
+        if not 1 <= self.paper_classes <= 10 or self.dataset_min_samples < 1:
+            raise BenchConfigError("paper_classes is 1..10 and dataset_min_samples >= 1")
+
+    def min_samples(self, task: str) -> int:
+        """The fewest labelled samples a round trains on."""
+        return self.dataset_min_samples if task in DATASET_TASKS else self.budget.min_samples
 
     @property
     def learn_seconds(self) -> float:
@@ -133,6 +172,7 @@ class BenchConfig:
     def to_json(self) -> dict[str, Any]:
         document = asdict(self)
         document["targets"] = dict(self.targets)
+        document["mlmule_options"] = dict(self.mlmule_options)
         return document
 
     @classmethod
@@ -151,13 +191,14 @@ class BenchConfig:
         for key in ("tasks", "methods", "seeds", "room_kinds", "digits_hidden"):
             if key in values:
                 values[key] = tuple(values[key])
-        if "targets" in values:
-            values["targets"] = dict(values["targets"])
+        for key in ("targets", "mlmule_options"):
+            if key in values:
+                values[key] = dict(values[key])
         return cls(**values)
 
 
 PRESETS: dict[str, BenchConfig] = {
-    # The headline: 20 homes for 60 days, every method, three seeds.
+    # The headline: 20 homes for 60 days, every method, five seeds.
     "default": BenchConfig(),
     # A few homes for a few days: what the tests run end to end.
     "tiny": BenchConfig(
@@ -169,12 +210,15 @@ PRESETS: dict[str, BenchConfig] = {
         visit_rate=6.0,
         seeds=(0,),
         room_kinds=("bedroom",),
+        dataset_min_samples=5,
         sample_minutes=15,
         budget=Budget(epochs=2, history_days=3.0, min_samples=10),
         exchange_cooldown_hours=2.0,
     ),
     # The Flower cross-check: digits, FedAvg only, 20 daily rounds (Flower's engine is slow).
-    "flower": BenchConfig(name="flower", days=27, tasks=("digits",), methods=("fedavg",)),
+    "flower": BenchConfig(
+        name="flower", days=27, tasks=("digits",), methods=("fedavg",), seeds=(0, 1, 2)
+    ),
 }
 
 

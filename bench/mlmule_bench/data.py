@@ -7,6 +7,10 @@ noisy labels: what HA or the phone would have) and its held-out future (ground t
 - phone_activity (mobile-data mode): a phone in one kind of room; the phone is the learner;
 - digits (fixed-data mode): scikit-learn's 8x8 digits, Dirichlet label-skewed over the homes,
   each home a space that learns; the world's phones carry models between the homes they enter.
+  Each sample arrives at its home at its own time in the learning period, and the home keeps it;
+- paper (fixed-data mode): the paper's conditions on digits: each affinity group of homes sees
+  a context-specific subset of the digits (neighbouring groups overlap), every home enough of
+  them to learn alone, arriving over the learning period like digits.
 
 Frames come from the world through the same extractor the integration uses
 (`mlmule_models.recipes`), windowed and subsampled as the starter recipe says.
@@ -25,11 +29,11 @@ from mlmule_core.families import ACTIVITY_MLP, FamilySpec
 from mlmule_core.features import FeatureSchema, window_frames
 from mlmule_core.starter import load_starter
 from mlmule_core.weights import Weights
-from mlmule_core.world import World, WorldConfig, generate_world
-from mlmule_core.world.config import stream
 from mlmule_models.recipes import TASK_RECIPES, sample_rows, space_data, windowed
+from mlmule_world import World, WorldConfig, generate_world
+from mlmule_world.config import stream
 
-from .config import FIXED_DATA_TASKS, BenchConfig
+from .config import DAY, FIXED_DATA_TASKS, BenchConfig
 
 FloatArray = npt.NDArray[np.float32]
 IntArray = npt.NDArray[np.int64]
@@ -41,7 +45,10 @@ NORMALISATION_WORLD = WorldConfig(n_homes=6, days=7, non_iid=0.8)
 NORMALISATION_SEED = 9001
 DIGITS_KIND = "digits"
 DIGITS_KEY = f"activity/{DIGITS_KIND}"  # the activity family serves any class labels
-HOME_SPACE = "home"  # the space id of a whole-home space (digits)
+PAPER_KIND = "paper"
+PAPER_KEY = f"activity/{PAPER_KIND}"
+HOME_SPACE = "home"  # the space id of a whole-home space (digits, paper)
+RELAY_SPACE = "relay"  # the space id of a shared place's relay space
 
 
 @dataclass(frozen=True)
@@ -52,23 +59,31 @@ class Unit:
     context_key: str
     learner: str  # the space (fixed-data mode) or phone (mobile-data mode) that trains it
     home: str  # the learner's home
-    times: TimeArray  # when each training sample was sensed, ascending
+    times: TimeArray  # when each training sample was sensed (or arrived), ascending
     x: FloatArray
     y: IntArray  # observed labels
+    y_true: IntArray  # the training samples' ground truth (for the next-day regression check)
     x_test: FloatArray
     y_test: IntArray  # ground truth
-    static: bool = False  # a data set known from the start (digits), never out of the window
+    kept: bool = False  # a data set the home keeps (digits, paper): never out of the window
 
     def window(self, now: float, history: float) -> tuple[FloatArray, IntArray, float]:
-        """The samples sensed in `[now - history, now)`, and the time of the newest one."""
+        """The samples sensed in `[now - history, now)` (kept: everything before `now`), and
+        the time of the newest one."""
         lo, hi = np.searchsorted(self.times, [now - history, now], side="left")
-        if self.static:
+        if self.kept:
             lo = 0
         newest = float(self.times[hi - 1]) if hi > lo else 0.0
         return self.x[lo:hi], self.y[lo:hi], newest
 
     def samples_before(self, now: float) -> int:
         return int(np.searchsorted(self.times, now, side="left"))
+
+    def next_day(self, now: float) -> tuple[FloatArray, IntArray]:
+        """The ground truth of what arrives in `[now, now + 1 day)`: what a model served now
+        is judged on."""
+        lo, hi = np.searchsorted(self.times, [now, now + DAY], side="left")
+        return self.x[lo:hi], self.y_true[lo:hi]
 
 
 @dataclass(frozen=True)
@@ -116,6 +131,10 @@ class TaskData:
     def context_keys(self) -> list[str]:
         return sorted(self.architectures)
 
+    def relay_keys(self) -> list[str]:
+        """The keys a relay space relays: every key of the task."""
+        return self.context_keys
+
     def units_of(self, learner: str) -> list[Unit]:
         return [unit for unit in self.units if unit.learner == learner]
 
@@ -142,6 +161,8 @@ def build_task(config: BenchConfig, world: World, task: str, seed: int) -> TaskD
         return _occupancy(config, world, seed)
     if task == "phone_activity":
         return _phone_activity(config, world, seed)
+    if task == "paper":
+        return _paper(config, world, seed)
     return _digits(config, world, seed)
 
 
@@ -240,32 +261,78 @@ def _phone_activity(config: BenchConfig, world: World, seed: int) -> TaskData:
 
 
 def _digits(config: BenchConfig, world: World, seed: int) -> TaskData:
-    """Digits over the homes with a Dirichlet(alpha) label skew; everything known from day 0."""
-    from sklearn.datasets import load_digits  # noqa: PLC0415 - only this task needs it
+    """Digits over the homes with a Dirichlet(alpha) label skew, arriving over the months."""
+    features, labels = _digits_data()
+    rng = stream(seed, "digits-partition")
+    owner = dirichlet_partition(labels, len(world.homes), config.digits_alpha, rng)
+    return _dataset_task(config, world, seed, "digits", DIGITS_KEY, features, labels, owner, rng)
+
+
+def _paper(config: BenchConfig, world: World, seed: int) -> TaskData:
+    """The paper's conditions: group g of homes sees digits `2g, ..., 2g + paper_classes - 1`
+    (mod 10), so neighbouring groups share some; each digit's samples are dealt evenly over
+    the homes that see it."""
+    features, labels = _digits_data()
+    rng = stream(seed, "paper-partition")
+    seen = {
+        home.index: {(2 * home.group + j) % 10 for j in range(config.paper_classes)}
+        for home in world.homes
+    }
+    owner = np.full(labels.size, -1, dtype=np.int64)
+    for label in range(10):
+        homes = np.asarray([index for index, digits in seen.items() if label in digits])
+        members = rng.permutation(np.flatnonzero(labels == label))
+        if homes.size:
+            owner[members] = homes[np.arange(members.size) % homes.size]
+    return _dataset_task(config, world, seed, "paper", PAPER_KEY, features, labels, owner, rng)
+
+
+@cache
+def _digits_data() -> tuple[FloatArray, IntArray]:
+    from sklearn.datasets import load_digits  # noqa: PLC0415 - only the digits tasks need it
 
     bunch = load_digits()
-    features = np.asarray(bunch.data, dtype=np.float32)
-    labels = np.asarray(bunch.target, dtype=np.int64)
+    return np.asarray(bunch.data, dtype=np.float32), np.asarray(bunch.target, dtype=np.int64)
+
+
+def _dataset_task(
+    config: BenchConfig,
+    world: World,
+    seed: int,
+    task: str,
+    context_key: str,
+    features: FloatArray,
+    labels: IntArray,
+    owner: IntArray,
+    rng: np.random.Generator,
+) -> TaskData:
+    """A data set dealt out to the homes (`owner`: a home index per sample, -1 nobody's).
+
+    Each home holds out `digits_test_fraction` of its samples as its future; the rest arrive
+    one by one at uniformly random times in the learning period (a sample's time is its data
+    time), and the home keeps them all.
+    """
     homes = [home.home_id for home in world.homes]
-    rng = stream(seed, "digits-partition")
-    owner = dirichlet_partition(labels, len(homes), config.digits_alpha, rng)
+    learn_end = held_out_start(config, world)
     units: list[Unit] = []
     for index, home in enumerate(homes):
         rows = rng.permutation(np.flatnonzero(owner == index))
         n_test = round(rows.size * config.digits_test_fraction)
-        test, train = np.sort(rows[:n_test]), np.sort(rows[n_test:])
+        test, train = np.sort(rows[:n_test]), rows[n_test:]
+        arrivals = np.sort(rng.uniform(world.start, learn_end, size=train.size))
         units.append(
             Unit(
                 unit_id=f"{home}/{HOME_SPACE}",
-                context_key=DIGITS_KEY,
+                context_key=context_key,
                 learner=f"{home}/{HOME_SPACE}",
                 home=home,
-                times=np.full(train.size, world.start, dtype=np.float64),
+                times=arrivals.astype(np.float64),
                 x=features[train],
                 y=labels[train],
+                y_true=labels[train],
                 x_test=features[test],
                 y_test=labels[test],
-                static=True,
+                kept=True,
             )
         )
     classes = tuple(str(digit) for digit in range(10))
@@ -284,12 +351,13 @@ def _digits(config: BenchConfig, world: World, seed: int) -> TaskData:
         (8.0,) * features.shape[1],
         (8.0,) * features.shape[1],
     )
-    initial = families.init_weights(spec, stream(seed, "init", DIGITS_KEY), schema)
-    sites = tuple(SpaceSite(home, HOME_SPACE, DIGITS_KEY) for home in homes)
-    kinds = {(home, HOME_SPACE): DIGITS_KIND for home in homes}
+    initial = families.init_weights(spec, stream(seed, "init", context_key), schema)
+    sites = tuple(SpaceSite(home, HOME_SPACE, context_key) for home in homes)
+    kind = context_key.split("/", 1)[1]
+    kinds = {(home, HOME_SPACE): kind for home in homes}
     usable = tuple(unit for unit in units if unit.y.size and unit.y_test.size)
-    architecture = {DIGITS_KEY: Architecture(spec, schema, initial)}
-    return TaskData("digits", "fixed", usable, sites, architecture, kinds)
+    architecture = {context_key: Architecture(spec, schema, initial)}
+    return TaskData(task, "fixed", usable, sites, architecture, kinds)
 
 
 def dirichlet_partition(
@@ -329,6 +397,7 @@ def _split_unit(
         times=np.ascontiguousarray(times[before], dtype=np.float64),
         x=np.ascontiguousarray(x[before], dtype=np.float32),
         y=np.asarray(observed, dtype=np.int64)[before],
+        y_true=np.asarray(truth, dtype=np.int64)[before],
         x_test=np.ascontiguousarray(x[~before], dtype=np.float32),
         y_test=np.asarray(truth, dtype=np.int64)[~before],
     )

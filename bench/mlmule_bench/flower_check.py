@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 from mlmule_core.host import score
 from mlmule_core.train_numpy import train
-from mlmule_core.world.config import stream
+from mlmule_world.config import stream
 
 from .config import HOUR, BenchConfig
 from .data import DIGITS_KEY, Unit, build_task, build_world
@@ -44,6 +44,7 @@ def flower_fedavg(config: BenchConfig, seed: int) -> dict[str, Any]:
     names = list(initial)
     units: list[Unit] = list(data.units)
     budget = config.budget
+    min_samples = config.min_samples(TASK)
     # our FedAvg's rounds: one per budget period of the learning time
     rounds = int(config.learn_seconds // (budget.period_hours * HOUR))
 
@@ -55,17 +56,18 @@ def flower_fedavg(config: BenchConfig, seed: int) -> dict[str, Any]:
             self, parameters: list[np.ndarray], config: dict[str, Any]
         ) -> tuple[list[np.ndarray], int, dict[str, Any]]:
             weights = dict(zip(names, (np.asarray(p, np.float32) for p in parameters), strict=True))
-            if self.unit.y.size < budget.min_samples:
+            # what the home holds when our FedAvg's round of this period runs (its last hour)
+            period = int(config["server_round"]) - 1
+            now = world.start + (period + 1) * budget.period_hours * HOUR - 1.0
+            x, y, _ = self.unit.window(now, budget.history_days * 24 * HOUR)
+            if y.size < min_samples:
                 return parameters, 0, {}  # as in our simulation: too little data, no round
             # the seed our simulation gives this learner's round in this period
-            period = int(config["server_round"]) - 1
             round_seed = int(
                 stream(seed, "train", self.unit.learner, DIGITS_KEY, period).integers(2**31)
             )
-            trained, _ = train(
-                spec, weights, self.unit.x, self.unit.y, budget.train_config(round_seed)
-            )
-            return [trained[name] for name in names], int(self.unit.y.size), {}
+            trained, _ = train(spec, weights, x, y, budget.train_config(round_seed))
+            return [trained[name] for name in names], int(y.size), {}
 
     def client_fn(context: Context) -> Any:
         return DigitsClient(units[int(context.node_config["partition-id"])]).to_client()
@@ -119,7 +121,14 @@ def run_flower_check(config: BenchConfig, out: Path, *, backend: str, quiet: boo
     theirs: list[dict[str, Any]] = []
     for seed in config.seeds:
         run = run_task(config, TASK, seed, LocalExecutor(), methods=["fedavg"]).runs[0]
-        ours.append({"curve": run.scores, "final": run.final, "wall_seconds": run.wall_seconds})
+        # Flower scores its global model
+        ours.append(
+            {
+                "curve": run.global_scores,
+                "final": run.global_scores[-1],
+                "wall_seconds": run.wall_seconds,
+            }
+        )
         theirs.append(flower_fedavg(config, seed))
     our_finals = [entry["final"] for entry in ours]
     flower_finals = [entry["final"] for entry in theirs]

@@ -5,14 +5,15 @@
 | local | each learner alone | never |
 | centralized | a server per key, on pooled raw data | raw data to the server (upper bound) |
 | fedavg | every learner, in rounds every T hours | server: sample-weighted mean of the round |
+| fedavg_ft | as fedavg | as fedavg; a client serves its round's fine-tune of the global model |
 | fedasync | every learner, at its own hour | server: staleness-weighted mixing per update |
-| gossip | spaces (fixed data) or phones (mobile data) | phone meets phone: pairwise averaging |
-| mlmule* | spaces and phones | phones carry snapshots between the spaces they visit |
+| gossip | spaces (fixed data) or phones (mobile data) | pairwise averaging, store-and-forward, over ML Mule's contacts |
+| mlmule* | spaces and phones | phones carry snapshots between the spaces (and relay spaces) they visit |
 
-A *learner* is a space in fixed-data mode (occupancy, digits) and a phone in mobile-data mode
-(phone_activity). Server methods score the server's model on every unit; the others score the
-model each learner holds. Every merge goes through a strategy of `mlmule_core.strategies`,
-every model through `ModelHost` (signed, verified, stored, versioned).
+A *learner* is a space in fixed-data mode (occupancy, digits, paper) and a phone in mobile-data
+mode (phone_activity). Every unit is scored with the model its learner serves (personalised);
+server methods also score the server's model (global). Every merge goes through a strategy of
+`mlmule_core.strategies`, every model through `ModelHost` (signed, verified, stored, versioned).
 """
 
 from __future__ import annotations
@@ -38,10 +39,10 @@ from mlmule_core.strategies import (
     merged_state,
 )
 from mlmule_core.weights import Weights, weights_digest
-from mlmule_core.world.config import stream
+from mlmule_world.config import stream
 
 from .config import HOUR
-from .data import Architecture, SpaceSite, Unit, is_fixed
+from .data import RELAY_SPACE, Architecture, SpaceSite, Unit, is_fixed
 from .mobility import Meeting, Visit
 from .peers import (
     Exchanges,
@@ -65,6 +66,7 @@ class PeerMethod(Method):
     strategy = "mlmule"
     strategy_options: ClassVar[Mapping[str, Any]] = MappingProxyType({})
     personal_head = False
+    uses_relays = False  # the run's relay spaces are peers of this method
 
     def __init__(self, sim: Simulation, root: Path) -> None:
         super().__init__(sim, root)
@@ -75,22 +77,28 @@ class PeerMethod(Method):
             for key, arch in data.architectures.items()
         }
         self.architectures: dict[str, Architecture] = architectures
+        self.relays = sim.relays if self.uses_relays else []
         self.population = Population(
             root,
             seed=sim.seed,
             start=sim.start,
-            homes=sim.homes,
+            # a relay space is a paired home like any other
+            homes=[*sim.homes, *self.relays],
             phones=sim.phones,
             architectures=architectures,
             settings=HostSettings(
                 keep_versions=2,
                 strategy=self.strategy,
-                strategy_options=dict(self.strategy_options),
+                strategy_options=self.options(),
             ),
         )
         self._home_trust: dict[str, TrustStore] = {}
         self.spaces: dict[str, Peer] = {}  # "home/space" -> peer
         self.phones: dict[str, Peer] = {}
+
+    def options(self) -> dict[str, Any]:
+        """The strategy options of this method's hosts."""
+        return dict(self.strategy_options)
 
     def home_trust(self, home: str) -> TrustStore:
         if home not in self._home_trust:
@@ -162,6 +170,7 @@ class Centralized(PeerMethod):
     """Everyone's raw labelled data pooled at a server, one model per key: the upper bound."""
 
     name = "centralized"
+    has_global = True  # every learner is served the server's model
 
     def __init__(self, sim: Simulation, root: Path) -> None:
         super().__init__(sim, root)
@@ -182,6 +191,9 @@ class Centralized(PeerMethod):
         self.sim.train(needs)
 
     def model_for(self, unit: Unit) -> tuple[FamilySpec, Weights]:
+        return self.global_model(unit)
+
+    def global_model(self, unit: Unit) -> tuple[FamilySpec, Weights]:
         slot = self.server.host.slot(unit.context_key)
         return slot.spec, slot.weights
 
@@ -199,14 +211,18 @@ def pool(context_key: str, units: Sequence[Unit]) -> Unit:
         times=times[order],
         x=np.concatenate([unit.x for unit in chosen])[order],
         y=np.concatenate([unit.y for unit in chosen])[order],
+        y_true=np.concatenate([unit.y_true for unit in chosen])[order],
         x_test=np.concatenate([unit.x_test for unit in chosen]),
         y_test=np.concatenate([unit.y_test for unit in chosen]),
-        static=all(unit.static for unit in chosen),
+        kept=all(unit.kept for unit in chosen),
     )
 
 
 class ServerMethod(PeerMethod):
-    """Clients train, a server merges; every unit is scored on the server's model."""
+    """Clients train, a server merges. A unit's personalised score is its client's model (what
+    the client serves); its global score is the server's model."""
+
+    has_global = True
 
     def __init__(self, sim: Simulation, root: Path) -> None:
         super().__init__(sim, root)
@@ -283,16 +299,18 @@ class ServerMethod(PeerMethod):
     def server_strategy(self, context_key: str) -> Strategy:
         raise NotImplementedError
 
-    def model_for(self, unit: Unit) -> tuple[FamilySpec, Weights]:
+    def global_model(self, unit: Unit) -> tuple[FamilySpec, Weights]:
         slot = self.server.host.slot(unit.context_key)
         return slot.spec, slot.weights
 
 
 class FedAvg(ServerMethod):
     """McMahan et al.: every T hours each client trains from the global model, the server
-    takes the mean of the clients' models weighted by the samples of the round."""
+    takes the mean of the clients' models weighted by the samples of the round, and every
+    client takes (and serves) the new global model."""
 
     name = "fedavg"
+    serves_fine_tune = False
 
     def on_hour(self, now: float) -> None:
         every = self.sim.config.fedavg_every_hours * HOUR
@@ -300,6 +318,10 @@ class FedAvg(ServerMethod):
             self.round(now - 1.0)
 
     def round(self, now: float) -> None:
+        if self.serves_fine_tune:
+            # the client kept its fine-tune since the last round: it starts from the global
+            for unit in self.sim.data.units:
+                self.download(self.learner_of(unit), unit.context_key, now)
         needs = [
             need
             for unit in self.sim.data.units
@@ -313,8 +335,9 @@ class FedAvg(ServerMethod):
             updates = [self.upload(need, now) for need in trained if need.context_key == key]
             if updates:
                 self.merge(key, updates, now)
-        for unit in self.sim.data.units:
-            self.download(self.learner_of(unit), unit.context_key, now)
+        if not self.serves_fine_tune:
+            for unit in self.sim.data.units:
+                self.download(self.learner_of(unit), unit.context_key, now)
 
     def server_state(self, state: ModelState) -> ModelState:
         # the global model itself has no weight in a round: only the clients' updates count
@@ -322,6 +345,15 @@ class FedAvg(ServerMethod):
 
     def server_strategy(self, context_key: str) -> Strategy:
         return make_strategy("fedavg")
+
+
+class FedAvgFineTuned(FedAvg):
+    """FedAvg with local fine-tuning (as in FedPer/Ditto evaluations): the same rounds and the
+    same global model, but each client serves its round's fine-tune of the global model on its
+    own data until the next round, instead of the global model."""
+
+    name = "fedavg_ft"
+    serves_fine_tune = True
 
 
 class FedAsync(ServerMethod):
@@ -358,14 +390,15 @@ class FedAsync(ServerMethod):
 
 
 class Gossip(PeerMethod):
-    """Decentralised learning over phone-to-phone contacts only (Hegedus et al.): when two
-    phones meet, models are averaged pairwise, with equal weights. No server, and no exchange
-    at a space the phone visits.
+    """Decentralised learning by pairwise averaging (Hegedus et al.) with equal weights, over
+    the contacts ML Mule gets, store-and-forward: no server, no freshness rule, no promotion.
 
-    Mobile-data mode: the phones are the learners and average their own models. Fixed-data
-    mode: the spaces learn, and two phones of different homes that meet relay their homes'
-    models (each space of a kind averages with the other home's spaces of that kind); the
-    relay home -> phone -> phone -> home counts three transfers each way.
+    Phones carry models. A phone entering a space (fixed-data mode) and two phones meeting at a
+    place where ML Mule could exchange (a home of the run, a relay place) average what they
+    hold: both take the mean (one that holds nothing takes a copy). A home's space learns what
+    another home knows only when a phone brings it in: the exchange between two homes
+    completes when their phones meet and then come home, not at once. In mobile-data mode the
+    phones are the learners and average when they meet.
     """
 
     name = "gossip"
@@ -373,42 +406,49 @@ class Gossip(PeerMethod):
 
     def __init__(self, sim: Simulation, root: Path) -> None:
         super().__init__(sim, root)
-        learners = self.build_learners()
-        self.spaces_of: dict[tuple[str, str], list[Peer]] = {}  # (home, key) -> its spaces
-        for unit in sim.data.units:
-            if self.fixed:
-                self.spaces_of.setdefault((unit.home, unit.context_key), []).append(
-                    learners[unit.learner]
-                )
-        self.hops = 6 if self.fixed else 2
+        self.learners = self.build_learners()
+        self.space_keys = {
+            (site.home, site.space): site.context_key for site in sim.data.sites
+        }
+        for phone in sim.phones:
+            self.phone(phone, carry_initial=not self.fixed)
+
+    def on_visits(self, visits: Sequence[Visit]) -> None:
+        if not self.fixed:
+            return  # spaces do not learn in mobile-data mode
+        for visit in visits:
+            key = self.space_keys.get((visit.home, visit.space))
+            space = self.learners.get(f"{visit.home}/{visit.space}")
+            if key is not None and space is not None:
+                self.exchange(space, self.phones[visit.phone], key, visit.time)
 
     def on_meeting(self, meeting: Meeting) -> None:
+        self.sim.ledger.encounters += 1
+        a, b = self.phones[meeting.phone_a], self.phones[meeting.phone_b]
+        for key in self.architectures:
+            self.exchange(a, b, key, meeting.time)
+
+    def exchange(self, a: Peer, b: Peer, context_key: str, now: float) -> None:
+        """Both take the mean of what they hold; one holding nothing takes the other's."""
         ledger = self.sim.ledger
-        ledger.encounters += 1
-        pairs: list[tuple[Peer, Peer, str]] = []
-        if self.fixed:
-            home_a, home_b = self.sim.phones[meeting.phone_a], self.sim.phones[meeting.phone_b]
-            if home_a == home_b:
-                return  # housemates' phones carry the same home's models
-            for key in self.architectures:
-                pairs += [
-                    (a, b, key)
-                    for a in self.spaces_of.get((home_a, key), [])
-                    for b in self.spaces_of.get((home_b, key), [])
-                ]
+        if not (a.host.has(context_key) or b.host.has(context_key)):
+            return
+        if not b.host.has(context_key) or not a.host.has(context_key):
+            giver, taker = (a, b) if a.host.has(context_key) else (b, a)
+            payload = giver.host.export(context_key)
+            outcome = taker.host.adopt(payload, now=now)
+            if not outcome.accepted:
+                ledger.reject(outcome.reason)
+                return
+            moved = [len(payload)]
+        elif average_pair(a, b, context_key, now):
+            moved = [len(a.host.export(context_key)), len(b.host.export(context_key))]
         else:
-            a, b = self.phones.get(meeting.phone_a), self.phones.get(meeting.phone_b)
-            if a is not None and b is not None:
-                pairs = [(a, b, key) for key in self.architectures]
-        moved = 0
-        for a, b, key in pairs:
-            if average_pair(a, b, key, meeting.time):
-                size = len(a.host.export(key)) + len(b.host.export(key))
-                ledger.bytes_moved += size * self.hops // 2
-                ledger.chunk_bytes += size * self.hops // 2
-                moved += self.hops
-        ledger.transfers += moved
-        ledger.exchanges += moved > 0
+            return
+        ledger.bytes_moved += sum(moved)
+        ledger.chunk_bytes += sum(moved)
+        ledger.transfers += len(moved)
+        ledger.exchanges += 1
 
     def on_period_end(self, now: float) -> None:
         self.train_leftovers(now)
@@ -446,16 +486,31 @@ def average_pair(a: Peer, b: Peer, context_key: str, now: float) -> bool:
 
 class MLMule(PeerMethod):
     """The protocol: a phone entering a space runs an encounter through the product's
-    endpoints; the leader merges with the freshness-aware strategy, trains, and answers."""
+    endpoints; the leader merges with the freshness-aware strategy, trains, and answers.
+
+    Relay spaces (the world's shared places, when the run has them): a space with no sensors
+    and no labels that keeps, merges and hands back the snapshots of the keys it relays; it
+    starts with none and takes the first one a phone brings.
+    """
 
     name = "mlmule"
+    uses_relays = True
+    mule_carries: str | None = None  # None: the configuration's
 
     def __init__(self, sim: Simulation, root: Path) -> None:
         super().__init__(sim, root)
         self.units = {unit.learner: unit for unit in sim.data.units}
-        self.sites = {(site.home, site.space): site for site in sim.data.sites}
+        self.sites: dict[tuple[str, str], list[SpaceSite]] = {}
         for site in sim.data.sites:
+            self.sites.setdefault((site.home, site.space), []).append(site)
             self.space(site)
+        for place in self.relays:
+            for key in sim.data.relay_keys():
+                site = SpaceSite(place, relay_space_id(key), key)
+                self.sites.setdefault((place, RELAY_SPACE), []).append(site)
+                self.spaces[f"{place}/{site.space}"] = self.population.relay_peer(
+                    site, self.home_trust(place)
+                )
         for phone in sim.phones:
             # in mobile-data mode a phone learns from the start; in fixed-data mode it carries
             # only what spaces give it
@@ -466,16 +521,21 @@ class MLMule(PeerMethod):
             training_for=sim.need,
             evaluators=self.evaluators if "gate" in self.strategy_options else None,
             seed=sim.seed,
+            mule_carries=self.mule_carries or sim.config.mule_carries,
         )
+
+    def options(self) -> dict[str, Any]:
+        return {**self.sim.config.mlmule_options, **self.strategy_options}
 
     def on_visits(self, visits: Sequence[Visit]) -> None:
         self.sim.drive(
             self.exchanges.run(
-                space_app(self, self.sites[(visit.home, visit.space)], self.units),
+                space_app(self, site, self.units),
                 MuleApp(self.phones[visit.phone], self.mule_units(visit.phone)),
                 visit.time,
             )
             for visit in visits
+            for site in self.sites.get((visit.home, visit.space), [])
         )
 
     def mule_units(self, phone: str) -> dict[str, Unit]:
@@ -507,13 +567,30 @@ class MLMule(PeerMethod):
         return {"host_counters": dict(sorted(counters.items()))}
 
 
+def relay_space_id(context_key: str) -> str:
+    """A relay's space id for one key it relays (a space serves one key per room kind)."""
+    return f"{RELAY_SPACE}-{context_key.split('/', 1)[1]}"
+
+
 def space_app(method: PeerMethod, site: SpaceSite, units: Mapping[str, Unit]) -> SpaceApp:
     return SpaceApp(
-        method.space(site),
+        method.spaces.get(f"{site.home}/{site.space}") or method.space(site),
         site,
         units.get(f"{site.home}/{site.space}") if method.fixed else None,
         Mode.FIXED if method.fixed else Mode.MOBILE,
     )
+
+
+class MLMuleNoRelay(MLMule):
+    name = "mlmule_no_relay"
+    uses_relays = False
+
+
+class MLMuleCarryMerge(MLMule):
+    """The paper's mule: it carries its own running merge of the spaces' answers."""
+
+    name = "mlmule_carry_merge"
+    mule_carries = "merge"
 
 
 class MLMuleNoFilter(MLMule):
@@ -537,9 +614,12 @@ METHOD_CLASSES: dict[str, type[Method]] = {
         Local,
         Centralized,
         FedAvg,
+        FedAvgFineTuned,
         FedAsync,
         Gossip,
         MLMule,
+        MLMuleNoRelay,
+        MLMuleCarryMerge,
         MLMuleNoFilter,
         MLMulePersonal,
         MLMuleGated,

@@ -19,13 +19,11 @@ from collections import deque
 from collections.abc import Callable, Generator, Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Final
 
 import numpy as np
 from mlmule_core import families
 from mlmule_core.host import HELD_BEFORE, UNCHANGED, HostSettings, ModelHost, Outcome
-from mlmule_core.identity import Identity, TrustEntry, TrustStore
-from mlmule_core.identity import Role as TrustRole
+from mlmule_core.identity import Identity, PeerKind, TrustEntry, TrustRole, TrustStore
 from mlmule_core.protocol import (
     Action,
     Closed,
@@ -41,13 +39,11 @@ from mlmule_core.protocol import (
 from mlmule_core.protocol.wire import is_chunk
 from mlmule_core.train_numpy import TrainConfig, TrainReport
 from mlmule_core.weights import Weights
-from mlmule_core.world.config import stream
+from mlmule_world.config import stream
 
 from .data import Architecture, SpaceSite, Unit
 
 SERVER = "server"
-OWNER: Final = "owner"
-GUEST: Final = "guest"
 
 
 # --- accounting ---------------------------------------------------------------------------------
@@ -138,7 +134,7 @@ class Budget:
 def seeded_identity(seed: int, kind: str, name: str) -> Identity:
     """A reproducible identity: the same run signs the same bytes."""
     raw = stream(seed, "identity", kind, name).bytes(32)
-    return Identity.from_private_bytes(raw, kind="space" if kind == "space" else "mule", name=name)
+    return Identity.from_private_bytes(raw, kind=PeerKind(kind), name=name)
 
 
 def trust_of(identities: Iterable[tuple[Identity, TrustRole]], now: float) -> TrustStore:
@@ -199,20 +195,22 @@ class Population:
 
     def home_trust(self, home: str) -> TrustStore:
         phones: list[tuple[Identity, TrustRole]] = [
-            (identity, OWNER if self.phone_home[phone] == home else GUEST)
+            (identity, TrustRole.OWNER if self.phone_home[phone] == home else TrustRole.GUEST)
             for phone, identity in self.phone_identity.items()
         ]
-        return trust_of([*phones, (self.server_identity, OWNER)], self.start)
+        return trust_of([*phones, (self.server_identity, TrustRole.OWNER)], self.start)
 
     def phone_trust(self, phone: str) -> TrustStore:
         homes: list[tuple[Identity, TrustRole]] = [
-            (identity, OWNER if self.phone_home[phone] == home else GUEST)
+            (identity, TrustRole.OWNER if self.phone_home[phone] == home else TrustRole.GUEST)
             for home, identity in self.home_identity.items()
         ]
         others: list[tuple[Identity, TrustRole]] = [
-            (identity, GUEST) for name, identity in self.phone_identity.items() if name != phone
+            (identity, TrustRole.GUEST)
+            for name, identity in self.phone_identity.items()
+            if name != phone
         ]
-        return trust_of([*homes, *others, (self.server_identity, OWNER)], self.start)
+        return trust_of([*homes, *others, (self.server_identity, TrustRole.OWNER)], self.start)
 
     def host(self, name: str, identity: Identity, trust: TrustStore) -> ModelHost:
         return ModelHost(
@@ -235,6 +233,12 @@ class Population:
         self.install(peer, site.context_key)
         return peer
 
+    def relay_peer(self, site: SpaceSite, trust: TrustStore) -> Peer:
+        """A relay space: the place's identity, no model until a phone brings one."""
+        identity = self.home_identity[site.home]
+        name = f"{site.home}/{site.space}"
+        return Peer(name, site.home, self.host(name, identity, trust))
+
     def phone_peer(self, phone: str, keys: Iterable[str], *, carry_initial: bool) -> Peer:
         host = self.host(phone, self.phone_identity[phone], self.phone_trust(phone))
         peer = Peer(phone, self.phone_home[phone], host)
@@ -246,8 +250,8 @@ class Population:
     def server_peer(self, keys: Iterable[str]) -> Peer:
         trust = trust_of(
             [
-                *((identity, OWNER) for identity in self.home_identity.values()),
-                *((identity, OWNER) for identity in self.phone_identity.values()),
+                *((identity, TrustRole.OWNER) for identity in self.home_identity.values()),
+                *((identity, TrustRole.OWNER) for identity in self.phone_identity.values()),
             ],
             self.start,
         )
@@ -266,7 +270,7 @@ class SpaceApp:
 
     peer: Peer
     site: SpaceSite
-    unit: Unit | None  # its data in fixed-data mode
+    unit: Unit | None  # its data in fixed-data mode; None for a relay space
     mode: Mode
 
 
@@ -295,8 +299,11 @@ class Exchanges:
         training_for: TrainingFor,
         evaluators: Evaluators | None,
         seed: int,
+        mule_carries: str = "answer",
     ) -> None:
         self.population = population
+        # fixed-data mode: a phone carries the last space's answer, or merges it into its own
+        self.mule_carries = mule_carries
         self.ledger = ledger
         self._training_for = training_for
         self._evaluators = evaluators
@@ -420,8 +427,9 @@ class Exchanges:
             if need is not None:
                 yield need
         self._serve(home, space)
-        # as exchange.py: the mule needs nothing back when it carries the current model
-        if action.mode is Mode.FIXED and outcome.reason != UNCHANGED:
+        # as exchange.py: the mule needs nothing back when it carries the current model (or
+        # the model a relay just took from it as its first)
+        if action.mode is Mode.FIXED and outcome.reason not in {UNCHANGED, "adopted"}:
             slot = peer.host.slot(key)
             follow += home.reply(
                 action.ref.session,
@@ -444,7 +452,8 @@ class Exchanges:
     ) -> Generator[TrainNeed, TrainReport | None, list[Action]]:
         key = space.site.context_key
         peer = mule.peer
-        if action.mode is Mode.FIXED or not peer.host.has(key):
+        carries_merge = self.mule_carries == "merge" and action.mode is Mode.FIXED
+        if (action.mode is Mode.FIXED and not carries_merge) or not peer.host.has(key):
             # the space's answer (or the first model of a key): carried as it is
             outcome = peer.host.adopt(action.payload, now=now)
             if outcome.accepted:
@@ -491,10 +500,12 @@ class Exchanges:
     # -- helpers
 
     def _serve(self, home: SpaceEndpoint, space: SpaceApp) -> None:
-        slot = space.peer.host.slot(space.site.context_key)
-        home.serve(
-            space.site.space, space.site.context_key, space.mode, slot.offer(), slot.container
-        )
+        key = space.site.context_key
+        if not space.peer.host.has(key):  # a relay space that has not been brought one yet
+            home.serve(space.site.space, key, space.mode)
+            return
+        slot = space.peer.host.slot(key)
+        home.serve(space.site.space, key, space.mode, slot.offer(), slot.container)
 
     def _mule_id(self, mule: MuleApp) -> str:
         return self.population.phone_identity[mule.peer.name].id

@@ -18,7 +18,12 @@ import numpy as np
 from .config import BenchConfig
 
 SCHEMA_VERSION = 1
-METRICS = {"occupancy": "balanced_accuracy", "phone_activity": "macro_f1", "digits": "macro_f1"}
+METRICS = {
+    "occupancy": "balanced_accuracy",
+    "phone_activity": "macro_f1",
+    "digits": "macro_f1",
+    "paper": "macro_f1",
+}
 LEDGER_FIGURES = (
     "bytes_moved",
     "exchanges",
@@ -28,11 +33,15 @@ LEDGER_FIGURES = (
     "train_rounds",
     "train_steps",
 )
+RUN_FIGURES = ("regressions", "model_changes")
 # The keys every per-method, per-task entry has (the tests check them).
 ENTRY_KEYS = frozenset(
     {
         "curve",
         "final",
+        "final_global",
+        "regressions",
+        "model_changes",
         "time_to_target_hours",
         "bytes_moved",
         "exchanges",
@@ -94,6 +103,7 @@ def summarise(
             "learners": [run["learners"] for run in runs_of_task],
             "visits": [run["visits"] for run in runs_of_task],
             "meetings": [run["meetings"] for run in runs_of_task],
+            "relays": [run.get("relays", 0) for run in runs_of_task],
             "data_seconds": [run["data_seconds"] for run in runs_of_task],
             "affinity": runs_of_task[0]["affinity"],
             "groups": runs_of_task[0]["groups"],
@@ -152,6 +162,17 @@ def _entry(
             "max": curves.max(axis=0).tolist(),
         },
         "final": spread(finals),
+        # the server's model, for the methods that have one
+        "final_global": (
+            spread([run["final_global"] for run in runs])
+            if all(run.get("final_global") is not None for run in runs)
+            else None
+        ),
+        "global_curve": (
+            np.mean([run["global_scores"] for run in runs], axis=0).tolist()
+            if all(run.get("global_scores") for run in runs)
+            else None
+        ),
         "time_to_target_hours": {
             "median": statistics.median(hit) if len(hit) == len(reached) else None,
             "per_seed": reached,
@@ -167,6 +188,8 @@ def _entry(
     }
     for name in LEDGER_FIGURES:
         entry[name] = spread([run["ledger"][name] for run in runs])
+    for name in RUN_FIGURES:
+        entry[name] = spread([run[name] for run in runs])
     return entry
 
 
@@ -214,9 +237,9 @@ def markdown_tables(document: Mapping[str, Any]) -> str:
             f"{document['config']['test_days']} days; target {target}; median [min-max] over "
             f"{len(document['seeds'])} seeds)",
             "",
-            "| method | final | x local | hours to target | MB moved | exchanges "
-            "| raw samples moved |",
-            "|---|---|---|---|---|---|---|",
+            "| method | final | global | x local | hours to target | regressions | MB moved "
+            "| exchanges | raw samples moved |",
+            "|---|---|---|---|---|---|---|---|---|",
         ]
         for method, by_task in document["per_method"].items():
             entry = by_task.get(task)
@@ -227,14 +250,19 @@ def markdown_tables(document: Mapping[str, Any]) -> str:
             hours = "never" if reach["median"] is None else f"{reach['median']:.0f}"
             if reach["median"] is None and reach["reached"][0] != "0":
                 hours = f"{reach['reached']} seeds"
+            glob = entry.get("final_global")
+            glob_text = "-" if glob is None else f"{glob['median']:.3f}"
+            regressions = entry.get("regressions", {}).get("median")
+            regression_text = "-" if regressions is None else f"{regressions:.0f}"
             lines.append(
                 f"| {method} | {final['median']:.3f} [{final['min']:.3f}-{final['max']:.3f}] "
-                f"| {ratio['median']:.3f} | {hours} "
+                f"| {glob_text} | {ratio['median']:.3f} | {hours} | {regression_text} "
                 f"| {entry['bytes_moved']['median'] / 1e6:.1f} "
                 f"| {entry['exchanges']['median']:.0f} "
                 f"| {entry['raw_samples_moved']['median']:.0f} |"
                 if ratio is not None
-                else f"| {method} | {final['median']:.3f} | - | {hours} | - | - | - |"
+                else f"| {method} | {final['median']:.3f} | {glob_text} | - | {hours} "
+                f"| {regression_text} | - | - | - |"
             )
         lines.append("")
     return "\n".join(lines)

@@ -10,7 +10,15 @@ from typing import Any
 from .config import BenchConfig
 from .data import TaskData, build_task, build_world, held_out_start
 from .methods import METHOD_CLASSES
-from .mobility import Meeting, Visit, affinity, meetings, visits
+from .mobility import (
+    Meeting,
+    Visit,
+    affinity,
+    exchange_places,
+    meetings,
+    relay_places,
+    visits,
+)
 from .simulate import MethodRun, Simulation
 from .training import Executor
 
@@ -27,6 +35,7 @@ class TaskRun:
     learners: int
     visits: int
     meetings: int
+    relays: int
     data_seconds: float
     runs: list[MethodRun] = field(default_factory=list)
     affinity: dict[tuple[str, str], int] = field(default_factory=dict)
@@ -40,6 +49,7 @@ class TaskRun:
             "learners": self.learners,
             "visits": self.visits,
             "meetings": self.meetings,
+            "relays": self.relays,
             "data_seconds": self.data_seconds,
             "affinity": [[a, b, n] for (a, b), n in sorted(self.affinity.items())],
             "groups": self.groups,
@@ -49,6 +59,10 @@ class TaskRun:
                     "hours": run.hours,
                     "scores": run.scores,
                     "final": run.final,
+                    "global_scores": run.global_scores,
+                    "final_global": run.final_global,
+                    "model_changes": run.model_changes,
+                    "regressions": run.regressions,
                     "final_units": run.final_units,
                     "ledger": run.ledger.as_dict(),
                     "wall_seconds": run.wall_seconds,
@@ -74,9 +88,18 @@ def run_task(
     end = held_out_start(config, world)
     visit_list: list[Visit] = visits(config, world, data, end)
     chosen = list(methods or config.methods)
+    # gossip meets where ML Mule could exchange, no more
     meeting_list: list[Meeting] = (
-        meetings(world, end, config.exchange_cooldown_hours) if "gossip" in chosen else []
+        meetings(
+            world,
+            end,
+            config.exchange_cooldown_hours,
+            places=exchange_places(config, world, data),
+        )
+        if "gossip" in chosen
+        else []
     )
+    relays = relay_places(config, world)
     phones = {person.phone_id: person.home_id for person in world.people}
     simulation = Simulation(
         config,
@@ -89,6 +112,7 @@ def run_task(
         visits=visit_list,
         meetings=meeting_list,
         executor=executor,
+        relays=relays,
         progress=progress,
     )
     result = TaskRun(
@@ -98,6 +122,7 @@ def run_task(
         learners=len(data.learners),
         visits=len(visit_list),
         meetings=len(meeting_list),
+        relays=len(relays),
         data_seconds=time.perf_counter() - began,
         affinity=affinity(visit_list),
         groups={home.home_id: home.group for home in world.homes},

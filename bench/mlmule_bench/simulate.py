@@ -6,6 +6,12 @@ ticks (FedAsync's client slots, FedAvg's rounds), and the end of each budget per
 learner that has not trained in it trains (nightly training) and every unit is scored on its
 held-out future. Visits that share no space and no phone are independent, so they run as one
 batch and their training rounds go to the executor together.
+
+Every unit is scored two ways: *personalised*, with the model its learner serves (after the
+product's promotion rule where the product's host decides), and *global*, with the server's
+model, for the methods that have one. After every simulated hour, each unit whose served model
+changed is checked against the next day's ground truth: the new model scoring lower than the
+one it replaced by more than the tolerance is a *regression*.
 """
 
 from __future__ import annotations
@@ -23,7 +29,7 @@ from mlmule_core.families import FamilySpec
 from mlmule_core.host import score
 from mlmule_core.train_numpy import TrainReport
 from mlmule_core.weights import Weights
-from mlmule_core.world.config import stream
+from mlmule_world.config import stream
 
 from .config import HOUR, BenchConfig
 from .data import TaskData, Unit
@@ -45,8 +51,11 @@ class MethodRun:
     task: str
     seed: int
     hours: list[float] = field(default_factory=list)
-    scores: list[float] = field(default_factory=list)
+    scores: list[float] = field(default_factory=list)  # personalised
+    global_scores: list[float] = field(default_factory=list)  # empty: no global model
     final_units: dict[str, float] = field(default_factory=dict)
+    model_changes: int = 0  # (unit, hour) in which the served model changed
+    regressions: int = 0  # of those, the ones that scored lower on the next day
     ledger: Ledger = field(default_factory=Ledger)
     wall_seconds: float = 0.0
     details: dict[str, object] = field(default_factory=dict)
@@ -54,6 +63,10 @@ class MethodRun:
     @property
     def final(self) -> float:
         return self.scores[-1]
+
+    @property
+    def final_global(self) -> float | None:
+        return self.global_scores[-1] if self.global_scores else None
 
 
 class Simulation:
@@ -72,6 +85,7 @@ class Simulation:
         visits: Sequence[Visit],
         meetings: Sequence[Meeting],
         executor: Executor,
+        relays: Sequence[str] = (),
         progress: Callable[[str, int], Iterable[int]] | None = None,
     ) -> None:
         self.config = config
@@ -83,6 +97,8 @@ class Simulation:
         self.phones = dict(phones)  # phone -> its owner's home
         self.visits = list(visits)
         self.meetings = list(meetings)
+        self.relays = list(relays)  # shared places that are relay spaces
+        self.min_samples = config.min_samples(data.task)
         self.executor = executor
         self.period = config.budget.period_hours * HOUR
         self.history = config.budget.history_days * 24 * HOUR
@@ -100,7 +116,7 @@ class Simulation:
         if not self.budget.available(peer.name, context_key, now):
             return None
         x, y, newest = unit.window(now, self.history)
-        if y.size < self.config.budget.min_samples:
+        if y.size < self.min_samples:
             return None
         self.budget.spend(peer.name, context_key, now)
         seed = int(
@@ -164,6 +180,7 @@ class Simulation:
     def _run(self, method: Method) -> MethodRun:
         result = MethodRun(method.name, self.data.task, self.seed, ledger=self.ledger)
         self._evaluate(method, self.start, result)
+        served = {unit.unit_id: method.model_for(unit) for unit in self.data.units}
         hours = round((self.end - self.start) / HOUR)
         visits = iter(self.visits)
         meetings = iter(self.meetings if method.uses_meetings else ())
@@ -201,6 +218,7 @@ class Simulation:
             method.on_hour(tick)
             if self._period_ends(tick):
                 method.on_period_end(tick - 1.0)  # still inside the period that ends
+            self._check_changes(method, tick, served, result)
             if self._evaluation_due(tick):
                 self._evaluate(method, tick, result)
         if result.hours[-1] != (self.end - self.start) / HOUR:
@@ -212,6 +230,30 @@ class Simulation:
     def score(self, method: Method, unit: Unit) -> float:
         spec, weights = method.model_for(unit)
         return score(spec, weights, unit.x_test, unit.y_test)
+
+    def _check_changes(
+        self,
+        method: Method,
+        now: float,
+        served: dict[str, tuple[FamilySpec, Weights]],
+        result: MethodRun,
+    ) -> None:
+        """Judge every served model that changed in the last hour against the one before it,
+        on the next day's ground truth (the held-out future where a day brings too little)."""
+        tolerance = self.config.regression_tolerance
+        for unit in self.data.units:
+            before = served[unit.unit_id]
+            now_served = method.model_for(unit)
+            if now_served[1] is before[1]:
+                continue
+            served[unit.unit_id] = now_served
+            result.model_changes += 1
+            x, y = unit.next_day(now)
+            if y.size < self.config.regression_min_samples:
+                x, y = unit.x_test, unit.y_test
+            old = score(before[0], before[1], x, y)
+            new = score(now_served[0], now_served[1], x, y)
+            result.regressions += new < old - tolerance
 
     def _period_ends(self, tick: float) -> bool:
         return (
@@ -227,6 +269,12 @@ class Simulation:
         scores = [self.score(method, unit) for unit in self.data.units]
         result.hours.append((now - self.start) / HOUR)
         result.scores.append(float(np.mean(scores)))
+        if method.has_global:
+            global_scores = []
+            for unit in self.data.units:
+                spec, weights = method.global_model(unit)
+                global_scores.append(score(spec, weights, unit.x_test, unit.y_test))
+            result.global_scores.append(float(np.mean(global_scores)))
 
 
 class Method:
@@ -237,6 +285,7 @@ class Method:
 
     name = "method"
     uses_meetings = False
+    has_global = False  # a server's model, scored beside the personalised ones
 
     def __init__(self, sim: Simulation, root: Path) -> None:
         self.sim = sim
@@ -255,7 +304,11 @@ class Method:
         """Nightly: learners that have not trained in this period train now."""
 
     def model_for(self, unit: Unit) -> tuple[FamilySpec, Weights]:
-        """The model `unit` is scored with now."""
+        """The model `unit`'s learner serves now: its personalised score."""
+        raise NotImplementedError
+
+    def global_model(self, unit: Unit) -> tuple[FamilySpec, Weights]:
+        """The global model of `unit`'s key (only where `has_global`)."""
         raise NotImplementedError
 
     def details(self) -> dict[str, object]:
