@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from datetime import datetime, timedelta
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import voluptuous as vol
 from homeassistant.components import mqtt
@@ -14,7 +14,10 @@ from homeassistant.const import Platform
 from homeassistant.core import HomeAssistant, callback
 from homeassistant.exceptions import ConfigEntryNotReady
 from homeassistant.helpers import device_registry as dr
-from homeassistant.helpers.event import async_track_time_interval
+from homeassistant.helpers.event import (
+    async_track_entity_registry_updated_event,
+    async_track_time_interval,
+)
 from homeassistant.helpers.start import async_at_started
 from homeassistant.helpers.typing import ConfigType
 from homeassistant.util import dt as dt_util
@@ -56,22 +59,34 @@ from .const import (
     SUBENTRY_SPACE,
     Sharing,
 )
-from .coordinator import PHONE_ACTIVITY, PresenceTrigger, SpaceCoordinator, SpaceSettings
+from .coordinator import (
+    PHONE_ACTIVITY,
+    PresenceTrigger,
+    SpaceClosed,
+    SpaceCoordinator,
+    SpaceSettings,
+)
 from .core.clock import MAX_SCALE, ReplayClock
 from .core.errors import MlmuleError
-from .core.features import Role
+from .core.features import SensorRole
 from .core.host import HostSettings, ModelHost
 from .core.hysteresis import HysteresisConfig
-from .core.identity import Identity, TrustStore
-from .core.onnx import load_model, runtime_backend
+from .core.identity import Identity, PeerKind, TrustStore
+from .core.onnx import load_model
 from .core.protocol import ProtocolConfig
 from .core.snapshot import SnapshotLimits
 from .core.space import SpaceInputs
 from .core.starter import load_starter, starter_index
-from .data import MlmuleConfigEntry, MlmuleData
+from .data import HubData, MlmuleConfigEntry, MlmuleData, SpaceData
 from .exchange import Exchange
 from .inputs import input_role
-from .repairs import ISSUE_FAST_RUNTIME, ISSUE_MQTT, RejectionWatch, async_set_issue
+from .repairs import (
+    ISSUE_MQTT,
+    RejectionWatch,
+    async_clear_issues,
+    async_clear_stale_issues,
+    async_set_issue,
+)
 from .services import async_setup_services
 
 # Configured through the UI only. The one YAML key is a developer option for replays (the demo):
@@ -121,7 +136,8 @@ async def async_setup_entry(hass: HomeAssistant, entry: MlmuleConfigEntry) -> bo
     if not await mqtt.async_wait_for_mqtt_client(hass):
         raise ConfigEntryNotReady(translation_domain=DOMAIN, translation_key="mqtt_unavailable")
     root = Path(hass.config.path(DOMAIN))
-    home_name = entry.data[CONF_HOME_NAME]
+    hub = cast(HubData, entry.data)
+    home_name = hub[CONF_HOME_NAME]
     try:
         identity, trust = await hass.async_add_executor_job(_load_identity, root, home_name)
     except MlmuleError as err:
@@ -132,7 +148,7 @@ async def async_setup_entry(hass: HomeAssistant, entry: MlmuleConfigEntry) -> bo
         ) from err
     entry.runtime_data = MlmuleData(
         home_name=home_name,
-        topic_prefix=entry.data[CONF_TOPIC_PREFIX],
+        topic_prefix=hub[CONF_TOPIC_PREFIX],
         root=root,
         identity=identity,
         trust=trust,
@@ -144,12 +160,11 @@ async def async_setup_entry(hass: HomeAssistant, entry: MlmuleConfigEntry) -> bo
             entry.runtime_data.spaces[subentry.subentry_id] = await _async_create_space(
                 hass, entry, subentry, identity=identity, trust=trust, root=root
             )
-    backend = await hass.async_add_executor_job(runtime_backend)
-    async_set_issue(
-        hass, ISSUE_FAST_RUNTIME, backend != "onnxruntime", translation_key=ISSUE_FAST_RUNTIME
+    # the issues of spaces removed and phones unpaired while the hub was not loaded
+    async_clear_stale_issues(
+        hass, spaces=set(entry.runtime_data.spaces), mules={peer.peer_id for peer in trust}
     )
     for coordinator in entry.runtime_data.spaces.values():
-        coordinator.async_check_entities()
         await coordinator.async_config_entry_first_refresh()
         coordinator.async_start_listening()
     await hass.config_entries.async_forward_entry_setups(entry, PLATFORMS)
@@ -169,20 +184,28 @@ async def async_setup_entry(hass: HomeAssistant, entry: MlmuleConfigEntry) -> bo
         for coordinator in entry.runtime_data.spaces.values():
             entry.async_create_background_task(
                 hass,
-                coordinator.async_train(reason=reason),
+                _async_train_in_background(coordinator, reason),
                 f"{DOMAIN} train {coordinator.settings.name} ({reason})",
             )
 
     @callback
-    def _train_after_start(_hass: HomeAssistant) -> None:
-        # history training is heavy: only once HA has started, never during start-up
+    def _after_start(_hass: HomeAssistant) -> None:
+        # other integrations' entities exist only now; history training is heavy: only once
+        # HA has started, never during start-up
+        for coordinator in entry.runtime_data.spaces.values():
+            coordinator.async_check_entities()
+            entry.async_on_unload(
+                async_track_entity_registry_updated_event(
+                    hass, coordinator.watched_entities, _entities_changed(coordinator)
+                )
+            )
         _train_all("start")
 
     @callback
     def _train_daily(_now: datetime) -> None:
         _train_all("daily")
 
-    entry.async_on_unload(async_at_started(hass, _train_after_start))
+    entry.async_on_unload(async_at_started(hass, _after_start))
     entry.async_on_unload(async_track_time_interval(hass, _train_daily, TRAIN_INTERVAL))
     loaded = _configuration(entry)
 
@@ -193,6 +216,24 @@ async def async_setup_entry(hass: HomeAssistant, entry: MlmuleConfigEntry) -> bo
 
     entry.async_on_unload(entry.add_update_listener(_async_reload_if_changed))
     return True
+
+
+async def _async_train_in_background(coordinator: SpaceCoordinator, reason: str) -> None:
+    try:
+        await coordinator.async_train(reason=reason)
+    except SpaceClosed:
+        pass  # the entry is unloading
+    except (MlmuleError, OSError) as err:
+        LOGGER.warning("%s: training (%s) failed: %s", coordinator.settings.name, reason, err)
+
+
+def _entities_changed(coordinator: SpaceCoordinator) -> Any:
+    @callback
+    def entities_changed(_event: Any) -> None:
+        # an input or label source was removed or renamed: raise (or clear) its repair
+        coordinator.async_check_entities()
+
+    return entities_changed
 
 
 def _configuration(entry: MlmuleConfigEntry) -> Any:
@@ -207,16 +248,16 @@ def _configuration(entry: MlmuleConfigEntry) -> Any:
 
 
 def _load_identity(root: Path, home_name: str) -> tuple[Identity, TrustStore]:
-    identity = Identity.load_or_create(root / "identity.pem", kind="space", name=home_name)
+    identity = Identity.load_or_create(root / "identity.pem", kind=PeerKind.SPACE, name=home_name)
     return identity, TrustStore.load(root / "trust.json")
 
 
 def space_inputs(hass: HomeAssistant, subentry: ConfigSubentry) -> SpaceInputs:
     """The space's entities and their roles, as its subentry configures them."""
-    data = subentry.data
+    data = cast(SpaceData, subentry.data)
     stored = data.get(CONF_INPUT_ROLES, {})
     roles = {
-        entity_id: Role(role)
+        entity_id: SensorRole(role)
         for entity_id in data[CONF_INPUTS]
         if (role := stored.get(entity_id) or input_role(hass, entity_id)) is not None
     }
@@ -270,7 +311,7 @@ async def _async_create_space(
     trust: TrustStore,
     root: Path,
 ) -> SpaceCoordinator:
-    data = subentry.data
+    data = cast(SpaceData, subentry.data)
     advanced = data.get(CONF_ADVANCED, {})
     settings = SpaceSettings(
         space_id=subentry.subentry_id,
@@ -335,7 +376,24 @@ async def _async_create_space(
 
 
 async def async_unload_entry(hass: HomeAssistant, entry: MlmuleConfigEntry) -> bool:
-    return await hass.config_entries.async_unload_platforms(entry, PLATFORMS)
+    """Unload the entities, end the encounters and wait for the model work still running.
+
+    Home Assistant then cancels the entry's tasks; a task waiting on model work gets
+    `SpaceClosed`, so nothing of this instance writes to the spaces' stores any more.
+    """
+    if not await hass.config_entries.async_unload_platforms(entry, PLATFORMS):
+        return False
+    data = entry.runtime_data
+    if data.exchange is not None:
+        await data.exchange.async_close()
+    for coordinator in data.spaces.values():
+        await coordinator.async_close()
+    return True
+
+
+async def async_remove_entry(hass: HomeAssistant, entry: MlmuleConfigEntry) -> None:
+    """The hub is deleted: none of its repair issues applies any more."""
+    async_clear_issues(hass)
 
 
 async def async_remove_config_entry_device(

@@ -31,6 +31,8 @@ class OccupancyBinarySensor(MlmuleEntity, BinarySensorEntity):
     """On while the space is predicted occupied; the thresholds and hold keep it from flapping."""
 
     _attr_device_class = BinarySensorDeviceClass.OCCUPANCY
+    # both change with every prediction; the probability has its own sensor
+    _unrecorded_attributes = frozenset({"probability", "why"})
 
     @property
     def is_on(self) -> bool | None:

@@ -65,8 +65,9 @@ from .const import (
     Sharing,
     Task,
 )
-from .core.identity import TrustEntry
+from .core.identity import TrustEntry, TrustRole
 from .core.starter import starter_index
+from .data import HubData
 from .inputs import input_filters, input_role, suggested_inputs, unusable_inputs
 from .repairs import ISSUE_MQTT, async_set_issue
 
@@ -277,31 +278,53 @@ class MlmuleConfigFlow(ConfigFlow, domain=DOMAIN):
             return self.async_abort(reason="mqtt_not_configured")
         errors: dict[str, str] = {}
         if user_input is not None:
-            prefix = user_input[CONF_TOPIC_PREFIX].strip().strip("/")
-            if valid_topic_prefix(prefix):
-                return self.async_create_entry(
-                    title=user_input[CONF_HOME_NAME],
-                    data={
-                        CONF_HOME_NAME: user_input[CONF_HOME_NAME],
-                        CONF_TOPIC_PREFIX: prefix,
-                    },
-                )
-            errors[CONF_TOPIC_PREFIX] = "invalid_topic_prefix"
-        schema = vol.Schema(
-            {
-                vol.Required(
-                    CONF_HOME_NAME, default=self.hass.config.location_name
-                ): selector.TextSelector(),
-                vol.Required(
-                    CONF_TOPIC_PREFIX, default=DEFAULT_TOPIC_PREFIX
-                ): selector.TextSelector(),
-            }
-        )
+            hub, errors = _validate_hub(user_input)
+            if hub is not None:
+                return self.async_create_entry(title=hub[CONF_HOME_NAME], data=hub)
         return self.async_show_form(
             step_id="user",
-            data_schema=self.add_suggested_values_to_schema(schema, user_input),
+            data_schema=self.add_suggested_values_to_schema(
+                _hub_schema(self.hass.config.location_name), user_input
+            ),
             errors=errors,
         )
+
+    async def async_step_reconfigure(
+        self, user_input: dict[str, Any] | None = None
+    ) -> ConfigFlowResult:
+        """Rename the home or move its topics; the entry reloads with them."""
+        entry = self._get_reconfigure_entry()
+        errors: dict[str, str] = {}
+        if user_input is not None:
+            hub, errors = _validate_hub(user_input)
+            if hub is not None:
+                return self.async_update_reload_and_abort(
+                    entry, title=hub[CONF_HOME_NAME], data=hub
+                )
+        return self.async_show_form(
+            step_id="reconfigure",
+            data_schema=self.add_suggested_values_to_schema(
+                _hub_schema(entry.data[CONF_HOME_NAME]), user_input or entry.data
+            ),
+            errors=errors,
+        )
+
+
+def _hub_schema(home_name: str) -> vol.Schema:
+    return vol.Schema(
+        {
+            vol.Required(CONF_HOME_NAME, default=home_name): selector.TextSelector(),
+            vol.Required(CONF_TOPIC_PREFIX, default=DEFAULT_TOPIC_PREFIX): selector.TextSelector(),
+        }
+    )
+
+
+def _validate_hub(user_input: Mapping[str, Any]) -> tuple[HubData | None, dict[str, str]]:
+    """The hub's data from the form, or the field errors."""
+    prefix = str(user_input[CONF_TOPIC_PREFIX]).strip().strip("/")
+    if not valid_topic_prefix(prefix):
+        return None, {CONF_TOPIC_PREFIX: "invalid_topic_prefix"}
+    return HubData(home_name=str(user_input[CONF_HOME_NAME]), topic_prefix=prefix), {}
 
 
 class SpaceSubentryFlow(ConfigSubentryFlow):
@@ -327,7 +350,7 @@ class SpaceSubentryFlow(ConfigSubentryFlow):
                 mule
                 for mule in entry.runtime_data.trust
                 if mule.kind == "mule"
-                and (guests or mule.role == "owner")
+                and (guests or mule.role is TrustRole.OWNER)
                 and (space_id is None or mule.allows(space_id))
             ),
             key=lambda mule: mule.label,

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import timedelta
 from functools import partial
@@ -26,7 +27,7 @@ from homeassistant.util import dt as dt_util
 from .const import DOMAIN, LOGGER, Task
 from .core.clock import ReplayClock
 from .core.errors import MlmuleError
-from .core.host import ModelHost, Outcome, TrainingJob
+from .core.host import HostError, ModelHost, Outcome, TrainingJob
 from .core.hysteresis import Hysteresis, HysteresisConfig
 from .core.protocol import Mode
 from .core.space import (
@@ -43,7 +44,7 @@ from .history import async_state_changes
 from .repairs import RejectionWatch, async_check_space_entities
 
 if TYPE_CHECKING:
-    from homeassistant.config_entries import ConfigEntry
+    from .data import MlmuleConfigEntry
 
 PREDICT_INTERVAL = timedelta(seconds=60)
 PREDICT_COOLDOWN = 10.0  # at most one prediction per this many seconds on input changes
@@ -130,17 +131,27 @@ class SpaceState:
 
     training: dict[str, TrainingSummary] = field(default_factory=dict)
     held_out: dict[str, HeldOut] = field(default_factory=dict)
+    training_now: str | None = None  # the context key being trained right now
+
+
+class SpaceClosed(Exception):
+    """The space's entry is unloading: no new model work may start."""
 
 
 class SpaceCoordinator(DataUpdateCoordinator[SpacePrediction]):
-    """Predictions and learning for one space."""
+    """Predictions and learning for one space.
 
-    config_entry: ConfigEntry
+    Every executor job that reads or writes the space's models goes through `async_job`, so
+    that unloading the entry can wait for the jobs already running and refuse new ones: a
+    reloaded entry's store is never written by the instance it replaced.
+    """
+
+    config_entry: MlmuleConfigEntry
 
     def __init__(
         self,
         hass: HomeAssistant,
-        entry: ConfigEntry,
+        entry: MlmuleConfigEntry,
         settings: SpaceSettings,
         *,
         inputs: SpaceInputs,
@@ -158,6 +169,8 @@ class SpaceCoordinator(DataUpdateCoordinator[SpacePrediction]):
             request_refresh_debouncer=Debouncer(
                 hass, LOGGER, cooldown=PREDICT_COOLDOWN, immediate=True
             ),
+            # an unchanged prediction writes no new state (the recorder keeps every write)
+            always_update=False,
         )
         self.settings = settings
         self.inputs = inputs
@@ -172,6 +185,27 @@ class SpaceCoordinator(DataUpdateCoordinator[SpacePrediction]):
         self._history_loaded = False
         self._train_lock = asyncio.Lock()
         self._was_available = True
+        self._jobs: set[asyncio.Future[Any]] = set()
+        self._closed = False
+
+    async def async_job[T](self, target: Callable[..., T], *args: Any) -> T:
+        """Run model work in an executor; raises `SpaceClosed` once the entry unloads.
+
+        The job itself is shielded: a task cancelled while it runs stops waiting, but the job
+        finishes (a thread cannot be interrupted) and `async_close` waits for it.
+        """
+        if self._closed:
+            raise SpaceClosed(self.settings.name)
+        job = self.hass.async_add_executor_job(target, *args)
+        self._jobs.add(job)
+        job.add_done_callback(self._jobs.discard)
+        return await asyncio.shield(job)
+
+    async def async_close(self) -> None:
+        """Refuse new model work and wait for the jobs still running (each is short)."""
+        self._closed = True
+        if self._jobs:
+            await asyncio.wait(set(self._jobs))
 
     def exchanged_keys(self) -> dict[str, Mode]:
         """The context keys this space swaps with phones, and in which mode.
@@ -187,18 +221,28 @@ class SpaceCoordinator(DataUpdateCoordinator[SpacePrediction]):
 
     # ---- live inputs
 
-    @callback
-    def async_check_entities(self) -> None:
-        """Raise or clear the repair issues of inputs and label sources that are gone."""
+    @property
+    def label_sources(self) -> list[str]:
         labels = [*self.inputs.occupancy_labels]
         if self.inputs.activity_label:
             labels.append(self.inputs.activity_label)
+        return labels
+
+    @property
+    def watched_entities(self) -> list[str]:
+        """The entities whose removal raises a repair issue: inputs and label sources."""
+        return sorted({*self.settings.inputs, *self.label_sources})
+
+    @callback
+    def async_check_entities(self) -> None:
+        """Raise or clear the repair issues of inputs and label sources that are gone
+        (once Home Assistant has started)."""
         async_check_space_entities(
             self.hass,
             self.settings.space_id,
             self.settings.name,
             inputs=self.settings.inputs,
-            labels=labels,
+            labels=self.label_sources,
         )
 
     @callback
@@ -220,7 +264,9 @@ class SpaceCoordinator(DataUpdateCoordinator[SpacePrediction]):
             else self.clock.now()
         )
         self._changes.setdefault(event.data["entity_id"], deque()).append((when, state))
-        self.hass.async_create_task(self.async_request_refresh(), eager_start=True)
+        self.config_entry.async_create_background_task(
+            self.hass, self.async_request_refresh(), f"{self.name} refresh"
+        )
 
     async def _async_load_recent_history(self, now: float) -> None:
         changes = await async_state_changes(
@@ -278,9 +324,15 @@ class SpaceCoordinator(DataUpdateCoordinator[SpacePrediction]):
         self._was_available = True
         changes = self._recent_changes(now)
         try:
-            prediction = await self.hass.async_add_executor_job(
+            prediction = await self.async_job(
                 self._predict, changes, now, held(self.inputs, states), missing
             )
+        except SpaceClosed as err:
+            raise UpdateFailed(
+                translation_domain=DOMAIN,
+                translation_key="space_closed",
+                translation_placeholders={"space": self.settings.name},
+            ) from err
         except MlmuleError as err:
             raise UpdateFailed(
                 translation_domain=DOMAIN,
@@ -344,6 +396,8 @@ class SpaceCoordinator(DataUpdateCoordinator[SpacePrediction]):
                 {task: s.as_dict() for task, s in summaries.items()} or "not enough labelled data",
             )
         await self.async_request_refresh()
+        # the model-health entities show the training, even when the prediction is unchanged
+        self.async_update_listeners()
         return summaries
 
     async def _async_train_task(
@@ -354,7 +408,7 @@ class SpaceCoordinator(DataUpdateCoordinator[SpacePrediction]):
         step = slot.schema.step_seconds
         end = now // step * step
         start = end - (self.settings.history_days * 86400) // step * step
-        data = await self.hass.async_add_executor_job(
+        data = await self.async_job(
             lambda: training_set(
                 self.inputs, changes, task=task, schema=slot.schema, start=start, end=end
             )
@@ -364,7 +418,7 @@ class SpaceCoordinator(DataUpdateCoordinator[SpacePrediction]):
                 "%s: %d labelled %s frames, too few to train", context_key, data.y.size, task
             )
             return None
-        job: TrainingJob = await self.hass.async_add_executor_job(
+        job: TrainingJob = await self.async_job(
             lambda: self.host.start_training(
                 context_key,
                 data.x,
@@ -374,11 +428,19 @@ class SpaceCoordinator(DataUpdateCoordinator[SpacePrediction]):
             )
         )
         done = False
-        while not done:  # each chunk is one executor job; the loop runs between them
-            done = await self.hass.async_add_executor_job(
-                partial(job.run, max_seconds=TRAIN_CHUNK_SECONDS)
-            )
-        report = await self.hass.async_add_executor_job(job.commit)
+        self.state.training_now = context_key
+        try:
+            while not done:  # each chunk is one executor job; the loop runs between them
+                done = await self.async_job(partial(job.run, max_seconds=TRAIN_CHUNK_SECONDS))
+            report = await self.async_job(job.commit)
+        except HostError as err:
+            if err.reason != "superseded":
+                raise
+            # a merge landed while training ran: the merge stays, the space trains again later
+            LOGGER.info("%s: %s", self.settings.name, err)
+            return None
+        finally:
+            self.state.training_now = None
         held_back = max(1, data.y.size // 5)
         self.state.held_out[task] = HeldOut(data.x[-held_back:], data.y[-held_back:])
         summary = TrainingSummary(
@@ -404,7 +466,7 @@ class SpaceCoordinator(DataUpdateCoordinator[SpacePrediction]):
             }
             return self.host.receive(snapshot, guest=guest, evaluators=evaluators)
 
-        outcome = await self.hass.async_add_executor_job(receive)
+        outcome = await self.async_job(receive)
         if outcome.accepted and not outcome.changed:
             LOGGER.debug(
                 "%s: %s v%s from %s is a model this space held before; kept v%s",

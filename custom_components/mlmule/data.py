@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, NotRequired, TypedDict
 
 from homeassistant.config_entries import ConfigEntry
 
@@ -14,6 +14,47 @@ from .repairs import RejectionWatch
 if TYPE_CHECKING:
     from .coordinator import SpaceCoordinator
     from .exchange import Exchange
+
+
+class HubData(TypedDict):
+    """The hub entry's data."""
+
+    home_name: str
+    topic_prefix: str
+
+
+class AdvancedData(TypedDict, total=False):
+    """The advanced section of a space: how its occupancy binary sensor switches."""
+
+    on_threshold: float
+    off_threshold: float
+    min_hold_seconds: float
+    max_unavailable_fraction: float
+
+
+class PresenceData(TypedDict):
+    """The entity and state that mean "this phone is in this space"."""
+
+    entity: str
+    state: str
+
+
+class SpaceData(TypedDict):
+    """A `space` subentry's data, as the subentry flow stores it (keys in `const`)."""
+
+    name: str
+    area: NotRequired[str]
+    room_kind: str
+    tasks: list[str]
+    sharing: str
+    inputs: list[str]
+    input_roles: NotRequired[dict[str, str]]  # entity id -> feature role, fixed at setup
+    hold_only_inputs: NotRequired[list[str]]
+    occupancy_label: list[str]
+    occupancy_label_state: NotRequired[str]
+    activity_label: NotRequired[str]
+    presence: NotRequired[dict[str, PresenceData]]  # mule id -> its presence trigger
+    advanced: NotRequired[AdvancedData]
 
 
 @dataclass

@@ -44,10 +44,14 @@ async def async_get_config_entry_diagnostics(
     hass: HomeAssistant, entry: MlmuleConfigEntry
 ) -> dict[str, Any]:
     data = entry.runtime_data
+    # which runtime runs the models (onnxruntime, or the numpy fallback and why), decided on
+    # first use: it may import onnxruntime, so in an executor
     runtime = await hass.async_add_executor_job(runtime_diagnostics)
     spaces: dict[str, Any] = {}
     for space_id, coordinator in data.spaces.items():
         prediction = coordinator.data
+        # the status builds each model's inference session if it has none yet
+        host_status = await coordinator.async_job(coordinator.host.status)
         spaces[space_id] = {
             "settings": {
                 "room_kind": coordinator.settings.room_kind,
@@ -66,7 +70,7 @@ async def async_get_config_entry_diagnostics(
                 "why": [list(item) for item in prediction.why],
             },
             "training": {task: s.as_dict() for task, s in coordinator.state.training.items()},
-            "host": coordinator.host.status(),
+            "host": host_status,
             "recent_outcomes": [
                 {"accepted": o.accepted, "reason": o.reason, "context_key": o.context_key}
                 for o in coordinator.host.last_outcomes

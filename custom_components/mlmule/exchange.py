@@ -3,26 +3,34 @@
 The protocol itself is the core's I/O-free state machine (`core.protocol.SpaceEndpoint`); this
 adapter subscribes to the home's inbox topics, feeds messages in, publishes what it asks for in
 order, ticks its timers, opens an encounter when a paired phone's presence entity reports it in a
-space, and hands delivered snapshots to that space to verify and merge. In fixed-data mode the
-space then trains on its own history and sends the merged, trained model back.
+space and closes it when the entity reports it gone, and hands delivered snapshots to that space
+to verify and merge. In fixed-data mode the space then trains on its own history and sends the
+merged, trained model back.
+
+Every call into the state machine that verifies a signature, hashes a chunk, reassembles a
+payload or signs a message runs in an executor, one call at a time and in arrival order; the
+event loop only routes. All of the exchange's tasks belong to the config entry, which cancels
+them when it unloads.
 """
 
 from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from datetime import timedelta
 from typing import TYPE_CHECKING, Any
 
 from homeassistant.components import mqtt
 from homeassistant.core import Event, EventStateChangedData, HomeAssistant, callback
+from homeassistant.exceptions import HomeAssistantError
 from homeassistant.helpers.event import async_track_state_change_event, async_track_time_interval
 
 from .const import LOGGER
+from .coordinator import SpaceClosed
 from .core.errors import MlmuleError, ProtocolError
 from .core.host import UNCHANGED
-from .core.identity import Identity, TrustStore
+from .core.identity import Identity, TrustRole, TrustStore
 from .core.protocol import (
     Action,
     Closed,
@@ -40,7 +48,8 @@ if TYPE_CHECKING:
     from .data import MlmuleConfigEntry
 
 TICK_INTERVAL = timedelta(seconds=1)
-GUEST = "guest"
+LEFT = "left"  # the reason a session ends when the phone's presence entity reports it gone
+UNLOADED = "unloaded"
 
 
 class Exchange:
@@ -61,15 +70,17 @@ class Exchange:
         self.trust = trust
         self.spaces = spaces
         self.endpoint = SpaceEndpoint(identity, trust, config=config)
-        # sequence numbers are signed into the messages, so they must leave in order
-        self._publish_lock = asyncio.Lock()
+        # One call into the endpoint at a time, and its messages published before the next:
+        # sequence numbers are signed into the messages, so they must leave in order.
+        self._endpoint_lock = asyncio.Lock()
+        self._closed = False
         self.bytes_sent = 0
         self.exchanges = 0
 
     async def async_start(self) -> None:
         """Subscribe, serve every space's models and follow the presence entities."""
         for space in self.spaces.values():
-            self.serve(space)
+            await self.async_serve(space)
         for topic in self.endpoint.subscriptions():
             self.entry.async_on_unload(
                 await mqtt.async_subscribe(
@@ -88,28 +99,65 @@ class Exchange:
                     )
                 )
 
-    @callback
-    def serve(self, space: SpaceCoordinator) -> None:
-        """Offer the space's current models (call again whenever one changes)."""
-        for context_key, mode in space.exchanged_keys().items():
-            slot = space.host.slot(context_key)
-            self.endpoint.serve(
-                space.settings.space_id, context_key, mode, slot.offer(), slot.container
-            )
+    async def async_close(self) -> None:
+        """Say goodbye to the phones in an encounter; nothing runs afterwards (entry unload)."""
+        async with self._endpoint_lock:
+            self._closed = True
+            now = time.time()
+            actions = [
+                action
+                for ref in self.endpoint.active_sessions()
+                for action in self.endpoint.close(ref.session, UNLOADED, now)
+            ]
+            try:
+                await self._async_publish(actions)
+            except HomeAssistantError as err:  # MQTT may be going away at the same time
+                LOGGER.debug("could not say goodbye to the phones: %s", err)
 
-    def _presence_listener(self, space: SpaceCoordinator) -> Any:
+    async def async_serve(self, space: SpaceCoordinator) -> None:
+        """Offer the space's current models (call again whenever one changes)."""
+        offers = [
+            (context_key, mode, slot.offer(), slot.container)
+            for context_key, mode in space.exchanged_keys().items()
+            for slot in (space.host.slot(context_key),)
+        ]
+
+        def serve() -> list[Action]:
+            for context_key, mode, offer, container in offers:  # hashes every container
+                self.endpoint.serve(space.settings.space_id, context_key, mode, offer, container)
+            return []
+
+        await self._async_call(serve)
+
+    def _background(self, target: Any, name: str) -> None:
+        """Run `target` as a task of the entry: cancelled when the entry unloads."""
+        self.entry.async_create_background_task(self.hass, target, name, eager_start=True)
+
+    def _presence_listener(
+        self, space: SpaceCoordinator
+    ) -> Callable[[Event[EventStateChangedData]], None]:
         @callback
         def presence_changed(event: Event[EventStateChangedData]) -> None:
             new_state = event.data["new_state"]
             old_state = event.data["old_state"]
-            if new_state is None:
-                return
-            for mule, trigger in space.presence.items():
-                arrived = trigger.matches(new_state.state) and not (
-                    old_state is not None and trigger.matches(old_state.state)
-                )
-                if trigger.entity == event.data["entity_id"] and arrived:
-                    self.hass.async_create_task(self.async_open(space, mule), eager_start=True)
+            was = {
+                mule
+                for mule, trigger in space.presence.items()
+                if trigger.entity == event.data["entity_id"]
+                and old_state is not None
+                and trigger.matches(old_state.state)
+            }
+            now = {
+                mule
+                for mule, trigger in space.presence.items()
+                if trigger.entity == event.data["entity_id"]
+                and new_state is not None
+                and trigger.matches(new_state.state)
+            }
+            for mule in sorted(now - was):
+                self._background(self.async_open(space, mule), f"mlmule open {mule}")
+            for mule in sorted(was - now):
+                self._background(self.async_end(space, mule, LEFT), f"mlmule close {mule}")
 
         return presence_changed
 
@@ -119,7 +167,9 @@ class Exchange:
             LOGGER.info("%s: not exchanging with %s (not allowed here)", space.settings.name, mule)
             return False
         try:
-            actions = self.endpoint.open(space.settings.space_id, mule, time.time())
+            actions = await self._async_call(
+                lambda: self.endpoint.open(space.settings.space_id, mule, time.time())
+            )
         except ProtocolError as err:
             LOGGER.warning(
                 "%s: cannot start an exchange with %s: %s", space.settings.name, mule, err
@@ -127,14 +177,28 @@ class Exchange:
             return False
         if actions:
             LOGGER.info("%s: %s is here; offering models", space.settings.name, mule)
-        await self._async_run(actions)
         return bool(actions)
+
+    async def async_end(self, space: SpaceCoordinator, mule: str, reason: str) -> None:
+        """End the encounter of `mule` in `space`, if one is going on (the phone gets `bye`),
+        so that its next arrival starts a fresh one."""
+
+        def close() -> list[Action]:
+            now = time.time()
+            return [
+                action
+                for ref in self.endpoint.active_sessions()
+                if ref.space == space.settings.space_id and ref.mule == mule
+                for action in self.endpoint.close(ref.session, reason, now)
+            ]
+
+        await self._async_call(close)
 
     def _may_exchange(self, space: SpaceCoordinator, mule: str) -> bool:
         entry = self.trust.get(mule)
         if entry is None or not entry.allows(space.settings.space_id):
             return False
-        return entry.role != GUEST or space.settings.guests_allowed
+        return entry.role is not TrustRole.GUEST or space.settings.guests_allowed
 
     @callback
     def _async_message(self, message: mqtt.ReceiveMessage) -> None:
@@ -143,30 +207,49 @@ class Exchange:
         payload = message.payload
         if not isinstance(payload, bytes):
             return
+        # eagerly started, so messages queue for the endpoint in the order they arrived
+        self._background(self._async_receive(message.topic, payload), "mlmule receive")
+
+    async def _async_receive(self, topic: str, payload: bytes) -> None:
         try:
-            actions = self.endpoint.receive(message.topic, payload, time.time())
+            await self._async_call(lambda: self.endpoint.receive(topic, payload, time.time()))
         except ProtocolError as err:
             # duplicates and stray messages land here too: not worth more than a debug line
-            LOGGER.debug("dropped a message on %s: %s", message.topic, err)
-            return
-        if actions:
-            self.hass.async_create_task(self._async_run(actions), eager_start=True)
+            LOGGER.debug("dropped a message on %s: %s", topic, err)
 
     async def _async_tick(self, _now: Any) -> None:
-        actions = self.endpoint.tick(time.time())
-        if actions:
-            await self._async_run(actions)
+        async with self._endpoint_lock:
+            if self._closed:
+                return
+            if not self.endpoint.active_sessions():
+                # nothing to time out: only forgets old session ids, cheap enough for the loop
+                self.endpoint.tick(time.time())
+                return
+        await self._async_call(lambda: self.endpoint.tick(time.time()))
 
-    async def _async_run(self, actions: list[Action]) -> None:
+    async def _async_call(self, call: Callable[[], list[Action]]) -> list[Action]:
+        """Run one endpoint call in an executor and publish its messages, in order; then carry
+        out the rest of its actions. Returns its actions ([] once the exchange has closed)."""
+        async with self._endpoint_lock:
+            if self._closed:
+                return []
+            actions = await self.hass.async_add_executor_job(call)
+            await self._async_publish(actions)
+        self._handle(actions)
+        return actions
+
+    async def _async_publish(self, actions: list[Action]) -> None:
         for action in actions:
             if isinstance(action, Publish):
-                async with self._publish_lock:
-                    await mqtt.async_publish(
-                        self.hass, action.topic, action.payload, qos=action.qos, retain=False
-                    )
+                await mqtt.async_publish(
+                    self.hass, action.topic, action.payload, qos=action.qos, retain=False
+                )
                 self.bytes_sent += len(action.payload)
-            elif isinstance(action, Deliver):
-                self.hass.async_create_task(self._async_deliver(action), eager_start=True)
+
+    def _handle(self, actions: list[Action]) -> None:
+        for action in actions:
+            if isinstance(action, Deliver):
+                self._background(self._async_deliver(action), "mlmule deliver")
             elif isinstance(action, Completed):
                 LOGGER.info(
                     "%s: %s %s v%s (%s)",
@@ -187,50 +270,54 @@ class Exchange:
                 self.exchanges += 1
                 LOGGER.debug("exchange with %s ended: %s", action.ref.mule, action.reason)
 
-    async def _async_deliver(self, action: Deliver) -> None:
-        """Verify and merge a delivered snapshot, answer, and in fixed-data mode train and reply."""
-        space = self.spaces.get(action.ref.space)
-        now = time.time()
-        if space is None:
-            await self._async_run(
-                self.endpoint.settle(
-                    action.ref.session,
-                    action.transfer,
-                    accepted=False,
-                    reason="unknown_space",
-                    now=now,
-                )
-            )
-            return
-        entry = self.trust.get(action.ref.mule)
-        guest = entry is not None and entry.role == GUEST
-        outcome = await space.async_receive(action.payload, guest=guest, mule=action.ref.mule)
-        await self._async_run(
-            self.endpoint.settle(
+    async def _async_settle(self, action: Deliver, *, accepted: bool, reason: str) -> None:
+        await self._async_call(
+            lambda: self.endpoint.settle(
                 action.ref.session,
                 action.transfer,
-                accepted=outcome.accepted,
-                reason=outcome.reason,
+                accepted=accepted,
+                reason=reason,
                 now=time.time(),
             )
         )
+
+    async def _async_deliver(self, action: Deliver) -> None:
+        """Verify and merge a delivered snapshot, answer, and in fixed-data mode train and reply."""
+        space = self.spaces.get(action.ref.space)
+        if space is None:
+            await self._async_settle(action, accepted=False, reason="unknown_space")
+            return
+        entry = self.trust.get(action.ref.mule)
+        guest = entry is not None and entry.role is TrustRole.GUEST
+        try:
+            outcome = await space.async_receive(action.payload, guest=guest, mule=action.ref.mule)
+        except SpaceClosed:
+            return  # the entry is unloading; the phone's session times out
+        except OSError as err:  # the model store could not be written: refuse, change nothing
+            LOGGER.error("%s: could not store a snapshot: %s", space.settings.name, err)
+            await self._async_settle(action, accepted=False, reason="storage_error")
+            return
+        await self._async_settle(action, accepted=outcome.accepted, reason=outcome.reason)
         if not outcome.accepted or outcome.context_key is None:
             return
         context_key = outcome.context_key
         if action.mode is Mode.FIXED and outcome.changed:
             try:
                 await space.async_train_key(context_key, reason="exchange")
-            except MlmuleError as err:
+            except SpaceClosed:
+                return
+            except (MlmuleError, OSError) as err:
                 LOGGER.warning("%s: training after the merge failed: %s", space.settings.name, err)
-        self.serve(space)
+        await self.async_serve(space)
         # the mule adopts the reply; it needs none when it already carries the current model
         if action.mode is Mode.FIXED and outcome.reason != UNCHANGED:
             slot = space.host.slot(context_key)
-            await self._async_run(
-                self.endpoint.reply(
+            offer, container = slot.offer(), slot.container
+            await self._async_call(
+                lambda: self.endpoint.reply(
                     action.ref.session,
-                    slot.offer(),
-                    slot.container,
+                    offer,
+                    container,
                     in_reply_to=action.snapshot.sha256,
                     now=time.time(),
                 )

@@ -144,6 +144,8 @@ async def async_setup_entry(
 
 class MlmuleSensor(MlmuleEntity, SensorEntity):
     entity_description: MlmuleSensorDescription
+    # the activity's probability changes with every prediction; the recorder need not keep it
+    _unrecorded_attributes = frozenset({"probability"})
 
     def __init__(self, coordinator: SpaceCoordinator, description: MlmuleSensorDescription) -> None:
         super().__init__(coordinator, description.key)

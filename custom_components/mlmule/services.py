@@ -5,11 +5,13 @@ from __future__ import annotations
 import base64
 import binascii
 import time
+from collections.abc import Awaitable, Callable
+from functools import wraps
 from pathlib import Path
 from typing import Any
 
 import voluptuous as vol
-from homeassistant.components.mqtt import DOMAIN as MQTT_DOMAIN
+from homeassistant.auth.permissions.const import POLICY_CONTROL
 from homeassistant.core import (
     HomeAssistant,
     ServiceCall,
@@ -17,15 +19,20 @@ from homeassistant.core import (
     SupportsResponse,
     callback,
 )
-from homeassistant.exceptions import HomeAssistantError, ServiceValidationError
+from homeassistant.exceptions import (
+    HomeAssistantError,
+    ServiceValidationError,
+    Unauthorized,
+    UnknownUser,
+)
 from homeassistant.helpers import config_validation as cv
 from homeassistant.helpers import device_registry as dr
 from homeassistant.helpers.service import async_register_admin_service
 
 from .const import DOMAIN, LOGGER, Task
-from .coordinator import SpaceCoordinator
+from .coordinator import SpaceClosed, SpaceCoordinator
 from .core.errors import MlmuleError
-from .core.identity import BrokerInfo, PairingCode, TrustEntry
+from .core.identity import BrokerInfo, PairingCode, PeerKind, TrustEntry, TrustRole
 from .core.snapshot import COMPRESSIONS
 from .core.storage import atomic_write_bytes
 from .data import MlmuleConfigEntry
@@ -44,6 +51,7 @@ ATTR_MULE_ID = "mule_id"
 ATTR_BROKER_HOST = "broker_host"
 ATTR_BROKER_PORT = "broker_port"
 ATTR_BROKER_TLS = "broker_tls"
+ATTR_BROKER_USERNAME = "broker_username"
 
 SERVICE_TRAIN = "train"
 SERVICE_EXPORT = "export_snapshot"
@@ -81,16 +89,56 @@ ROLLBACK_SCHEMA = vol.Schema(
 PAIR_SCHEMA = vol.Schema(
     {
         vol.Required(ATTR_CODE): cv.string,
-        vol.Optional(ATTR_ROLE, default="owner"): vol.In(["owner", "guest"]),
+        vol.Optional(ATTR_ROLE, default=TrustRole.OWNER.value): vol.All(
+            vol.In([role.value for role in TrustRole]), vol.Coerce(TrustRole)
+        ),
         vol.Optional(ATTR_LABEL): cv.string,
-        vol.Optional(ATTR_SPACES): vol.All(cv.ensure_list, [cv.string]),
-        vol.Optional(ATTR_BROKER_HOST): cv.string,
-        vol.Optional(ATTR_BROKER_PORT): cv.port,
-        vol.Optional(ATTR_BROKER_TLS): cv.boolean,
+        vol.Optional(ATTR_SPACES): vol.All(cv.ensure_list, [cv.string]),  # device ids
+        vol.Inclusive(ATTR_BROKER_HOST, "broker"): cv.string,
+        vol.Inclusive(ATTR_BROKER_PORT, "broker"): cv.port,
+        vol.Optional(ATTR_BROKER_TLS, default=False): cv.boolean,
+        vol.Optional(ATTR_BROKER_USERNAME): cv.string,
     }
 )
 UNPAIR_SCHEMA = vol.Schema({vol.Required(ATTR_MULE_ID): cv.string})
 EXCHANGE_SCHEMA = vol.Schema({**SPACE_SCHEMA, vol.Required(ATTR_MULE_ID): cv.string})
+
+
+type Handler = Callable[[ServiceCall], Awaitable[ServiceResponse]]
+
+
+def _translated_errors(handler: Handler) -> Handler:
+    """Turn what is left of the core's errors and file errors into translated errors.
+
+    Handlers raise the specific errors they can explain; this is the net under them, so that
+    no `MlmuleError` or `OSError` reaches the user untranslated.
+    """
+
+    @wraps(handler)
+    async def translated(call: ServiceCall) -> ServiceResponse:
+        try:
+            return await handler(call)
+        except SpaceClosed as err:
+            raise HomeAssistantError(
+                translation_domain=DOMAIN, translation_key="not_loaded"
+            ) from err
+        except MlmuleError as err:
+            raise HomeAssistantError(
+                translation_domain=DOMAIN,
+                translation_key="action_failed",
+                translation_placeholders={"action": call.service, "error": str(err)},
+            ) from err
+        except OSError as err:
+            raise HomeAssistantError(
+                translation_domain=DOMAIN,
+                translation_key="storage_failed",
+                translation_placeholders={
+                    "action": call.service,
+                    "error": err.strerror or str(err),
+                },
+            ) from err
+
+    return translated
 
 
 def _loaded_entry(hass: HomeAssistant) -> MlmuleConfigEntry:
@@ -100,18 +148,34 @@ def _loaded_entry(hass: HomeAssistant) -> MlmuleConfigEntry:
     return entries[0]
 
 
-def _space(hass: HomeAssistant, call: ServiceCall) -> SpaceCoordinator:
-    entry = _loaded_entry(hass)
-    device = dr.async_get(hass).async_get(call.data[ATTR_DEVICE_ID])
+def _space_id(hass: HomeAssistant, entry: MlmuleConfigEntry, device_id: str) -> str:
+    """The id of the space whose device is `device_id`."""
+    device = dr.async_get(hass).async_get(device_id)
     if device is not None:
         for domain, space_id in device.identifiers:
             if domain == DOMAIN and space_id in entry.runtime_data.spaces:
-                return entry.runtime_data.spaces[space_id]
+                return space_id
     raise ServiceValidationError(
         translation_domain=DOMAIN,
         translation_key="unknown_space",
-        translation_placeholders={"device_id": call.data[ATTR_DEVICE_ID]},
+        translation_placeholders={"device_id": device_id},
     )
+
+
+def _space(hass: HomeAssistant, call: ServiceCall) -> SpaceCoordinator:
+    entry = _loaded_entry(hass)
+    return entry.runtime_data.spaces[_space_id(hass, entry, call.data[ATTR_DEVICE_ID])]
+
+
+async def _async_require_admin(call: ServiceCall) -> None:
+    """Writing files is for administrators, as `async_register_admin_service` checks it."""
+    if call.context.user_id is None:  # automations and scripts run as the system
+        return
+    user = await call.hass.auth.async_get_user(call.context.user_id)
+    if user is None:
+        raise UnknownUser(context=call.context, permission=POLICY_CONTROL)
+    if not user.is_admin:
+        raise Unauthorized(context=call.context, permission=POLICY_CONTROL)
 
 
 def _task_key(space: SpaceCoordinator, task: str) -> str:
@@ -136,7 +200,14 @@ def _allowed_path(hass: HomeAssistant, path: str) -> Path:
 
 async def _async_train(call: ServiceCall) -> ServiceResponse:
     space = _space(call.hass, call)
-    summaries = await space.async_train(reason="action")
+    try:
+        summaries = await space.async_train(reason="action")
+    except MlmuleError as err:
+        raise HomeAssistantError(
+            translation_domain=DOMAIN,
+            translation_key="training_failed",
+            translation_placeholders={"space": space.settings.name, "error": str(err)},
+        ) from err
     return {"space": space.settings.name, "tasks": {t: s.as_dict() for t, s in summaries.items()}}
 
 
@@ -144,7 +215,11 @@ async def _async_export(call: ServiceCall) -> ServiceResponse:
     hass = call.hass
     space = _space(hass, call)
     context_key = _task_key(space, call.data[ATTR_TASK])
-    data: bytes = await hass.async_add_executor_job(
+    target = None
+    if ATTR_PATH in call.data:
+        await _async_require_admin(call)
+        target = _allowed_path(hass, call.data[ATTR_PATH])
+    data: bytes = await space.async_job(
         lambda: space.host.export(context_key, compression=call.data[ATTR_COMPRESSION])
     )
     slot = space.host.slot(context_key)
@@ -154,9 +229,15 @@ async def _async_export(call: ServiceCall) -> ServiceResponse:
         "size": len(data),
         "sha256": slot.snapshot.sha256 if len(data) == slot.snapshot.size else None,
     }
-    if ATTR_PATH in call.data:
-        target = _allowed_path(hass, call.data[ATTR_PATH])
-        await hass.async_add_executor_job(atomic_write_bytes, target, data)
+    if target is not None:
+        try:
+            await hass.async_add_executor_job(atomic_write_bytes, target, data)
+        except OSError as err:
+            raise HomeAssistantError(
+                translation_domain=DOMAIN,
+                translation_key="unwritable_file",
+                translation_placeholders={"path": str(target), "error": err.strerror or str(err)},
+            ) from err
         response["path"] = str(target)
     else:
         response["snapshot"] = base64.b64encode(data).decode("ascii")
@@ -204,7 +285,7 @@ async def _async_rollback(call: ServiceCall) -> ServiceResponse:
     space = _space(hass, call)
     context_key = _task_key(space, call.data[ATTR_TASK])
     try:
-        slot = await hass.async_add_executor_job(
+        slot = await space.async_job(
             lambda: space.host.rollback(context_key, call.data.get(ATTR_VERSION))
         )
     except MlmuleError as err:
@@ -215,21 +296,24 @@ async def _async_rollback(call: ServiceCall) -> ServiceResponse:
         ) from err
     LOGGER.info("%s: rolled %s back to v%s", space.settings.name, context_key, slot.version)
     await space.async_request_refresh()
+    space.async_update_listeners()  # the model version shows, even with the same prediction
     return {"context_key": context_key, "version": slot.version}
 
 
-def _broker_info(hass: HomeAssistant, call: ServiceCall) -> BrokerInfo | None:
-    """Where a phone reaches this home's broker: the action's fields, else HA's MQTT entry."""
-    mqtt_entries = hass.config_entries.async_entries(MQTT_DOMAIN)
-    configured = mqtt_entries[0].data if mqtt_entries else {}
-    host = call.data.get(ATTR_BROKER_HOST) or configured.get("broker")
-    if not host:
+def _broker_info(call: ServiceCall) -> BrokerInfo | None:
+    """Where the phone reaches this home's broker, as the user gives it.
+
+    Home Assistant's MQTT integration offers no public way to read its broker settings, and
+    the address it uses may not be the one a phone can reach. Without it the phone is told
+    the broker when it pairs (`mlmule-companion pair --host`).
+    """
+    if ATTR_BROKER_HOST not in call.data:
         return None
     return BrokerInfo(
-        host=str(host),
-        port=int(call.data.get(ATTR_BROKER_PORT) or configured.get("port", 1883)),
-        tls=bool(call.data.get(ATTR_BROKER_TLS, configured.get("certificate") is not None)),
-        username=str(configured.get("username", "")),
+        host=call.data[ATTR_BROKER_HOST],
+        port=call.data[ATTR_BROKER_PORT],
+        tls=call.data[ATTR_BROKER_TLS],
+        username=call.data.get(ATTR_BROKER_USERNAME, ""),
     )
 
 
@@ -247,24 +331,17 @@ async def _async_pair(call: ServiceCall) -> ServiceResponse:
         ) from err
     if code.kind != "mule":
         raise ServiceValidationError(translation_domain=DOMAIN, translation_key="not_a_mule_code")
-    spaces = call.data.get(ATTR_SPACES)
-    unknown = sorted(set(spaces or ()) - set(data.spaces))
-    if unknown:
-        raise ServiceValidationError(
-            translation_domain=DOMAIN,
-            translation_key="unknown_space",
-            translation_placeholders={"device_id": ", ".join(unknown)},
-        )
+    spaces = [_space_id(hass, entry, device_id) for device_id in call.data.get(ATTR_SPACES, ())]
     trust_entry = TrustEntry.for_key(
         code.public_key,
-        kind="mule",
+        kind=PeerKind.MULE,
         role=call.data[ATTR_ROLE],
         label=call.data.get(ATTR_LABEL) or code.name,
         paired_at=time.time(),
         spaces=frozenset(spaces) if spaces else None,
     )
     await hass.async_add_executor_job(data.trust.add, trust_entry)
-    home_code = PairingCode.for_identity(data.identity, broker=_broker_info(hass, call)).encode()
+    home_code = PairingCode.for_identity(data.identity, broker=_broker_info(call)).encode()
     LOGGER.info(
         "paired mule %s (%s) as %s", trust_entry.peer_id, trust_entry.label, trust_entry.role
     )
@@ -281,6 +358,7 @@ async def _async_unpair(call: ServiceCall) -> ServiceResponse:
             translation_key="unknown_mule",
             translation_placeholders={"mule_id": mule_id},
         )
+    data.rejections.forget(mule_id)
     LOGGER.info("unpaired mule %s", mule_id)
     return {"mule_id": mule_id, "removed": True}
 
@@ -304,14 +382,17 @@ def async_setup_services(hass: HomeAssistant) -> None:
     """Register every action (once, in `async_setup`).
 
     Actions that change whom the home trusts or which model it runs are for administrators
-    only; training, exporting and starting an exchange are for any user.
+    only, and so is exporting to a file; training, exporting in the response and starting an
+    exchange are for any user.
     """
     for name, handler, schema, response in (
         (SERVICE_TRAIN, _async_train, TRAIN_SCHEMA, SupportsResponse.OPTIONAL),
         (SERVICE_EXPORT, _async_export, EXPORT_SCHEMA, SupportsResponse.OPTIONAL),
         (SERVICE_EXCHANGE, _async_exchange, EXCHANGE_SCHEMA, SupportsResponse.OPTIONAL),
     ):
-        hass.services.async_register(DOMAIN, name, handler, schema, supports_response=response)
+        hass.services.async_register(
+            DOMAIN, name, _translated_errors(handler), schema, supports_response=response
+        )
     for name, handler, schema, response in (
         (SERVICE_IMPORT, _async_import, IMPORT_SCHEMA, SupportsResponse.OPTIONAL),
         (SERVICE_ROLLBACK, _async_rollback, ROLLBACK_SCHEMA, SupportsResponse.OPTIONAL),
@@ -319,5 +400,5 @@ def async_setup_services(hass: HomeAssistant) -> None:
         (SERVICE_UNPAIR, _async_unpair, UNPAIR_SCHEMA, SupportsResponse.OPTIONAL),
     ):
         async_register_admin_service(
-            hass, DOMAIN, name, handler, schema, supports_response=response
+            hass, DOMAIN, name, _translated_errors(handler), schema, supports_response=response
         )
