@@ -11,7 +11,12 @@ from pathlib import Path
 
 import yaml
 
-from custom_components.mlmule.repairs import ISSUE_FAST_RUNTIME, ISSUE_MQTT
+from custom_components.mlmule.repairs import (
+    ISSUE_INPUT_MISSING,
+    ISSUE_LABEL_MISSING,
+    ISSUE_MQTT,
+    ISSUE_REJECTED,
+)
 from custom_components.mlmule.sensor import SENSORS
 
 INTEGRATION = Path(__file__).resolve().parents[2] / "custom_components" / "mlmule"
@@ -46,13 +51,7 @@ def test_every_raised_exception_has_a_message() -> None:
 
 
 def test_every_repair_issue_has_a_title_and_description() -> None:
-    kinds = {
-        ISSUE_MQTT,
-        ISSUE_FAST_RUNTIME,
-        "input_missing",
-        "label_source_missing",
-        "snapshots_rejected",
-    }
+    kinds = {ISSUE_MQTT, ISSUE_INPUT_MISSING, ISSUE_LABEL_MISSING, ISSUE_REJECTED}
     assert set(EN["issues"]) == kinds
     for issue in EN["issues"].values():
         assert issue["title"]
