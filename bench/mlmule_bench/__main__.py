@@ -1,6 +1,15 @@
-"""`python -m mlmule_bench [run|flower|scaling|plot] ...` (run is the default).
+"""`python -m mlmule_bench [run|sweep|flower|scaling|plot|table] ...` (run is the default).
 
     run      every task x seed x method of a configuration -> learning.json and its figures
+    sweep    the same for each value of one setting -> learning_sweep_<setting>.json, e.g.
+             --sweep relays=true,false             relay spaces on and off
+             --sweep mule_carries=answer,merge     what a mule carries
+             --sweep mlmule_options.staleness=polynomial,constant   the staleness rule
+             --sweep mlmule_options.half_life=21600,86400           its half-life (seconds)
+             --sweep visit_rate=1,4                how often phones visit other homes (guest
+                                                   share); a strategy's own guest-share bound
+                                                   sweeps as mlmule_options.<its option>
+             (a shared body with per-kind heads is not a sweep: every task has one context key)
     flower   our FedAvg against Flower's on the same partitions and budget -> learning_flower.json
     scaling  wall time for a growing number of homes -> learning_scaling.json and a figure
     plot     redraw the figures of an existing learning.json
@@ -22,6 +31,7 @@ for _name, _value in SINGLE_THREADED.items():
 
 import argparse  # noqa: E402
 import json  # noqa: E402
+import logging  # noqa: E402
 import shutil  # noqa: E402
 import subprocess  # noqa: E402
 import sys  # noqa: E402
@@ -32,10 +42,17 @@ from typing import Any  # noqa: E402
 
 from tqdm import tqdm  # type: ignore[import-untyped]  # noqa: E402
 
-from .config import BACKENDS, METHODS, TASKS, BenchConfig, load_config  # noqa: E402
+from .config import (  # noqa: E402
+    BACKENDS,
+    METHODS,
+    TASKS,
+    BenchConfig,
+    BenchConfigError,
+    load_config,
+)
 
 RESULTS = Path(__file__).resolve().parents[1] / "results"
-COMMANDS = ("run", "flower", "scaling", "plot", "table")
+COMMANDS = ("run", "sweep", "flower", "scaling", "plot", "table")
 
 
 def _csv(text: str) -> tuple[str, ...]:
@@ -63,6 +80,16 @@ def build_parser() -> argparse.ArgumentParser:
     )
     run.add_argument("--no-plots", action="store_true")
     run.add_argument("--emit-runs", type=Path, help=argparse.SUPPRESS)  # for --jobs workers
+
+    sweep = commands.add_parser("sweep", help="run the benchmark for each value of a setting")
+    _common(sweep)
+    sweep.add_argument(
+        "--sweep",
+        required=True,
+        help="SETTING=V1,V2,...: a configuration key, or mlmule_options.<strategy option>",
+    )
+    sweep.add_argument("--out", type=Path, default=None, help="default: learning_sweep_<key>.json")
+    sweep.add_argument("--jobs", type=int, default=1)
 
     flower = commands.add_parser("flower", help="cross-check FedAvg against Flower's")
     _common(flower)
@@ -134,6 +161,8 @@ def progress_bar(quiet: bool) -> Any:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    # thousands of promotion decisions per run: counted in the results, not logged one by one
+    logging.getLogger("mlmule_core").setLevel(logging.ERROR)
     arguments = list(sys.argv[1:] if argv is None else argv)
     if not arguments or arguments[0] not in (*COMMANDS, "-h", "--help"):
         arguments.insert(0, "run")
@@ -155,6 +184,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         from .flower_check import run_flower_check  # noqa: PLC0415
 
         return run_flower_check(config, args.out, backend=args.backend, quiet=args.quiet)
+    if args.command == "sweep":
+        return run_sweep(config, args)
     if args.command == "scaling":
         from .scaling import run_scaling  # noqa: PLC0415
 
@@ -171,26 +202,96 @@ def main(argv: Sequence[str] | None = None) -> int:
     return run(config, args)
 
 
-def run(config: BenchConfig, args: argparse.Namespace) -> int:
-    from .results import check_document, summarise, write_json  # noqa: PLC0415
+def collect_runs(
+    config: BenchConfig, args: argparse.Namespace, out: Path
+) -> list[dict[str, Any]]:
+    """Every (task, seed) of `config`, here or in `--jobs` worker processes."""
     from .run import run_task  # noqa: PLC0415
     from .training import make_executor  # noqa: PLC0415
 
-    began = time.perf_counter()
     pairs = [(task, seed) for task in config.tasks for seed in config.seeds]
     if args.jobs > 1 and len(pairs) > 1:
-        task_runs = _in_processes(args, pairs, args.jobs)
-    else:
-        executor = make_executor(args.backend, ray_address=args.ray_address)
-        task_runs = []
+        return _in_processes(args, config, pairs, args.jobs, out)
+    executor = make_executor(args.backend, ray_address=args.ray_address)
+    task_runs = []
+    try:
+        for task, seed in tqdm(pairs, desc="task x seed", disable=args.quiet or len(pairs) < 2):
+            outcome = run_task(config, task, seed, executor, progress=progress_bar(args.quiet))
+            task_runs.append(outcome.to_json())
+            if not args.quiet:
+                _print_task(outcome.to_json())
+    finally:
+        executor.close()
+    return task_runs
+
+
+def sweep_values(spec: str) -> tuple[str, list[Any]]:
+    """`key=v1,v2` -> the key and its values, each read as JSON where it parses as JSON."""
+    key, _, text = spec.partition("=")
+    if not key or not text:
+        raise BenchConfigError(f"--sweep takes KEY=V1,V2,..., not {spec!r}")
+    values: list[Any] = []
+    for raw in _csv(text):
         try:
-            for task, seed in pairs:
-                outcome = run_task(config, task, seed, executor, progress=progress_bar(args.quiet))
-                task_runs.append(outcome.to_json())
-                if not args.quiet:
-                    _print_task(outcome.to_json())
-        finally:
-            executor.close()
+            values.append(json.loads(raw))
+        except ValueError:
+            values.append(raw)
+    return key.strip(), values
+
+
+def swept(config: BenchConfig, key: str, value: Any) -> BenchConfig:
+    """`config` with one setting changed (`mlmule_options.<option>` for a strategy option)."""
+    if key.startswith("mlmule_options."):
+        option = key.removeprefix("mlmule_options.")
+        return config.with_overrides(mlmule_options={**config.mlmule_options, option: value})
+    return BenchConfig.from_json({**config.to_json(), key: value})
+
+
+def run_sweep(config: BenchConfig, args: argparse.Namespace) -> int:
+    from .results import check_document, summarise, write_json  # noqa: PLC0415
+
+    key, values = sweep_values(args.sweep)
+    out: Path = args.out or RESULTS / f"learning_sweep_{key.replace('.', '_')}.json"
+    began = time.perf_counter()
+    by_value: dict[str, Any] = {}
+    for value in values:
+        chosen = swept(config, key, value)
+        part_out = out.with_name(f"{out.stem}_{json.dumps(value).strip(chr(34))}.json")
+        document = summarise(
+            chosen,
+            collect_runs(chosen, args, part_out),
+            backend=args.backend,
+            wall_seconds=time.perf_counter() - began,
+        )
+        problems = check_document(document)
+        if problems:
+            print("\n".join(problems), file=sys.stderr)
+            return 1
+        shutil.rmtree(_parts_dir(part_out), ignore_errors=True)
+        by_value[json.dumps(value)] = {
+            "per_method": document["per_method"],
+            "config": document["config"],
+        }
+    write_json(
+        out,
+        {
+            "sweep": key,
+            "values": values,
+            "seeds": list(config.seeds),
+            "metric": {task: document["metric"][task] for task in config.tasks},
+            "wall_seconds": time.perf_counter() - began,
+            "results": by_value,
+        },
+    )
+    print(f"wrote {out}")
+    return 0
+
+
+def run(config: BenchConfig, args: argparse.Namespace) -> int:
+    from .results import check_document, summarise, write_json  # noqa: PLC0415
+
+    began = time.perf_counter()
+    task_runs = collect_runs(config, args, args.out)
     if args.emit_runs is not None:
         args.emit_runs.write_text(json.dumps(task_runs), encoding="utf-8")
         return 0
@@ -216,7 +317,11 @@ def run(config: BenchConfig, args: argparse.Namespace) -> int:
 
 
 def _in_processes(
-    args: argparse.Namespace, pairs: list[tuple[str, int]], jobs: int
+    args: argparse.Namespace,
+    config: BenchConfig,
+    pairs: list[tuple[str, int]],
+    jobs: int,
+    out: Path,
 ) -> list[dict[str, Any]]:
     """Each (task, seed) in its own `python -m mlmule_bench run` process, `jobs` at a time.
 
@@ -224,8 +329,11 @@ def _in_processes(
     interrupted run: pairs already there are not run again. The folder goes once the whole
     document is written.
     """
-    parts = _parts_dir(args.out)
+    parts = _parts_dir(out)
     parts.mkdir(parents=True, exist_ok=True)
+    # workers read the whole configuration (overrides and sweeps included) from a file
+    config_file = parts / "config.json"
+    config_file.write_text(json.dumps(config.to_json()), encoding="utf-8")
     waiting = [pair for pair in pairs if not _part(parts, *pair).exists()]
     running: list[tuple[subprocess.Popen[bytes], Path]] = []
     with tqdm(
@@ -242,7 +350,7 @@ def _in_processes(
                     "mlmule_bench",
                     "run",
                     "--config",
-                    args.config,
+                    str(config_file),
                     "--tasks",
                     task,
                     "--seed",
@@ -253,8 +361,6 @@ def _in_processes(
                     "--emit-runs",
                     str(scratch),
                 ]
-                if args.methods:
-                    command += ["--methods", ",".join(args.methods)]
                 running.append((subprocess.Popen(command, env=os.environ.copy()), target))  # noqa: S603
             time.sleep(0.5)
             for process, target in list(running):

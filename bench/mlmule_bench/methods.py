@@ -146,6 +146,20 @@ class PeerMethod(Method):
         slot = self.learner_of(unit).host.slot(unit.context_key)
         return slot.spec, slot.weights
 
+    def details(self) -> dict[str, object]:
+        """The hosts' counters and promotion verdicts, summed over every space and phone."""
+        counters: dict[str, int] = {}
+        promotions: dict[str, int] = {}
+        for peer in [*self.spaces.values(), *self.phones.values()]:
+            for name, value in peer.host.counters.items():
+                counters[name] = counters.get(name, 0) + value
+            for name, value in peer.host.promotions.items():
+                promotions[name] = promotions.get(name, 0) + value
+        return {
+            "host_counters": dict(sorted(counters.items())),
+            "promotions": dict(sorted(promotions.items())),
+        }
+
 
 def site_of(unit: Unit) -> SpaceSite:
     home, space = unit.learner.split("/")
@@ -559,12 +573,6 @@ class MLMule(PeerMethod):
     def on_period_end(self, now: float) -> None:
         self.train_leftovers(now)
 
-    def details(self) -> dict[str, object]:
-        counters: dict[str, int] = {}
-        for peer in [*self.spaces.values(), *self.phones.values()]:
-            for name, value in peer.host.counters.items():
-                counters[name] = counters.get(name, 0) + value
-        return {"host_counters": dict(sorted(counters.items()))}
 
 
 def relay_space_id(context_key: str) -> str:

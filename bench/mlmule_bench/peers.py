@@ -420,21 +420,22 @@ class Exchanges:
             reason=outcome.reason,
             now=now,
         )
-        if not outcome.accepted:
-            return follow
         if outcome.reason == "merged" and action.mode is Mode.FIXED and space.unit is not None:
             need = self._training_for(peer, key, space.unit, now)
             if need is not None:
                 yield need
+        if not peer.host.has(key):
+            return follow
         self._serve(home, space)
-        # as exchange.py: the mule needs nothing back when it carries the current model (or
-        # the model a relay just took from it as its first)
-        if action.mode is Mode.FIXED and outcome.reason not in {UNCHANGED, "adopted"}:
-            slot = peer.host.slot(key)
+        # as exchange.py: after a merge and after a refusal alike, the space answers with what
+        # it serves (`ModelHost.answer`), so the mule carries it; nothing when the mule carries
+        # it already (or a relay has just taken it as its first model)
+        answer = peer.host.answer(outcome) if action.mode is Mode.FIXED else None
+        if answer is not None and outcome.reason != "adopted":
             follow += home.reply(
                 action.ref.session,
-                slot.offer(),
-                slot.container,
+                answer.offer(),
+                answer.container,
                 in_reply_to=action.snapshot.sha256,
                 now=now,
             )

@@ -20,9 +20,12 @@ STYLE = {
     "local": ("tab:gray", "-"),
     "centralized": ("black", "--"),
     "fedavg": ("tab:blue", "-"),
+    "fedavg_ft": ("tab:blue", "--"),
     "fedasync": ("tab:cyan", "-"),
     "gossip": ("tab:olive", "-"),
     "mlmule": ("tab:red", "-"),
+    "mlmule_no_relay": ("tab:brown", ":"),
+    "mlmule_carry_merge": ("tab:green", "-."),
     "mlmule_no_filter": ("tab:orange", ":"),
     "mlmule_personal": ("tab:purple", "-."),
     "mlmule_gated": ("tab:pink", "--"),
@@ -31,6 +34,7 @@ TITLES = {
     "occupancy": "occupancy (fixed data)",
     "phone_activity": "phone activity (mobile data)",
     "digits": "digits, Dirichlet label skew",
+    "paper": "paper: digit subsets per group",
 }
 
 

@@ -15,6 +15,7 @@ from typing import Any, Protocol, cast
 import numpy as np
 from mlmule_core.errors import MlmuleError
 from mlmule_core.host import TrainingJob
+from mlmule_core.promotion import split_holdout
 from mlmule_core.train_numpy import Trainer, TrainReport, train
 from mlmule_core.weights import Weights, copy_weights
 
@@ -114,19 +115,27 @@ class RayExecutor:
             return self._local.run(needs)
         self.batches += 1
         slots = [need.peer.host.slot(need.context_key) for need in needs]
+        # as `ModelHost.start_training`: the latest samples are held out for the promotion rule
+        splits = [
+            split_holdout(need.x, need.y, need.peer.host.settings.promotion.holdout_fraction)
+            for need in needs
+        ]
         futures = [
-            self._remote.remote(slot.spec, slot.weights, need.x, need.y, need.config)
-            for slot, need in zip(slots, needs, strict=True)
+            self._remote.remote(slot.spec, slot.weights, x, y, need.config)
+            for slot, need, (x, y, _) in zip(slots, needs, splits, strict=True)
         ]
         outcomes: list[Outcome] = []
-        for need, (weights, report) in zip(needs, self._ray.get(futures), strict=True):
-            # the host's own job commits: base-version check, metadata, signing, storing
+        for need, (_, y, window), (weights, report) in zip(
+            needs, splits, self._ray.get(futures), strict=True
+        ):
+            # the host's own job commits: base-version check, promotion, metadata, signing
             job = TrainingJob(
                 need.peer.host,
                 need.context_key,
                 cast("Trainer", _FinishedRun(weights, report)),
-                samples=int(np.asarray(need.y).shape[0]),
+                samples=int(np.asarray(y).shape[0]),
                 data_time=need.data_time,
+                window=window,
             )
             try:
                 outcomes.append(job.commit(now=need.now))

@@ -14,16 +14,34 @@ ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT / "bench"))  # the benchmark package is not installed
 
 from mlmule_bench.config import PRESETS, BenchConfig, BenchConfigError, load_config  # noqa: E402
-from mlmule_bench.data import build_task, build_world, dirichlet_partition, held_out_start  # noqa: E402
-from mlmule_bench.methods import MLMule  # noqa: E402
-from mlmule_bench.mobility import meetings, visits  # noqa: E402
-from mlmule_bench.peers import Budget, Exchanges  # noqa: E402
+from mlmule_bench.__main__ import swept, sweep_values  # noqa: E402
+from mlmule_bench.data import (  # noqa: E402
+    DIGITS_KEY,
+    RELAY_SPACE,
+    Unit,
+    build_task,
+    build_world,
+    dirichlet_partition,
+    held_out_start,
+)
+from mlmule_bench.methods import FedAvg, FedAvgFineTuned, Gossip, MLMule  # noqa: E402
+from mlmule_bench.mobility import (  # noqa: E402
+    Meeting,
+    Visit,
+    exchange_places,
+    meetings,
+    relay_places,
+    visits,
+)
+from mlmule_bench.peers import Budget, Exchanges, Peer  # noqa: E402
 from mlmule_bench.results import spread, time_to_target  # noqa: E402
-from mlmule_bench.simulate import Simulation  # noqa: E402
+from mlmule_bench.simulate import Method, Simulation  # noqa: E402
 from mlmule_bench.training import LocalExecutor  # noqa: E402
+from mlmule_core.families import FamilySpec  # noqa: E402
 from mlmule_core.protocol.wire import decode_chunk, decode_control, is_chunk  # noqa: E402
 from mlmule_core.snapshot import verify_container  # noqa: E402
-from mlmule_core.world.residents import ELSEWHERE_CODE  # noqa: E402
+from mlmule_core.weights import Weights, weights_digest  # noqa: E402
+from mlmule_world.residents import ELSEWHERE_CODE  # noqa: E402
 
 TINY = PRESETS["tiny"]
 
@@ -69,7 +87,7 @@ def test_visits_respect_the_cooldown_and_meetings_are_co_locations() -> None:
     assert found
     last: dict[tuple[str, str, str], float] = {}
     for visit in found:
-        assert (visit.home, visit.space) in data.kind_of_room
+        assert (visit.home, visit.space) in data.kind_of_room or visit.space == RELAY_SPACE
         assert visit.time < end
         pair = (visit.home, visit.space, visit.phone)
         if pair in last:
@@ -173,3 +191,190 @@ class _AnySigner:
 
     def public_key_for(self, key_id: str) -> bytes:
         return self._keys[key_id]
+
+
+# --- the fair benchmark: arrival times, the paper task, relay spaces, gossip, regressions ----
+
+
+def _simulation(config: BenchConfig, task: str, seed: int) -> Simulation:
+    world = build_world(config, seed)
+    data = build_task(config, world, task, seed)
+    end = held_out_start(config, world)
+    return Simulation(
+        config,
+        data,
+        seed=seed,
+        start=world.start,
+        end=end,
+        homes=[home.home_id for home in world.homes],
+        phones={person.phone_id: person.home_id for person in world.people},
+        visits=visits(config, world, data, end),
+        meetings=meetings(world, end, places=exchange_places(config, world, data)),
+        executor=LocalExecutor(),
+        relays=relay_places(config, world),
+    )
+
+
+def test_digits_arrive_over_the_learning_period_and_a_home_keeps_them() -> None:
+    world = build_world(TINY, 0)
+    data = build_task(TINY, world, "digits", 0)
+    end = held_out_start(TINY, world)
+    all_times = np.concatenate([unit.times for unit in data.units])
+    assert all_times.min() >= world.start and all_times.max() < end
+    # spread over the period, not all at the start
+    assert np.ptp(all_times) > 0.8 * (end - world.start)
+    unit = data.units[0]
+    assert np.all(np.diff(unit.times) >= 0)
+    middle = world.start + (end - world.start) / 2
+    x, y, newest = unit.window(middle, 3600.0)  # a short window: a home keeps its data set
+    assert y.size == unit.samples_before(middle) > 0
+    assert newest == unit.times[y.size - 1] < middle
+    assert x.shape[0] == y.size
+
+
+def test_the_paper_task_gives_each_group_a_subset_of_digits_shared_with_its_neighbours() -> None:
+    config = TINY.with_overrides(homes=6, group_size=2)
+    world = build_world(config, 0)
+    data = build_task(config, world, "paper", 0)
+    group = {home.home_id: home.group for home in world.homes}
+    seen: dict[int, set[int]] = {}
+    for unit in data.units:
+        labels = {*unit.y.tolist(), *unit.y_test.tolist()}
+        expected = {(2 * group[unit.home] + j) % 10 for j in range(config.paper_classes)}
+        assert labels == expected, unit.home
+        assert unit.y.size >= 40  # enough to learn from alone
+        seen.setdefault(group[unit.home], set()).update(labels)
+    assert seen[0] & seen[1] and seen[0] != seen[1]
+
+
+def test_relay_visits_and_gossip_meetings_are_where_ml_mule_can_exchange() -> None:
+    world = build_world(TINY, 0)
+    data = build_task(TINY, world, "digits", 0)
+    end = held_out_start(TINY, world)
+    with_relays = visits(TINY, world, data, end)
+    relay_visits = [visit for visit in with_relays if visit.space == RELAY_SPACE]
+    assert relay_visits
+    assert {visit.home for visit in relay_visits} <= set(world.shared_places)
+    no_relays = TINY.with_overrides(relays=False)
+    assert all(visit.space != RELAY_SPACE for visit in visits(no_relays, world, data, end))
+    places = exchange_places(no_relays, world, data)
+    assert places == {home.home_id for home in world.homes}
+    restricted = meetings(world, end, places=places)
+    assert restricted
+    assert {meeting.place for meeting in restricted} <= places
+    assert len(restricted) < len(meetings(world, end))
+
+
+def test_relay_spaces_keep_merge_and_hand_back_snapshots(tmp_path: Path) -> None:
+    simulation = _simulation(TINY, "digits", 0)
+    method = MLMule(simulation, tmp_path)
+    result = simulation._run(method)
+    relays = {name: peer for name, peer in method.spaces.items() if peer.home in simulation.relays}
+    assert relays
+    holding = [peer for peer in relays.values() if peer.host.has(DIGITS_KEY)]
+    assert holding  # a relay starts empty and takes the first model a phone brings
+    counters = {
+        name: sum(peer.host.counters[name] for peer in relays.values())
+        for name in ("adopted", "merged")
+    }
+    assert counters["adopted"] >= 1 and counters["merged"] >= 1
+    assert result.ledger.raw_samples_moved == 0
+    # a relay has no labels: it never trains
+    assert sum(peer.host.counters["trained"] for peer in relays.values()) == 0
+
+
+def test_gossip_is_store_and_forward(tmp_path: Path) -> None:
+    """Two phones that meet average what they carry; a home learns it only when its phone
+    comes home."""
+    simulation = _simulation(TINY, "digits", 0)
+    gossip = Gossip(simulation, tmp_path)
+    phone_home = simulation.phones
+    phone_a = next(iter(phone_home))
+    phone_b = next(phone for phone, home in phone_home.items() if home != phone_home[phone_a])
+    home_a, home_b = phone_home[phone_a], phone_home[phone_b]
+    space_a, space_b = gossip.learners[f"{home_a}/home"], gossip.learners[f"{home_b}/home"]
+    now = simulation.start + 3600.0
+    # the two homes learn different models
+    for space, unit in ((space_a, home_a), (space_b, home_b)):
+        data = next(u for u in simulation.data.units if u.home == unit)
+        space.host.train(DIGITS_KEY, data.x, data.y, data_time=now, now=now)
+    gossip.on_visits([Visit(now, phone_a, home_a, "home"), Visit(now, phone_b, home_b, "home")])
+
+    def digest(peer: Peer) -> str:
+        return weights_digest(peer.host.slot(DIGITS_KEY).weights)
+
+    assert digest(gossip.phones[phone_a]) == digest(space_a)
+    before_a, before_b = digest(space_a), digest(space_b)
+    gossip.on_meeting(Meeting(now + 60, *sorted((phone_a, phone_b)), home_b))
+    assert digest(gossip.phones[phone_a]) == digest(gossip.phones[phone_b]) != before_a
+    assert (digest(space_a), digest(space_b)) == (before_a, before_b)  # not yet at home
+    gossip.on_visits([Visit(now + 120, phone_a, home_a, "home")])
+    assert digest(space_a) != before_a
+    assert digest(space_b) == before_b
+    assert simulation.ledger.transfers == 2 + 2 + 2  # two copies, two meetings' halves, home
+
+
+class _Worsening(Method):
+    """Serves the starting model, then, from `at`, weights that predict one class."""
+
+    name = "worsening"
+
+    def __init__(self, sim: Simulation, root: Path, at: float) -> None:
+        super().__init__(sim, root)
+        self.at = at
+        self.now = sim.start
+        architecture = sim.data.architectures[DIGITS_KEY]
+        self.good = (architecture.spec, architecture.initial)
+        broken = {
+            name: np.zeros_like(value)
+            for name, value in architecture.initial.items()
+            if not name.startswith("input.")  # the normalisation stays
+        }
+        self.bad = (architecture.spec, {**architecture.initial, **broken})
+
+    def on_hour(self, now: float) -> None:
+        self.now = now
+
+    def model_for(self, unit: Unit) -> tuple[FamilySpec, Weights]:
+        return self.bad if self.now >= self.at else self.good
+
+
+def test_a_served_model_that_scores_lower_the_next_day_is_a_regression(tmp_path: Path) -> None:
+    simulation = _simulation(TINY, "digits", 0)
+    trained = {}
+    architecture = simulation.data.architectures[DIGITS_KEY]
+    pooled = np.concatenate([unit.x for unit in simulation.data.units])
+    labels = np.concatenate([unit.y for unit in simulation.data.units])
+    from mlmule_core.train_numpy import train  # noqa: PLC0415
+
+    trained, _ = train(architecture.spec, architecture.initial, pooled, labels)
+    method = _Worsening(simulation, tmp_path, at=simulation.start + 30 * 3600.0)
+    method.good = (architecture.spec, trained)
+    result = simulation._run(method)
+    units = len(simulation.data.units)
+    # one change per unit, each judged against the next day's truth: all worse
+    assert result.model_changes == units
+    assert result.regressions == units
+    assert result.global_scores == []
+
+
+def test_fedavg_ft_shares_fedavg_s_global_model_and_serves_its_fine_tune(tmp_path: Path) -> None:
+    simulation = _simulation(TINY, "digits", 0)
+    plain = simulation.run(FedAvg)
+    tuned = simulation.run(FedAvgFineTuned)
+    assert plain.global_scores == tuned.global_scores
+    assert plain.final_global is not None
+    assert tuned.scores != tuned.global_scores  # a client serves its own fine-tune
+
+
+def test_a_sweep_reads_its_values_and_changes_one_setting() -> None:
+    key, values = sweep_values("relays=true,false")
+    assert (key, values) == ("relays", [True, False])
+    assert swept(TINY, key, False).relays is False
+    key, values = sweep_values("mlmule_options.staleness=polynomial,constant")
+    assert values == ["polynomial", "constant"]
+    assert swept(TINY, key, "constant").mlmule_options == {"staleness": "constant"}
+    with pytest.raises(BenchConfigError):
+        sweep_values("relays")
+    with pytest.raises(BenchConfigError, match="mule_carries"):
+        swept(TINY, "mule_carries", "everything")
