@@ -202,9 +202,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     return run(config, args)
 
 
-def collect_runs(
-    config: BenchConfig, args: argparse.Namespace, out: Path
-) -> list[dict[str, Any]]:
+def collect_runs(config: BenchConfig, args: argparse.Namespace, out: Path) -> list[dict[str, Any]]:
     """Every (task, seed) of `config`, here or in `--jobs` worker processes."""
     from .run import run_task  # noqa: PLC0415
     from .training import make_executor  # noqa: PLC0415

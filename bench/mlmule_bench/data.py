@@ -265,7 +265,17 @@ def _digits(config: BenchConfig, world: World, seed: int) -> TaskData:
     features, labels = _digits_data()
     rng = stream(seed, "digits-partition")
     owner = dirichlet_partition(labels, len(world.homes), config.digits_alpha, rng)
-    return _dataset_task(config, world, seed, "digits", DIGITS_KEY, features, labels, owner, rng)
+    return _dataset_task(
+        config,
+        world,
+        seed,
+        "digits",
+        context_key=DIGITS_KEY,
+        features=features,
+        labels=labels,
+        owner=owner,
+        rng=rng,
+    )
 
 
 def _paper(config: BenchConfig, world: World, seed: int) -> TaskData:
@@ -284,7 +294,17 @@ def _paper(config: BenchConfig, world: World, seed: int) -> TaskData:
         members = rng.permutation(np.flatnonzero(labels == label))
         if homes.size:
             owner[members] = homes[np.arange(members.size) % homes.size]
-    return _dataset_task(config, world, seed, "paper", PAPER_KEY, features, labels, owner, rng)
+    return _dataset_task(
+        config,
+        world,
+        seed,
+        "paper",
+        context_key=PAPER_KEY,
+        features=features,
+        labels=labels,
+        owner=owner,
+        rng=rng,
+    )
 
 
 @cache
@@ -300,6 +320,7 @@ def _dataset_task(
     world: World,
     seed: int,
     task: str,
+    *,
     context_key: str,
     features: FloatArray,
     labels: IntArray,

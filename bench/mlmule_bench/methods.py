@@ -7,8 +7,8 @@
 | fedavg | every learner, in rounds every T hours | server: sample-weighted mean of the round |
 | fedavg_ft | as fedavg | as fedavg; a client serves its round's fine-tune of the global model |
 | fedasync | every learner, at its own hour | server: staleness-weighted mixing per update |
-| gossip | spaces (fixed data) or phones (mobile data) | pairwise averaging, store-and-forward, over ML Mule's contacts |
-| mlmule* | spaces and phones | phones carry snapshots between the spaces (and relay spaces) they visit |
+| gossip | spaces (fixed data) or phones (mobile data) | pairwise means over ML Mule's contacts |
+| mlmule* | spaces and phones | phones carry snapshots between spaces and relay spaces |
 
 A *learner* is a space in fixed-data mode (occupancy, digits, paper) and a phone in mobile-data
 mode (phone_activity). Every unit is scored with the model its learner serves (personalised);
@@ -421,9 +421,7 @@ class Gossip(PeerMethod):
     def __init__(self, sim: Simulation, root: Path) -> None:
         super().__init__(sim, root)
         self.learners = self.build_learners()
-        self.space_keys = {
-            (site.home, site.space): site.context_key for site in sim.data.sites
-        }
+        self.space_keys = {(site.home, site.space): site.context_key for site in sim.data.sites}
         for phone in sim.phones:
             self.phone(phone, carry_initial=not self.fixed)
 
@@ -572,7 +570,6 @@ class MLMule(PeerMethod):
 
     def on_period_end(self, now: float) -> None:
         self.train_leftovers(now)
-
 
 
 def relay_space_id(context_key: str) -> str:

@@ -13,7 +13,7 @@ ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT / "bench"))  # the benchmark package is not installed
 
 from mlmule_bench.__main__ import main  # noqa: E402
-from mlmule_bench.config import METHODS, MLMULE_METHODS, PRESETS  # noqa: E402
+from mlmule_bench.config import GLOBAL_METHODS, METHODS, MLMULE_METHODS, PRESETS  # noqa: E402
 from mlmule_bench.results import ENTRY_KEYS, check_document  # noqa: E402
 
 TINY = PRESETS["tiny"]
@@ -41,6 +41,10 @@ def test_the_document_has_every_method_task_and_figure(document: dict[str, Any])
         assert set(by_task) == set(TINY.tasks), method
         for task, entry in by_task.items():
             assert set(entry) >= ENTRY_KEYS
+            # both scorings: the global one only where a method has a global model
+            assert (entry["final_global"] is not None) == (method in GLOBAL_METHODS), method
+            assert entry["regressions"]["max"] <= entry["model_changes"]["max"]
+            assert entry["model_changes"]["max"] > 0, (method, task)
             hours = entry["curve"]["hours"]
             assert hours[0] == 0
             assert hours[-1] == (TINY.days - TINY.test_days) * 24
