@@ -121,6 +121,7 @@ class BenchConfig:
     paper_classes: int = 4
     relays: bool = True
     mule_carries: str = "answer"
+    baseline_promotion: bool = False  # the product's promotion rule for the baselines too
     mlmule_options: Mapping[str, Any] = field(default_factory=dict)
     # a served model that scores this much lower than the one it replaced, on the next day's
     # ground truth, is a regression

@@ -16,6 +16,7 @@ from typing import Any
 
 import numpy as np
 from mlmule_core.host import score
+from mlmule_core.promotion import DEFAULT_HOLDOUT_FRACTION, split_holdout
 from mlmule_core.train_numpy import train
 from mlmule_world.config import stream
 
@@ -66,8 +67,12 @@ def flower_fedavg(config: BenchConfig, seed: int) -> dict[str, Any]:
             round_seed = int(
                 stream(seed, "train", self.unit.learner, DIGITS_KEY, period).integers(2**31)
             )
+            # as `ModelHost.start_training`: the latest fifth is held out for the promotion
+            # rule; our server weighs an update by the round's whole window, so this does too
+            samples = int(y.size)
+            x, y, _ = split_holdout(x, y, DEFAULT_HOLDOUT_FRACTION)
             trained, _ = train(spec, weights, x, y, budget.train_config(round_seed))
-            return [trained[name] for name in names], int(y.size), {}
+            return [trained[name] for name in names], samples, {}
 
     def client_fn(context: Context) -> Any:
         return DigitsClient(units[int(context.node_config["partition-id"])]).to_client()

@@ -29,6 +29,7 @@ from mlmule_core import families
 from mlmule_core.families import FamilySpec
 from mlmule_core.host import HostSettings
 from mlmule_core.identity import TrustStore
+from mlmule_core.promotion import PromotionRule
 from mlmule_core.protocol import Mode
 from mlmule_core.snapshot import unpack
 from mlmule_core.strategies import (
@@ -67,6 +68,10 @@ class PeerMethod(Method):
     strategy_options: ClassVar[Mapping[str, Any]] = MappingProxyType({})
     personal_head = False
     uses_relays = False  # the run's relay spaces are peers of this method
+    # The product's promotion rule judges every change (ML Mule, and local learning as the
+    # product does it in a home); the literature's baselines serve every change they make,
+    # unless the configuration gives them the rule too (`baseline_promotion`).
+    promotes = False
 
     def __init__(self, sim: Simulation, root: Path) -> None:
         super().__init__(sim, root)
@@ -90,6 +95,11 @@ class PeerMethod(Method):
                 keep_versions=2,
                 strategy=self.strategy,
                 strategy_options=self.options(),
+                promotion=(
+                    PromotionRule()
+                    if self.promotes or sim.config.baseline_promotion
+                    else SERVE_EVERY_CHANGE
+                ),
             ),
         )
         self._home_trust: dict[str, TrustStore] = {}
@@ -161,6 +171,11 @@ class PeerMethod(Method):
         }
 
 
+# A window never large enough to decide: every challenger is served (the rule still holds out
+# the same latest fifth of each training window, so every method trains on the same data).
+SERVE_EVERY_CHANGE = PromotionRule(min_samples=2**62)
+
+
 def site_of(unit: Unit) -> SpaceSite:
     home, space = unit.learner.split("/")
     return SpaceSite(home, space, unit.context_key)
@@ -171,6 +186,7 @@ def site_of(unit: Unit) -> SpaceSite:
 
 class Local(PeerMethod):
     name = "local"
+    promotes = True
 
     def __init__(self, sim: Simulation, root: Path) -> None:
         super().__init__(sim, root)
@@ -507,6 +523,7 @@ class MLMule(PeerMethod):
 
     name = "mlmule"
     uses_relays = True
+    promotes = True
     mule_carries: str | None = None  # None: the configuration's
 
     def __init__(self, sim: Simulation, root: Path) -> None:
