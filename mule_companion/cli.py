@@ -393,6 +393,17 @@ def _age(seconds: float | None, now: float) -> str:
     return f"{delta:.0f} s ago"
 
 
+def _decision_line(decision: dict[str, Any]) -> str:
+    """`training: kept_current (challenger 0.8120 vs current 0.8400 on 300 held out)`."""
+    line = f"{decision['change']}: {decision['reason']}"
+    if decision["challenger_score"] is not None and decision["current_score"] is not None:
+        line += (
+            f" (challenger {decision['challenger_score']:.4f} vs current "
+            f"{decision['current_score']:.4f} on {decision['samples']} held out)"
+        )
+    return line
+
+
 def status_document(companion: Companion, now: float) -> dict[str, Any]:
     """Everything `status` shows, JSON-able."""
     ledger = companion.ledger
@@ -401,6 +412,7 @@ def status_document(companion: Companion, now: float) -> dict[str, Any]:
     agent["running"] = holder is not None
     agent["pid"] = holder
     summary = companion.data.summary()
+    promotions, decisions = saved_promotions(companion.paths.host)
     return {
         "phone": {
             "name": companion.config.name,
@@ -433,9 +445,13 @@ def status_document(companion: Companion, now: float) -> dict[str, Any]:
                 "training": asdict(ledger.training[model.context_key])
                 if model.context_key in ledger.training
                 else None,
+                "last_decision": decisions[model.context_key].as_dict()
+                if model.context_key in decisions
+                else None,
             }
             for model in carried_models(companion.paths.host, companion.identity)
         ],
+        "promotions": promotions,
         "data": asdict(summary),
         "recent": ledger.events[-10:],
     }
@@ -482,6 +498,11 @@ def cmd_status(args: argparse.Namespace) -> int:
             f"{human_bytes(model['size'])}, {model['history']} kept{spent}"
             + (f"; from {lineage}" if lineage else "")
         )
+        if model["last_decision"] is not None:
+            print(f"    last change: {_decision_line(model['last_decision'])}")
+    if document["promotions"]:
+        counts = ", ".join(f"{n} {reason}" for reason, n in sorted(document["promotions"].items()))
+        print(f"Model changes judged: {counts}")
     data = document["data"]
     print(f"Sensing data: {data['rows']} rows, {data['labelled']} labelled")
     for place in data["places"]:

@@ -29,6 +29,7 @@ from .core.clock import ReplayClock
 from .core.errors import MlmuleError
 from .core.host import HostError, ModelHost, Outcome, TrainingJob
 from .core.hysteresis import Hysteresis, HysteresisConfig
+from .core.promotion import PromotionDecision
 from .core.protocol import Mode
 from .core.space import (
     LOOKBACK_SECONDS,
@@ -103,6 +104,8 @@ class TrainingSummary:
     frames: int
     finished_at: float
     version: int
+    # the promotion rule's verdict on the trained model: served, or the current one kept
+    decision: PromotionDecision | None = None
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -114,15 +117,8 @@ class TrainingSummary:
             "stop_reason": self.report.stop_reason,
             "val_balanced_accuracy": self.report.val_balanced_accuracy,
             "val_macro_f1": self.report.val_macro_f1,
+            "promotion": None if self.decision is None else self.decision.as_dict(),
         }
-
-
-@dataclass
-class HeldOut:
-    """Recent labelled data the space keeps for validating guests' snapshots."""
-
-    x: Any
-    y: Any
 
 
 @dataclass
@@ -130,7 +126,6 @@ class SpaceState:
     """Mutable learning state of a space that outlives single predictions."""
 
     training: dict[str, TrainingSummary] = field(default_factory=dict)
-    held_out: dict[str, HeldOut] = field(default_factory=dict)
     training_now: str | None = None  # the context key being trained right now
 
 
@@ -441,10 +436,12 @@ class SpaceCoordinator(DataUpdateCoordinator[SpacePrediction]):
             return None
         finally:
             self.state.training_now = None
-        held_back = max(1, data.y.size // 5)
-        self.state.held_out[task] = HeldOut(data.x[-held_back:], data.y[-held_back:])
         summary = TrainingSummary(
-            report, int(data.y.size), time.time(), self.host.slot(context_key).version
+            report,
+            int(data.y.size),
+            time.time(),
+            self.host.slot(context_key).version,
+            job.decision,
         )
         self.state.training[task] = summary
         return summary
@@ -457,16 +454,8 @@ class SpaceCoordinator(DataUpdateCoordinator[SpacePrediction]):
         `mule` is the sender as the exchange knows it; a snapshot's own origin is used otherwise.
         """
 
-        def receive() -> Outcome:
-            evaluators = {
-                self.settings.context_key(task): self.host.evaluator(
-                    self.settings.context_key(task), held_out.x, held_out.y
-                )
-                for task, held_out in self.state.held_out.items()
-            }
-            return self.host.receive(snapshot, guest=guest, evaluators=evaluators)
-
-        outcome = await self.async_job(receive)
+        # the host judges the merge on the window its last training held out
+        outcome = await self.async_job(partial(self.host.receive, snapshot, guest=guest))
         if outcome.accepted and not outcome.changed:
             LOGGER.debug(
                 "%s: %s v%s from %s is a model this space held before; kept v%s",

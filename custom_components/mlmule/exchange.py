@@ -29,7 +29,6 @@ from homeassistant.helpers.event import async_track_state_change_event, async_tr
 from .const import LOGGER
 from .coordinator import SpaceClosed
 from .core.errors import MlmuleError, ProtocolError
-from .core.host import UNCHANGED
 from .core.identity import Identity, TrustRole, TrustStore
 from .core.protocol import (
     Action,
@@ -298,20 +297,21 @@ class Exchange:
             await self._async_settle(action, accepted=False, reason="storage_error")
             return
         await self._async_settle(action, accepted=outcome.accepted, reason=outcome.reason)
-        if not outcome.accepted or outcome.context_key is None:
-            return
-        context_key = outcome.context_key
-        if action.mode is Mode.FIXED and outcome.changed:
-            try:
-                await space.async_train_key(context_key, reason="exchange")
-            except SpaceClosed:
-                return
-            except (MlmuleError, OSError) as err:
-                LOGGER.warning("%s: training after the merge failed: %s", space.settings.name, err)
-        await self.async_serve(space)
-        # the mule adopts the reply; it needs none when it already carries the current model
-        if action.mode is Mode.FIXED and outcome.reason != UNCHANGED:
-            slot = space.host.slot(context_key)
+        if outcome.accepted and outcome.context_key is not None:
+            if action.mode is Mode.FIXED and outcome.changed:
+                try:
+                    await space.async_train_key(outcome.context_key, reason="exchange")
+                except SpaceClosed:
+                    return
+                except (MlmuleError, OSError) as err:
+                    LOGGER.warning(
+                        "%s: training after the merge failed: %s", space.settings.name, err
+                    )
+            await self.async_serve(space)
+        # the mule adopts the reply, after a merge or a refusal alike, so that it carries what
+        # the space serves (none when it carries that already: `ModelHost.answer`)
+        slot = space.host.answer(outcome) if action.mode is Mode.FIXED else None
+        if slot is not None:
             offer, container = slot.offer(), slot.container
             await self._async_call(
                 lambda: self.endpoint.reply(

@@ -57,7 +57,11 @@ def _data_time(coordinator: SpaceCoordinator, task: str) -> datetime | None:
 
 def _training(coordinator: SpaceCoordinator, task: str) -> dict[str, Any]:
     summary = coordinator.state.training.get(task)
-    return summary.as_dict() if summary else {}
+    attributes = summary.as_dict() if summary else {}
+    # the promotion rule's last decision on any change of this model (training, merge, import)
+    decision = coordinator.host.decisions.get(coordinator.settings.context_key(task))
+    attributes["last_model_change"] = None if decision is None else decision.as_dict()
+    return attributes
 
 
 def _lineage(coordinator: SpaceCoordinator, task: str) -> dict[str, Any]:

@@ -290,7 +290,8 @@ def test_the_gate_drops_only_the_guests_of_a_mixed_batch() -> None:
     helpful = model_state(target, origin="resident")
     harmful = model_state({n: v + 50 for n, v in target.items()}, origin="visitor", guest=True)
     context = distance_score(target)
-    gated = make_strategy("mlmule", gate="guests")
+    # without the guest clip, which would shrink the harmful update before the gate sees it
+    gated = make_strategy("mlmule", gate="guests", guest_clip=None)
     result = gated.aggregate(local, [harmful, helpful], now=NOW, context=context)
     resident_only = make_strategy("mlmule").aggregate(local, [helpful], now=NOW, context=context)
     assert [d.reason for d in result.decisions] == ["validation_drop", "accepted"]
@@ -298,7 +299,7 @@ def test_the_gate_drops_only_the_guests_of_a_mixed_batch() -> None:
     assert result.decisions[1] == resident_only.decisions[0]
 
     # With scope "all" the harmful pair is judged together and the resident goes with it.
-    everything = make_strategy("mlmule", gate="all")
+    everything = make_strategy("mlmule", gate="all", guest_clip=None)
     joint = everything.aggregate(local, [harmful, helpful], now=NOW, context=context)
     assert [d.reason for d in joint.decisions] == ["validation_drop", "validation_drop"]
     assert_same_weights(joint.weights, local.weights)
@@ -307,7 +308,11 @@ def test_the_gate_drops_only_the_guests_of_a_mixed_batch() -> None:
 @pytest.mark.parametrize(
     "evaluate", [None, lambda _: float("nan")], ids=["no-evaluator", "nan-score"]
 )
-def test_guests_without_a_usable_evaluation_are_not_merged(evaluate: object) -> None:
+def test_guests_without_a_usable_evaluation_are_merged_within_their_bounds(
+    evaluate: object,
+) -> None:
+    """The labels are elsewhere (mobile-data mode): the gate keeps the merge, which the guest
+    bounds limit and the host's promotion rule judges where labels exist."""
     rng = np.random.default_rng(3)
     local = local_state(random_weights(rng))
     guest = model_state(random_weights(rng), guest=True)
@@ -316,9 +321,9 @@ def test_guests_without_a_usable_evaluation_are_not_merged(evaluate: object) -> 
     result = make_strategy("fedavg", gate="guests").aggregate(
         local, [guest, resident], now=NOW, context=context
     )
-    alone = make_strategy("fedavg").aggregate(local, [resident], now=NOW, context=context)
-    assert [d.reason for d in result.decisions] == ["unvalidated", "accepted"]
-    assert_same_weights(result.weights, alone.weights)
+    ungated = make_strategy("fedavg").aggregate(local, [guest, resident], now=NOW, context=context)
+    assert all(d.accepted for d in result.decisions)
+    assert_same_weights(result.weights, ungated.weights)
 
 
 def test_a_gated_strategy_records_ages_once_and_shares_its_state() -> None:

@@ -62,7 +62,7 @@ from custom_components.mlmule.const import (
 from custom_components.mlmule.coordinator import SpaceCoordinator
 from custom_components.mlmule.core.world import WorldConfig, generate_world
 from tests.support.ha_fixtures import async_replay_room, replayed_room_hub, space_device
-from tests.support.world_replay import room_replay, start_days_before_now
+from tests.support.world_replay import WORLD_START, replay_end, room_replay
 
 BLUEPRINTS = Path(__file__).parents[2] / "blueprints" / "automation" / "mlmule"
 BLUEPRINT_FILES = sorted(path.name for path in BLUEPRINTS.glob("*.yaml"))
@@ -704,10 +704,12 @@ async def test_an_accuracy_below_the_threshold_notifies(
     mqtt_mock: MqttMockHAClient,
     blueprints: None,
     notifications: NotificationLog,
+    freezer: FrozenDateTimeFactory,
 ) -> None:
     """A real training on two days of a replayed room sets the accuracy; the automations exist
     before the space does, as after a restart."""
-    world = generate_world(WorldConfig(n_homes=1, days=2, start=start_days_before_now(2)), 3)
+    world = generate_world(WorldConfig(n_homes=1, days=2, start=WORLD_START), 3)
+    freezer.move_to(replay_end(world, 2))
     replay = room_replay(world, 0, "bedroom")
     await async_replay_room(hass, replay, world.start + 2 * 86400.0)
     # entity ids follow the device ("Bedroom") and the translated names

@@ -6,6 +6,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import voluptuous as vol
+from freezegun.api import FrozenDateTimeFactory
 from homeassistant.core import HomeAssistant
 from homeassistant.setup import async_setup_component
 from homeassistant.util import dt as dt_util
@@ -22,17 +23,18 @@ from custom_components.mlmule.core.space import SpaceInputs, room_series
 from custom_components.mlmule.core.world import WorldConfig, generate_world
 from custom_components.mlmule.history import async_state_changes
 from tests.support.ha_fixtures import replayed_room_hub
-from tests.support.world_replay import room_replay, start_days_before_now
+from tests.support.world_replay import WORLD_START, replay_end, room_replay
 
 DAY = 86400.0
 SCALE = 60.0
 
 
-async def test_a_scaled_replay_gives_the_frames_of_the_unscaled_one(hass: HomeAssistant) -> None:
+async def test_a_scaled_replay_gives_the_frames_of_the_unscaled_one(
+    hass: HomeAssistant, freezer: FrozenDateTimeFactory
+) -> None:
     # two days of a bedroom: the first recorded as it happened, the second replayed at x60
-    world = generate_world(
-        WorldConfig(n_homes=1, days=2, visit_rate=0.0, start=start_days_before_now(2.5)), 3
-    )
+    world = generate_world(WorldConfig(n_homes=1, days=2, visit_rate=0.0, start=WORLD_START), 3)
+    freezer.move_to(replay_end(world, 2.5))
     replay = room_replay(world, 0, "bedroom")
     await hass.config.async_set_time_zone(replay.tz)
     clock = ReplayClock(origin=world.start + DAY, scale=SCALE)

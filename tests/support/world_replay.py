@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
-import time
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
-from custom_components.mlmule.core.features import Role
-from custom_components.mlmule.core.world import World
+from mlmule_core.features import SensorRole
+from mlmule_world import World
+
+# Every test world starts here (a Monday, months from any daylight-saving change), and a test
+# that replays one into Home Assistant freezes HA's clock in the world (`replay_end`): no outcome
+# depends on the day a test runs.
+WORLD_START = "2026-06-01T00:00:00+00:00"
 
 
 @dataclass(frozen=True)
@@ -17,7 +21,7 @@ class RoomReplay:
     home_index: int
     room_id: str
     tz: str
-    roles: dict[str, Role]  # the room's sensor entities
+    roles: dict[str, SensorRole]  # the room's sensor entities
     presence: tuple[str, ...]  # one room-presence sensor per resident's phone
     events: list[tuple[float, str, str]]  # (epoch seconds, entity_id, state), time-ordered
 
@@ -70,9 +74,7 @@ def room_replay(world: World, home_index: int, kind: str) -> RoomReplay:
     )
 
 
-def start_days_before_now(days: float) -> str:
-    """A world start (on the world's 5-minute grid) `days` before now, so that a replay of those
-    days ends at the present, as a live home's history does."""
-    grid = 300.0
-    start = (time.time() - days * 86400.0) // grid * grid
-    return datetime.fromtimestamp(start, UTC).isoformat()
+def replay_end(world: World, days: float) -> datetime:
+    """The instant `days` into `world`, for a test to freeze Home Assistant's clock at: the
+    replayed history then ends "now", as a live home's does."""
+    return datetime.fromtimestamp(world.start + days * 86400.0, UTC)

@@ -9,11 +9,23 @@ Every snapshot that arrives is verified (`snapshot.unpack`: signature, trust, li
 replay, staleness) before the strategy sees it; a rejection is counted by reason and leaves the
 current model exactly as it was. Every new version is written to the store before it becomes
 current, so a crash never loses or corrupts a model.
+
+Every change to a served model (training, a merge, an adopt, an import) is a challenger that the
+promotion rule (`core/promotion.py`) judges against the current model on the host's held-out
+window before it is written; the decision is logged, counted and kept for `status()`.
+
+One lock per host serialises every change to a slot, the store and the host's state, so a version
+check and the write it guards are atomic together: executor jobs (a merge, a training commit, an
+export, a rollback) may call a host from several threads at once. Only training itself, the slow
+part, runs outside the lock, and its commit finds out whether the model moved meanwhile.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
+import logging
+import threading
 import time
 from collections import Counter, deque
 from collections.abc import Callable, Mapping
@@ -31,6 +43,7 @@ from .features import FeatureSchema
 from .identity import Identity, Verifier
 from .metrics import balanced_accuracy, macro_f1
 from .onnx import OnnxModel, Session, create_session
+from .promotion import Change, HeldOut, PromotionDecision, PromotionRule, split_holdout
 from .protocol import SnapshotInfo
 from .snapshot import (
     DEFAULT_LIMITS,
@@ -45,10 +58,18 @@ from .snapshot import (
 )
 from .storage import atomic_write_text
 from .store import SnapshotStore, StoreError
-from .strategies import AggregationContext, ModelState, Strategy, make_strategy, merged_state
+from .strategies import (
+    AggregationContext,
+    AggregationResult,
+    ModelState,
+    Strategy,
+    make_strategy,
+    merged_state,
+)
 from .train_numpy import TrainConfig, Trainer, TrainReport
 from .weights import FloatArray, Weights, weights_digest
 
+_LOGGER = logging.getLogger(__name__)
 HOST_STATE_FILE = "host.json"
 HOST_STATE_VERSION = 1
 # How many of its own past models per context key a host recognises when they come back.
@@ -84,6 +105,8 @@ class HostSettings:
     # "now" for data and model times (a replay's scene clock in a sped-up demo); protocol
     # timers stay on the wall clock
     clock: Callable[[], float] = time.time
+    # judges every challenger against the served model
+    promotion: PromotionRule = field(default_factory=PromotionRule)
 
 
 @dataclass(frozen=True)
@@ -99,6 +122,7 @@ class Outcome:
     weight: float = 0.0
     sha256: str = ""
     detail: str = ""  # the human explanation, for logs
+    decision: PromotionDecision | None = None  # the promotion rule's, when it judged a change
 
     @property
     def changed(self) -> bool:
@@ -177,6 +201,31 @@ class ModelSlot:
         )
 
 
+def saved_promotions(root: Path) -> tuple[dict[str, int], dict[str, PromotionDecision]]:
+    """The promotion verdict counts and last decision per key that the host under `root` saved:
+    read-only, for a status shown while the host runs elsewhere."""
+    try:
+        document = json.loads((root / HOST_STATE_FILE).read_text())
+    except (OSError, ValueError):
+        return {}, {}
+    if not isinstance(document, dict) or document.get("version") != HOST_STATE_VERSION:
+        return {}, {}
+    counts = document.get("promotions", {})
+    valid = isinstance(counts, dict)
+    return ({str(k): int(v) for k, v in counts.items()} if valid else {}), _decisions(document)
+
+
+def _decisions(document: dict[str, Any]) -> dict[str, PromotionDecision]:
+    decisions: dict[str, PromotionDecision] = {}
+    raw = document.get("decisions", {})
+    if isinstance(raw, dict):
+        for key, entry in raw.items():
+            # a damaged entry is a lost line of status, never a reason not to load the models
+            with contextlib.suppress(KeyError, TypeError, ValueError):
+                decisions[str(key)] = PromotionDecision.from_dict(str(key), entry)
+    return decisions
+
+
 def _replay_key(meta: SnapshotMeta) -> str:
     """What a signer's versions count up within: the context key, per source."""
     source = meta.extra.get("source")
@@ -203,47 +252,60 @@ class TrainingJob:
         *,
         samples: int,
         data_time: float,
+        window: HeldOut | None = None,
     ) -> None:
+        """`window`: the latest labelled samples, kept out of `trainer`'s data, on which the
+        promotion rule judges the result (`promotion.split_holdout`)."""
         self._host = host
         self.context_key = context_key
         self._trainer = trainer
         self._samples = samples
         self._data_time = data_time
+        self._window = window
         self._base_version = host.slot(context_key).version
+        self.decision: PromotionDecision | None = None
 
     def run(self, *, max_seconds: float | None = None, max_steps: int | None = None) -> bool:
         """Train for at most this long; returns True when training is finished."""
         return self._trainer.run(max_seconds=max_seconds, max_steps=max_steps)
 
     def commit(self, *, now: float | None = None) -> TrainReport:
-        """Finish training and store the result as the host's next version."""
+        """Finish training, and store the result as the host's next version if the promotion
+        rule serves it (`decision` says what it decided)."""
         weights, report = self._trainer.result()
-        slot = self._host.slot(self.context_key)
-        if slot.version != self._base_version:
-            # a merge landed while training ran: keep the merge, train again next time
-            raise HostError(
-                f"{self.context_key} changed during training (v{self._base_version} -> "
-                f"v{slot.version}); the result was discarded",
-                reason="superseded",
-            )
-        now = self._host.settings.clock() if now is None else now
-        local = slot.state()
-        self._host.commit(
-            self.context_key,
-            ModelState(
-                weights=weights,
-                created_at=now,
-                data_time=max(local.data_time, self._data_time),
-                # the window overlaps what the model already learned from: see merged_state
-                samples=max(local.samples, self._samples),
-                version=local.version + 1,
-                origin=self._host.identity.id,
-                lineage=(*local.lineage, self._host.identity.id),
-                trained_at=now,
-            ),
-        )
-        self._host.counters["trained"] += 1
-        self._host.save_state()
+        host = self._host
+        with host.lock:
+            slot = host.slot(self.context_key)
+            if slot.version != self._base_version:
+                # a merge landed while training ran: keep the merge, train again next time
+                raise HostError(
+                    f"{self.context_key} changed during training (v{self._base_version} -> "
+                    f"v{slot.version}); the result was discarded",
+                    reason="superseded",
+                )
+            now = host.settings.clock() if now is None else now
+            if self._window is not None:
+                host.hold_out(self.context_key, self._window)
+            self.decision = host.judge(self.context_key, Change.TRAINING, weights, now=now)
+            host.counters["trained"] += 1
+            if self.decision.served:
+                local = slot.state()
+                host.commit(
+                    self.context_key,
+                    ModelState(
+                        weights=weights,
+                        created_at=now,
+                        data_time=max(local.data_time, self._data_time),
+                        # the window overlaps what the model already learned from: see
+                        # merged_state
+                        samples=max(local.samples, self._samples),
+                        version=local.version + 1,
+                        origin=host.identity.id,
+                        lineage=(*local.lineage, host.identity.id),
+                        trained_at=now,
+                    ),
+                )
+            host.save_state()
         return report
 
 
@@ -271,9 +333,17 @@ class ModelHost:
             max_bytes=self.settings.max_store_bytes,
         )
         self.replay_guard = ReplayGuard(root / "replay.json")
+        # every change to a slot, the store and the state below holds it (reentrant: a merge
+        # writes through `commit`)
+        self.lock = threading.RLock()
         self.counters: Counter[str] = Counter()
         self.rejections: Counter[str] = Counter()
+        # promotion verdicts by reason, and the last decision per context key
+        self.promotions: Counter[str] = Counter()
+        self.decisions: dict[str, PromotionDecision] = {}
         self.last_outcomes: list[Outcome] = []
+        # the latest labelled samples per context key that the served model was not trained on
+        self._windows: dict[str, HeldOut] = {}
         self._slots: dict[str, ModelSlot] = {}
         self._strategies: dict[str, Strategy] = {}
         self._strategy_state: dict[str, object] = {}
@@ -314,29 +384,40 @@ class ModelHost:
     ) -> ModelSlot:
         """Serve `context_key` starting from a canonical model (a starter model, or an import).
 
-        An existing model is kept unless `replace`; then the installed one becomes the next
-        version, so versions never go back.
+        An existing model is kept unless `replace`; then the installed one is a challenger
+        (`Change.IMPORT`) and, if the promotion rule serves it, the next version, so versions
+        never go back. Returns the slot served afterwards.
         """
-        if context_key in self._slots and not replace:
-            return self._slots[context_key]
-        spec, schema, weights = families.from_onnx(model)
-        if spec.task != context_key.split("/", 1)[0]:
-            raise HostError(f"a {spec.task} model cannot serve {context_key!r}")
-        previous = self._slots.get(context_key)
-        return self._write(
-            spec,
-            schema,
-            ModelState(
-                weights=weights,
-                created_at=self.settings.clock() if now is None else now,
-                data_time=data_time,
-                samples=samples,
-                version=previous.version + 1 if previous else 1,
-                origin=self.identity.id,
-                lineage=(),
-            ),
-            context_key=context_key,
-        )
+        with self.lock:
+            if context_key in self._slots and not replace:
+                return self._slots[context_key]
+            spec, schema, weights = families.from_onnx(model)
+            if spec.task != context_key.split("/", 1)[0]:
+                raise HostError(f"a {spec.task} model cannot serve {context_key!r}")
+            now = self.settings.clock() if now is None else now
+            previous = self._slots.get(context_key)
+            if (
+                previous is not None
+                and not self.judge(context_key, Change.IMPORT, weights, now=now).served
+            ):
+                self.save_state()
+                return previous
+            slot = self._write(
+                spec,
+                schema,
+                ModelState(
+                    weights=weights,
+                    created_at=now,
+                    data_time=data_time,
+                    samples=samples,
+                    version=previous.version + 1 if previous else 1,
+                    origin=self.identity.id,
+                    lineage=(),
+                ),
+                context_key=context_key,
+            )
+            self.save_state()
+            return slot
 
     # ---- inference
 
@@ -352,6 +433,56 @@ class ModelHost:
         labels = np.asarray(y, dtype=np.int64)
         return lambda weights: score(spec, weights, features, labels)
 
+    # ---- promotion
+
+    def hold_out(self, context_key: str, window: HeldOut) -> None:
+        """Judge the next changes of `context_key` on `window`: the latest labelled samples,
+        which the served model was not trained on (training sets it from its own split)."""
+        with self.lock:
+            self._windows[context_key] = window
+
+    def window(self, context_key: str) -> HeldOut | None:
+        return self._windows.get(context_key)
+
+    def judge(
+        self,
+        context_key: str,
+        change: Change,
+        challenger: Weights,
+        *,
+        now: float,
+        window: HeldOut | None = None,
+    ) -> PromotionDecision:
+        """The promotion rule's decision on replacing the served model by `challenger`, on
+        `window` (default: the window this host holds out for the key); logged and counted."""
+        with self.lock:
+            slot = self.slot(context_key)
+            spec = slot.spec
+            decision = self.settings.promotion.judge(
+                lambda weights, held: score(spec, weights, held.x, held.y),
+                slot.weights,
+                challenger,
+                self._windows.get(context_key) if window is None else window,
+                context_key=context_key,
+                change=change,
+                at=now,
+            )
+            self.promotions[decision.verdict.value] += 1
+            self.decisions[context_key] = decision
+        _LOGGER.log(logging.INFO if decision.served else logging.WARNING, "%s", decision.describe())
+        return decision
+
+    def answer(self, outcome: Outcome) -> ModelSlot | None:
+        """What a leader sends back to the sender of `outcome`'s snapshot: its current model,
+        after a merge and after a refusal alike (so the sender carries what this host serves),
+        but nothing when the sender already carries it or the snapshot named no key served
+        here."""
+        with self.lock:
+            key = outcome.context_key
+            if key is None or key not in self._slots or outcome.reason == UNCHANGED:
+                return None
+            return self._slots[key]
+
     # ---- learning
 
     def start_training(
@@ -362,13 +493,23 @@ class ModelHost:
         *,
         config: TrainConfig | None = None,
         data_time: float,
-        validation: tuple[npt.ArrayLike, npt.ArrayLike] | None = None,
     ) -> TrainingJob:
-        """A training job warm-started from the current model of `context_key`."""
-        slot = self.slot(context_key)
-        trainer = Trainer(slot.spec, slot.weights, x, y, config, validation=validation)
-        samples = int(np.asarray(y).shape[0])
-        return TrainingJob(self, context_key, trainer, samples=samples, data_time=data_time)
+        """A training job warm-started from the current model of `context_key`.
+
+        `x`, `y` are time-ordered; the latest `promotion.holdout_fraction` of them are held out
+        of training, and the promotion rule judges the result on them."""
+        train_x, train_y, window = split_holdout(x, y, self.settings.promotion.holdout_fraction)
+        with self.lock:
+            slot = self.slot(context_key)
+            trainer = Trainer(slot.spec, slot.weights, train_x, train_y, config)
+            return TrainingJob(
+                self,
+                context_key,
+                trainer,
+                samples=int(train_y.shape[0]),
+                data_time=data_time,
+                window=window,
+            )
 
     def train(
         self,
@@ -380,7 +521,8 @@ class ModelHost:
         data_time: float,
         now: float | None = None,
     ) -> TrainReport:
-        """Train to completion (within the config's bounds) and store the next version."""
+        """Train to completion (within the config's bounds); the promotion rule decides whether
+        the result becomes the next version (`decisions[context_key]`)."""
         job = self.start_training(context_key, x, y, config=config, data_time=data_time)
         return job.commit(now=now)
 
@@ -391,12 +533,27 @@ class ModelHost:
         guest: bool = False,
         now: float | None = None,
         evaluators: Mapping[str, Callable[[Weights], float]] | None = None,
+        window: HeldOut | None = None,
     ) -> Outcome:
-        """Verify a snapshot and merge it with the strategy; never raises for bad input.
+        """Verify a snapshot, merge it with the strategy and let the promotion rule judge the
+        merge (on `window`, default the host's own); never raises for bad input.
 
-        `evaluators` score candidate weights per context key on this host's recent data; the
-        validation gate (strategy option `gate`) uses them.
+        A merge the rule does not serve is refused `kept_current`. `evaluators` score candidate
+        weights per context key for the validation gate (strategy option `gate`); without one,
+        the gate scores on the promotion window when that can decide.
         """
+        with self.lock:
+            return self._receive(data, guest=guest, now=now, evaluators=evaluators, window=window)
+
+    def _receive(
+        self,
+        data: bytes,
+        *,
+        guest: bool,
+        now: float | None,
+        evaluators: Mapping[str, Callable[[Weights], float]] | None,
+        window: HeldOut | None,
+    ) -> Outcome:
         now = self.settings.clock() if now is None else now
         try:
             snapshot = self._unpack_received(data, now)
@@ -412,13 +569,17 @@ class ModelHost:
             digest = weights_digest(incoming.weights)
             if digest in held:
                 return self._held_again(snapshot, slot, current=digest == held[-1])
+            held_out = self._windows.get(slot.context_key) if window is None else window
+            evaluate = (evaluators or {}).get(slot.context_key)
+            if evaluate is None and self.settings.promotion.decisive(held_out):
+                assert held_out is not None
+                evaluate = self.evaluator(slot.context_key, held_out.x, held_out.y)
             result = self._strategy(slot).aggregate(
                 slot.state(),
                 [incoming.state(guest=guest)],
                 now=now,
                 context=AggregationContext(
-                    shared=families.shared_names(slot.spec),
-                    evaluate=(evaluators or {}).get(slot.context_key),
+                    shared=families.shared_names(slot.spec), evaluate=evaluate
                 ),
             )
         except MlmuleError as err:
@@ -428,29 +589,51 @@ class ModelHost:
         if not decision.accepted:
             self._record_replay(snapshot)
             return self._reject(decision.reason, f"strategy: {decision.reason}", snapshot)
-        meta = snapshot.meta
+        return self._promote_merge(
+            slot, snapshot, incoming.state(guest=guest), result, now=now, window=held_out
+        )
+
+    def _promote_merge(
+        self,
+        slot: ModelSlot,
+        snapshot: Snapshot,
+        incoming: ModelState,
+        result: AggregationResult,
+        *,
+        now: float,
+        window: HeldOut | None,
+    ) -> Outcome:
+        """Serve the merge `result` if the promotion rule lets it replace the current model."""
+        promotion = self.judge(
+            slot.context_key, Change.MERGE, result.weights, now=now, window=window
+        )
+        self._record_replay(snapshot)
+        if not promotion.served:
+            return self._reject(
+                promotion.verdict.value, promotion.describe(), snapshot, decision=promotion
+            )
         new = self.commit(
             slot.context_key,
             merged_state(
                 slot.state(),
-                [incoming.state(guest=guest)],
+                [incoming],
                 result,
                 now=now,
                 origin=self.identity.id,
                 lineage_limit=self.settings.max_lineage,
             ),
         )
-        self._record_replay(snapshot)
         self.counters["merged"] += 1
         outcome = Outcome(
             accepted=True,
             reason="merged",
             context_key=slot.context_key,
             origin=snapshot.origin,
-            received_version=meta.version,
+            received_version=snapshot.meta.version,
             version=new.version,
-            weight=decision.weight,
+            weight=result.decisions[0].weight,
             sha256=snapshot.sha256,
+            decision=promotion,
         )
         self._remember(outcome)
         self.save_state()
@@ -478,26 +661,43 @@ class ModelHost:
         self.save_state()
         return outcome
 
-    def adopt(self, data: bytes, *, now: float | None = None) -> Outcome:
+    def adopt(
+        self, data: bytes, *, now: float | None = None, window: HeldOut | None = None
+    ) -> Outcome:
         """Take a received model as it is (after every check), as the next version.
 
         A mule adopts the merged, trained model a space hands back in fixed-data mode: it
         already contains what the mule brought, so merging it again would count that twice.
+        The promotion rule judges it against the model held now (on `window`, default the
+        host's own); one it does not serve is refused `kept_current`.
         """
-        now = self.settings.clock() if now is None else now
-        try:
-            snapshot = self._unpack_received(data, now)
-        except SnapshotError as err:
-            return self._reject(err.reason, str(err))
-        return self._adopt(snapshot, data, now)
+        with self.lock:
+            now = self.settings.clock() if now is None else now
+            try:
+                snapshot = self._unpack_received(data, now)
+            except SnapshotError as err:
+                return self._reject(err.reason, str(err))
+            return self._adopt(snapshot, data, now, window=window)
 
-    def _adopt(self, snapshot: Snapshot, data: bytes, now: float) -> Outcome:
+    def _adopt(
+        self, snapshot: Snapshot, data: bytes, now: float, *, window: HeldOut | None = None
+    ) -> Outcome:
         try:
             incoming = ModelSlot.from_snapshot(snapshot, data, self.settings.backend)
         except MlmuleError as err:
             return self._reject(err.reason, str(err), snapshot)
         meta = snapshot.meta
         current = self._slots.get(meta.context_key)
+        promotion = None
+        if current is not None:
+            promotion = self.judge(
+                meta.context_key, Change.ADOPT, incoming.weights, now=now, window=window
+            )
+            if not promotion.served:
+                self._record_replay(snapshot)
+                return self._reject(
+                    promotion.verdict.value, promotion.describe(), snapshot, decision=promotion
+                )
         new = self._write(
             incoming.spec,
             incoming.schema,
@@ -525,6 +725,7 @@ class ModelHost:
             version=new.version,
             weight=1.0,
             sha256=snapshot.sha256,
+            decision=promotion,
         )
         self._remember(outcome)
         self.save_state()
@@ -551,11 +752,13 @@ class ModelHost:
 
     def export(self, context_key: str, *, compression: Compression | None = None) -> bytes:
         """The current model of `context_key` as a snapshot signed by this host."""
-        slot = self.slot(context_key)
-        self.counters["exported"] += 1
+        with self.lock:
+            slot = self.slot(context_key)
+            self.counters["exported"] += 1
         chosen = self.settings.compression if compression is None else compression
         if chosen == slot.snapshot.compression:
             return slot.container
+        # the slot is immutable once made: packing it needs no lock
         return pack(
             slot.snapshot.onnx_bytes,
             slot.meta,
@@ -566,19 +769,24 @@ class ModelHost:
 
     def rollback(self, context_key: str, to_version: int | None = None) -> ModelSlot:
         """Make an older kept version current again (it stays signed as it was)."""
-        self.slot(context_key)
-        try:
-            self.store.rollback(context_key, to_version)
-        except StoreError as err:
-            raise HostError(str(err), reason="rollback") from err
-        return self._load_slot(context_key)
+        with self.lock:
+            self.slot(context_key)
+            try:
+                self.store.rollback(context_key, to_version)
+            except StoreError as err:
+                raise HostError(str(err), reason="rollback") from err
+            return self._load_slot(context_key)
 
     # ---- writing versions
 
     def commit(self, context_key: str, state: ModelState) -> ModelSlot:
-        """Sign `state` as the next version of `context_key`, store it, and make it current."""
-        slot = self.slot(context_key)
-        return self._write(slot.spec, slot.schema, state, context_key=context_key)
+        """Sign `state` as the next version of `context_key`, store it, and make it current.
+
+        A raw write, below the promotion rule: for changes already judged, and for the
+        benchmark's baselines, which have no rule."""
+        with self.lock:
+            slot = self.slot(context_key)
+            return self._write(slot.spec, slot.schema, state, context_key=context_key)
 
     def _write(
         self, spec: FamilySpec, schema: FeatureSchema, state: ModelState, *, context_key: str
@@ -648,7 +856,14 @@ class ModelHost:
             self._strategies[slot.context_key] = strategy
         return strategy
 
-    def _reject(self, reason: str, message: str, snapshot: Snapshot | None = None) -> Outcome:
+    def _reject(
+        self,
+        reason: str,
+        message: str,
+        snapshot: Snapshot | None = None,
+        *,
+        decision: PromotionDecision | None = None,
+    ) -> Outcome:
         self.counters["rejected"] += 1
         self.rejections[reason] += 1
         outcome = Outcome(
@@ -659,6 +874,7 @@ class ModelHost:
             received_version=snapshot.meta.version if snapshot else None,
             sha256=snapshot.sha256 if snapshot else "",
             detail=message,
+            decision=decision,
         )
         self._remember(outcome)
         self.save_state()
@@ -669,10 +885,16 @@ class ModelHost:
 
     def status(self) -> dict[str, Any]:
         """A JSON-able summary for diagnostics, status lines and entities."""
+        with self.lock:
+            return self._status()
+
+    def _status(self) -> dict[str, Any]:
         return {
             "identity": self.identity.id,
             "counters": dict(self.counters),
             "rejections": dict(self.rejections),
+            "promotions": dict(self.promotions),
+            "decisions": {key: d.as_dict() for key, d in sorted(self.decisions.items())},
             "models": {
                 key: {
                     "version": slot.version,
@@ -690,16 +912,19 @@ class ModelHost:
         }
 
     def save_state(self) -> None:
-        document = {
-            "version": HOST_STATE_VERSION,
-            "counters": dict(self.counters),
-            "rejections": dict(self.rejections),
-            "strategies": self._strategy_state,
-            "held": {key: list(digests) for key, digests in self._held.items()},
-        }
-        atomic_write_text(
-            self.root / HOST_STATE_FILE, json.dumps(document, indent=1, sort_keys=True)
-        )
+        with self.lock:
+            document = {
+                "version": HOST_STATE_VERSION,
+                "counters": dict(self.counters),
+                "rejections": dict(self.rejections),
+                "promotions": dict(self.promotions),
+                "decisions": {key: d.as_dict() for key, d in self.decisions.items()},
+                "strategies": self._strategy_state,
+                "held": {key: list(digests) for key, digests in self._held.items()},
+            }
+            atomic_write_text(
+                self.root / HOST_STATE_FILE, json.dumps(document, indent=1, sort_keys=True)
+            )
 
     def _load_state(self) -> None:
         path = self.root / HOST_STATE_FILE
@@ -714,6 +939,8 @@ class ModelHost:
             return
         self.counters.update({str(k): int(v) for k, v in document.get("counters", {}).items()})
         self.rejections.update({str(k): int(v) for k, v in document.get("rejections", {}).items()})
+        self.promotions.update({str(k): int(v) for k, v in document.get("promotions", {}).items()})
+        self.decisions.update(_decisions(document))
         strategies = document.get("strategies", {})
         if isinstance(strategies, dict):
             self._strategy_state = dict(strategies)

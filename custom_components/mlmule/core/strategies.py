@@ -21,6 +21,9 @@ Every merging strategy runs the same pipeline (`MergingStrategy`):
 4. **Robust options** (`Robustness`, available to every strategy). The update `w_i - local` is
    clipped to an L2 bound: fixed, or a multiple of the median of recent update norms. With three
    or more admitted states, the weighted sum becomes a coordinate-wise trimmed mean.
+5. **Guest bounds** (on by default). Sample counts are self-reported, so a guest (another home's
+   mule) cannot buy weight by claiming more: its share is capped at `guest_share_max`, and its
+   update is clipped to `guest_clip` times the L2 norm of the local model's shared parameters.
 
 `Decision.weight` is each incoming state's share of the result. `mixing` sums these shares per
 origin; the local model's origin takes the rest. Both describe the shared parameters. For a
@@ -103,7 +106,6 @@ class Reason(StrEnum):
     EMPTY = "empty"
     STALE = "stale"
     VALIDATION_DROP = "validation_drop"
-    UNVALIDATED = "unvalidated"  # gated, but there is no evaluation to gate on
 
 
 # --- the interface --------------------------------------------------------------------------
@@ -324,12 +326,21 @@ class Robustness:
     - `trim`: fraction of the admitted states cut from each end of each coordinate before the
       weighted mean, `ceil(trim * m)` of `m` states, at most `(m - 1) // 2`. So with three or
       more pending, any `trim > 0` cuts at least the two extremes. Below three, it cuts nothing.
+    - `guest_share_max`: the largest share a guest state may get, whatever sample count it
+      claims (None: no cap). 0.5 is a fresh guest's share under ML Mule's and FedAvg's rules
+      when it claims as many samples as the local model: an honest peer of equal standing.
+    - `guest_clip`: a guest's update is clipped to this multiple of the L2 norm of the local
+      model's shared parameters (None: no clip). Relative to the model, it needs no history and
+      holds from a guest's first visit. 0.5 stays above the updates honest peers of one room
+      kind make (about 0.1 to 0.3 of the model's norm on the starters) and stops a scaled one.
     """
 
     clip_norm: float | None = None
     clip_multiple: float | None = None
     clip_window: int = 32
     trim: float = 0.0
+    guest_share_max: float | None = 0.5
+    guest_clip: float | None = 0.5
 
     def __post_init__(self) -> None:
         if self.clip_norm is not None:
@@ -338,6 +349,10 @@ class Robustness:
             _check_real("clip_multiple", self.clip_multiple, low=0.0, low_open=True)
         _check_int("clip_window", self.clip_window, low=ADAPTIVE_CLIP_MIN_HISTORY)
         _check_real("trim", self.trim, low=0.0, high=0.5, high_open=True)
+        if self.guest_share_max is not None:
+            _check_real("guest_share_max", self.guest_share_max, low=0.0, high=1.0)
+        if self.guest_clip is not None:
+            _check_real("guest_clip", self.guest_clip, low=0.0, low_open=True)
 
     def clip_bound(self, recent_norms: RecentValues) -> float | None:
         median = recent_norms.median()
@@ -348,6 +363,12 @@ class Robustness:
         ):
             return float(self.clip_multiple * median)
         return None if self.clip_norm is None else float(self.clip_norm)
+
+    def guest_clip_bound(self, local: Weights, shared: Sequence[str]) -> float | None:
+        if self.guest_clip is None:
+            return None
+        total = sum(float(np.sum(np.square(local[name], dtype=np.float64))) for name in shared)
+        return float(self.guest_clip * math.sqrt(total))
 
     def trim_count(self, pending: int) -> int:
         if self.trim == 0 or pending < 3:
@@ -509,8 +530,20 @@ class MergingStrategy(Strategy):
         merged = copy_weights(local.weights)
         states = [plan.incoming[index] for index in chosen]
         shares = np.asarray(self._shares(local, states, plan.now), dtype=np.float64)
+        guests = np.array([state.guest for state in states], dtype=bool)
+        if self.robust.guest_share_max is not None and guests.any():
+            shares = np.where(guests, np.minimum(shares, self.robust.guest_share_max), shares)
+        guest_bound = self.robust.guest_clip_bound(local.weights, plan.shared)
         clip = np.array(
-            [_clip_factor(plan.update_norms[index], plan.clip_bound) for index in chosen],
+            [
+                min(
+                    _clip_factor(plan.update_norms[index], plan.clip_bound),
+                    _clip_factor(plan.update_norms[index], guest_bound)
+                    if plan.incoming[index].guest
+                    else 1.0,
+                )
+                for index in chosen
+            ],
             dtype=np.float64,
         )
         trim = self.robust.trim_count(len(chosen))
@@ -679,9 +712,11 @@ class ValidationGated(Strategy):
     The gate covers guest states (`scope="guests"`, other homes' mules) or all of them
     (`scope="all"`). If `evaluate(merged) < evaluate(local) - epsilon`, every gated state is
     rejected `validation_drop`, and the result merges only the ungated ones (so with nothing
-    ungated it is the local model unchanged). A gated state arriving without an evaluation
-    (`context.evaluate` is None, or the local score is not finite) is rejected `unvalidated`.
-    The gated states are judged together, by one evaluation of the joint merge.
+    ungated it is the local model unchanged). The gated states are judged together, by one
+    evaluation of the joint merge. Without an evaluation (`context.evaluate` is None, or the
+    local score is not finite: the labels are elsewhere, as in mobile-data mode) the merge is
+    kept: the guest bounds limit what it can do, and the host's promotion rule
+    (`core/promotion.py`) judges it where labels exist.
     """
 
     def __init__(
@@ -722,10 +757,10 @@ class ValidationGated(Strategy):
     ) -> Reason | None:
         """None to keep the merge, else why the gated states are dropped."""
         if evaluate is None:
-            return Reason.UNVALIDATED
+            return None
         before = float(evaluate(local))
         if not math.isfinite(before):
-            return Reason.UNVALIDATED
+            return None
         after = float(evaluate(merged))
         # A non-finite score of the merge fails the comparison, and so drops it.
         return None if after >= before - self.epsilon else Reason.VALIDATION_DROP
