@@ -10,6 +10,12 @@ chose for the context key:
   (`ModelHost.receive`, with the configured strategy), trains it on the minutes it sensed in that
   space, and offers the result back; the space merges it.
 
+The labels of a mobile-data model are on the phone, so the phone judges every change to it: the
+host's promotion rule scores a merge and a training run against the model carried now, on the
+latest minutes sensed in that space that the model was not trained on, and keeps the better. A
+fixed-data model reads the room's sensors, which the phone cannot: the space judged it, and the
+phone takes it (`undecided_no_window`).
+
 Every model the phone takes is verified (signature of a paired home, architecture, age, replay)
 before anything uses it, and is written to the store before the phone says it accepted it. The
 store is the only way models move between homes: each link offers the store's current model for
@@ -34,10 +40,12 @@ from functools import partial
 from pathlib import Path
 from typing import IO, Any
 
+from mlmule_core import promotion
 from mlmule_core.errors import MlmuleError, UnknownSigner
 from mlmule_core.features import PHONE_FEATURES
 from mlmule_core.host import HostError, HostSettings, ModelHost, ModelSlot, Outcome, TrainingJob
 from mlmule_core.identity import Identity, PairingCode, TrustEntry, TrustStore
+from mlmule_core.promotion import HeldOut, split_holdout
 from mlmule_core.protocol import (
     Closed,
     Completed,
@@ -51,7 +59,6 @@ from mlmule_core.protocol import (
 from mlmule_core.protocol.wire import decode_chunk, is_chunk
 from mlmule_core.starter import starter_index
 from mlmule_core.storage import atomic_write_bytes, atomic_write_text
-from mlmule_core.weights import Weights
 from tqdm import tqdm  # type: ignore[import-untyped]  # no stubs in the environment
 
 from .config import (
@@ -354,7 +361,9 @@ class TrainRequest:
     ref: EncounterRef
     context_key: str
     answer_to: str  # sha256 of the space's snapshot
-    merged: bool  # the phone's own model went into it: worth sending back even untrained
+    # the phone carries what the space does not hold (a merge with the phone's own model, or the
+    # phone's own model when the merge was worse): worth sending back even untrained
+    differs: bool
 
 
 class StatusDisplay:
@@ -580,22 +589,25 @@ class Agent:
             if delivery.mode is Mode.FIXED or not self.host.has(key):
                 # the space's trained merge (fixed), or a first model for this key (mobile)
                 outcome = self.host.adopt(delivery.payload, now=now)
-                merged = False
+                differs = False
             else:
                 outcome = self.host.receive(
                     delivery.payload,
                     guest=home.role == GUEST,
                     now=now,
-                    evaluators=self._evaluators(home, ref.space, key),
+                    window=self._window(home, ref.space, self.host.slot(key)),
                 )
-                merged = True
+                differs = True
             if outcome.accepted:
                 self._carry(self.host.slot(key))
         self._record_outcome(home, ref, outcome)
+        # a merge worse than the phone's own model on the phone's labels: the phone keeps its
+        # own, trains it, and answers with it, so the space gets the better of the two
+        kept_own = outcome.reason == promotion.Verdict.KEPT_CURRENT
+        if delivery.mode is Mode.MOBILE and (outcome.accepted or kept_own):
+            self._requests.put(TrainRequest(home, ref, key, delivery.snapshot.sha256, differs))
         if not outcome.accepted:
             return Verdict(accepted=False, reason=outcome.reason)
-        if delivery.mode is Mode.MOBILE:
-            self._requests.put(TrainRequest(home, ref, key, delivery.snapshot.sha256, merged))
         return Verdict(accepted=True)
 
     def _record_outcome(self, home: HomeConfig, ref: EncounterRef, outcome: Outcome) -> None:
@@ -615,17 +627,14 @@ class Agent:
         )
         self._changed.set()
 
-    def _evaluators(
-        self, home: HomeConfig, space: str, key: str
-    ) -> dict[str, Callable[[Weights], float]] | None:
-        """A held-out score on this space's latest data, for a validation-gated strategy."""
-        if "gate" not in self._config.strategy_options:
+    def _window(self, home: HomeConfig, space: str, slot: ModelSlot) -> HeldOut | None:
+        """The latest labelled minutes sensed in this space: where a change is judged."""
+        if tuple(slot.schema.features) != PHONE_FEATURES:
             return None
-        data = self._space_data(home, space, self.host.slot(key))
-        if data is None or data.samples < self._config.training.min_samples:
+        data = self._space_data(home, space, slot)
+        if data is None:
             return None
-        held_out = max(1, round(data.samples * self._config.training.val_fraction))
-        return {key: self.host.evaluator(key, data.x[-held_out:], data.y[-held_out:])}
+        return split_holdout(data.x, data.y, self.host.settings.promotion.holdout_fraction)[2]
 
     def _event(self, home: HomeConfig, event: Event) -> None:
         ref = event.ref
@@ -726,7 +735,7 @@ class Agent:
                 _LOGGER.info("%s: training would exceed the privacy budget; merging only", key)
             else:
                 trained = self._train(request, slot, data)
-        if not (trained or request.merged):
+        if not (trained or request.differs):
             # the phone added nothing to the space's own model: nothing worth sending back
             return
         with self._host_lock:
@@ -739,7 +748,7 @@ class Agent:
             "answered",
             space=ref.space,
             context_key=key,
-            detail=f"v{slot.version}" + (" trained here" if trained else " merged"),
+            detail=f"v{slot.version}" + (" trained here" if trained else " carried"),
         )
 
     def _within_budget(self, context_key: str, samples: int) -> bool:
@@ -752,16 +761,25 @@ class Agent:
         return already + self._trainer.planned_epsilon(samples) <= budget
 
     def _train(self, request: TrainRequest, slot: ModelSlot, data: TrainingData) -> bool:
+        """Train on the space's minutes but the latest, on which the result is judged; True
+        when the result is served."""
         key = request.context_key
-        trainer = self._trainer.trainer(slot.spec, slot.weights, data)
+        x, y, window = split_holdout(data.x, data.y, self.host.settings.promotion.holdout_fraction)
+        learn = replace(data, x=x, y=y)
+        trainer = self._trainer.trainer(slot.spec, slot.weights, learn)
         with self._host_lock:
             job = TrainingJob(
-                self.host, key, trainer, samples=data.samples, data_time=data.data_time
+                self.host,
+                key,
+                trainer,
+                samples=learn.samples,
+                data_time=data.data_time,
+                window=window,
             )
         self.training_now = key
         try:
             finished = self._trainer.run(
-                job, trainer, samples=data.samples, label=key, stop=self._stopping
+                job, trainer, samples=learn.samples, label=key, stop=self._stopping
             )
         finally:
             self.training_now = None
@@ -779,6 +797,15 @@ class Agent:
                 return False
             self._carry(self.host.slot(key))
         self.ledger.trained(key, report, self._clock())
+        if job.decision is not None and not job.decision.served:
+            self.ledger.note(
+                request.home.home_id,
+                "kept",
+                space=request.ref.space,
+                context_key=key,
+                detail=job.decision.describe(),
+            )
+            return False
         _LOGGER.info(
             "%s: trained on %d minutes in %.1f s (%s)%s",
             key,
