@@ -8,44 +8,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 from mlmule_core import families
-from mlmule_core.features import room_schema
 from mlmule_core.host import HostError, HostSettings, ModelHost
-from mlmule_core.identity import Identity, TrustEntry, TrustStore
-from mlmule_core.onnx import OnnxModel
+from mlmule_core.identity import Identity
 from mlmule_core.snapshot import pack, unpack
 from mlmule_core.train_numpy import TrainConfig
 
-KEY = "occupancy/bedroom"
-NOW = 1_790_000_000.0
-
-
-def occupancy_model(seed: int = 0) -> OnnxModel:
-    schema = room_schema()
-    spec = families.FamilySpec(
-        family=families.OCCUPANCY_MLP,
-        task="occupancy",
-        n_inputs=schema.n_inputs,
-        hidden=(16, 8),
-        n_classes=1,
-        labels=("empty", "occupied"),
-    )
-    weights = families.init_weights(spec, np.random.default_rng(seed), schema)
-    return families.build_onnx(spec, weights, schema)
-
-
-def trust_of(*identities: Identity) -> TrustStore:
-    store = TrustStore()
-    for identity in identities:
-        store.add(
-            TrustEntry.for_key(
-                identity.public_key_bytes,
-                kind=identity.kind,
-                role="owner",
-                label=identity.name,
-                paired_at=NOW,
-            )
-        )
-    return store
+from tests.support.hosts import KEY, NOW, data, occupancy_model, trust_of
 
 
 @pytest.fixture
@@ -58,13 +26,6 @@ def peers(tmp_path: Path) -> tuple[ModelHost, ModelHost, Identity]:
     space.install(occupancy_model(0), context_key=KEY, samples=500, data_time=NOW, now=NOW)
     mule.install(occupancy_model(1), context_key=KEY, samples=300, data_time=NOW, now=NOW)
     return space, mule, stranger
-
-
-def data(n: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
-    rng = np.random.default_rng(seed)
-    x = rng.normal(size=(n, room_schema().n_inputs)).astype(np.float32)
-    y = (x[:, 0] + 0.5 * x[:, 1] > 0).astype(np.int64)
-    return x, y
 
 
 def test_merge_moves_the_model_and_raises_the_version(

@@ -938,7 +938,8 @@ def _mixing(
     mixing = {local.origin: max(0.0, 1.0 - merged)}
     for state, decision in zip(incoming, decisions, strict=True):
         if decision.accepted:
-            mixing[state.origin] = mixing.get(state.origin, 0.0) + decision.weight
+            # rounding must not lift an origin that holds everything above 1
+            mixing[state.origin] = min(1.0, mixing.get(state.origin, 0.0) + decision.weight)
     return mixing
 
 
