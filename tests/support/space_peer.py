@@ -20,7 +20,7 @@ import numpy as np
 import numpy.typing as npt
 import paho.mqtt.client as mqtt
 from mlmule_core.errors import ProtocolError
-from mlmule_core.host import UNCHANGED, ModelHost, Outcome
+from mlmule_core.host import ModelHost, Outcome
 from mlmule_core.identity import BrokerInfo, Identity, PairingCode, TrustEntry, TrustStore
 from mlmule_core.onnx import load_model
 from mlmule_core.protocol import (
@@ -41,7 +41,10 @@ from paho.mqtt.enums import CallbackAPIVersion
 
 WAIT = 30.0
 # the space's own training after a merge: short, as HA's bounded training chunks are
-SPACE_TRAINING = TrainConfig(max_epochs=2, batch_size=128, patience=1)
+# No validation split of its own: of these few minutes, the latest fifth can be all one class,
+# on which the trainer's calibration collapses (the promotion rule then keeps the current model);
+# the promotion rule's held-out minutes judge the result instead.
+SPACE_TRAINING = TrainConfig(max_epochs=2, batch_size=128, val_fraction=0.0)
 
 
 @dataclass
@@ -263,16 +266,15 @@ class SpacePeer:
                     now=now,
                 )
             )
-            if not outcome.accepted or outcome.context_key is None:
-                return
             key = outcome.context_key
-            if delivery.mode is Mode.FIXED and outcome.changed and key in self.own_data:
-                x, y = self.own_data[key]
-                self.host.train(key, x, y, config=SPACE_TRAINING, data_time=time.time())
-            self._reoffer(key)
-            # the mule needs nothing back when it carries the current model
-            if delivery.mode is Mode.FIXED and outcome.reason != UNCHANGED:
-                slot = self.host.slot(key)
+            if outcome.accepted and key is not None:
+                if delivery.mode is Mode.FIXED and outcome.changed and key in self.own_data:
+                    x, y = self.own_data[key]
+                    self.host.train(key, x, y, config=SPACE_TRAINING, data_time=time.time())
+                self._reoffer(key)
+            # as exchange.py: after a merge or a refusal the mule gets what the space serves
+            slot = self.host.answer(outcome) if delivery.mode is Mode.FIXED else None
+            if slot is not None:
                 self.call(
                     lambda now: self.endpoint.reply(
                         ref.session,
