@@ -82,6 +82,7 @@ from .training import PhoneTrainer
 
 _LOGGER = logging.getLogger(__name__)
 GUEST = "guest"
+HOME_LOST = "home_lost"  # why an encounter ends when the phone loses its home's broker
 STATUS_LINE_SECONDS = 1.0  # refresh of the live status line on a terminal
 LEDGER_CHECK_SECONDS = 5.0  # otherwise: how soon counters and connections reach activity.json
 LOCK_ATTEMPTS = 20
@@ -433,6 +434,8 @@ class Agent:
         self._worker: threading.Thread | None = None
         self._changed = threading.Event()  # something to record, or a stop to notice
         self._connected: dict[str, bool] = {}
+        self._losing: dict[str, threading.Timer] = {}  # home id -> ends its encounters if it fires
+        self._losing_lock = threading.Lock()
         self.training_now: str | None = None
 
     # -- lifecycle ------------------------------------------------------------------------
@@ -462,7 +465,7 @@ class Agent:
                 on_delivery=partial(self._deliver, home),
                 on_event=partial(self._event, home),
                 on_publish=self._dump,
-                on_connection=lambda _ready: self.wake(),
+                on_connection=partial(self._connection_changed, home.home_id),
             )
             activity = self.ledger.home(home.home_id)
             self.links[home.home_id] = HomeLink(
@@ -508,9 +511,42 @@ class Agent:
         """Make `run` look at its stop event now (from a signal handler)."""
         self._changed.set()
 
+    def _connection_changed(self, home_id: str, ready: bool) -> None:
+        """On paho's thread: the link reached its home's broker (True) or lost it (False).
+
+        A broker that comes back within the protocol's retry window resumes the transfers it
+        interrupted. Lost for longer, the phone has left the home: its encounters there end,
+        so that the space's next one starts fresh instead of meeting a session that lingers
+        until it times out.
+        """
+        with self._losing_lock:
+            if (timer := self._losing.pop(home_id, None)) is not None:
+                timer.cancel()
+            if not ready and not self._stopping.is_set():
+                protocol = self._config.protocol
+                timer = threading.Timer(
+                    protocol.retry_after * protocol.max_retries, self._home_lost, (home_id,)
+                )
+                timer.daemon = True
+                self._losing[home_id] = timer
+                timer.start()
+        self.wake()
+
+    def _home_lost(self, home_id: str) -> None:
+        home_link = self.links.get(home_id)
+        if home_link is None or home_link.link.connected:
+            return
+        ended = home_link.link.close_sessions(HOME_LOST)
+        if ended:
+            _LOGGER.info("%s is out of reach: ended %d encounter(s)", home_link.home.name, ended)
+
     def stop(self) -> None:
         """Abandon training in progress, disconnect, and save the ledger."""
         self._stopping.set()
+        with self._losing_lock:
+            for timer in self._losing.values():
+                timer.cancel()
+            self._losing.clear()
         self._requests.put(None)
         if self._worker is not None:
             self._worker.join()

@@ -193,6 +193,14 @@ class MqttLink:
         with self._lock:
             self._carry_out(self.endpoint.close(session, reason, self._clock()))
 
+    def close_sessions(self, reason: str) -> int:
+        """End every open session, as `close_session` does; returns how many there were."""
+        with self._lock:
+            refs = self.endpoint.active_sessions()
+            for ref in refs:
+                self._carry_out(self.endpoint.close(ref.session, reason, self._clock()))
+        return len(refs)
+
     def carry(self, snapshot: SnapshotInfo, payload: bytes) -> None:
         """Carry `snapshot` from now on (see `MuleEndpoint.carry`)."""
         with self._lock:
