@@ -254,7 +254,10 @@ class LiveRun:
             )
         )
         self.setups = await asyncio.gather(
-            *(set_up_home(ha, scenario, index, phones) for index, ha in enumerate(homes))
+            *(
+                set_up_home(ha, scenario, index, phones, self.broker)
+                for index, ha in enumerate(homes)
+            )
         )
         for setup in self.setups:
             for phone in phones:

@@ -78,9 +78,14 @@ async def wait_for_entities(
 
 
 async def set_up_home(
-    ha: HomeAssistantInstance, scenario: Scenario, index: int, phones: list[Phone]
+    ha: HomeAssistantInstance,
+    scenario: Scenario,
+    index: int,
+    phones: list[Phone],
+    broker: BrokerAddress,
 ) -> HomeSetup:
-    """The hub, its options, the phones paired, and the spaces (each through its flows)."""
+    """The hub, its options, the phones paired (told the broker), and the spaces (each through
+    its flows)."""
     prefix = scenario.prefix(index)
     hub = await ha.config_flow(
         "mlmule", {"home_name": scenario.home_name(index), "topic_prefix": prefix}
@@ -104,7 +109,14 @@ async def set_up_home(
         response = await ha.call(
             "mlmule",
             "pair_mule",
-            {"code": phone.pairing_code, "role": "owner" if own else "guest"},
+            {
+                "code": phone.pairing_code,
+                "role": "owner" if own else "guest",
+                # where the phones reach the broker: the home code carries it
+                "broker_host": broker.host,
+                "broker_port": broker.port,
+                **({"broker_username": broker.username} if broker.username else {}),
+            },
             response=True,
         )
         home_codes[phone.person.person_id] = response["home_code"]
