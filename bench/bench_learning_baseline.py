@@ -33,7 +33,6 @@ from mlmule_core.metrics import balanced_accuracy, macro_f1
 from mlmule_core.starter import load_starter
 from mlmule_core.train_numpy import TrainConfig, train
 from mlmule_core.weights import Weights
-from mlmule_core.world import WorldConfig, generate_world, time_split
 from mlmule_models.recipes import (
     HOME_KIND,
     ROOM_KINDS,
@@ -43,6 +42,7 @@ from mlmule_models.recipes import (
     space_data,
     windowed,
 )
+from mlmule_world import WorldConfig, generate_world, time_split
 
 RESULTS = Path(__file__).resolve().parent / "results" / "learning_baseline.json"
 WORLD_SEED = 424242  # neither the starters' training world nor their held-out homes

@@ -29,7 +29,7 @@ import numpy as np
 import onnxruntime as ort
 from mlmule_core import families
 from mlmule_core.features import FeatureSchema
-from mlmule_core.identity import Identity, TrustEntry, TrustStore
+from mlmule_core.identity import Identity, PeerKind, TrustEntry, TrustRole, TrustStore
 from mlmule_core.onnx import load_model, save_model
 from mlmule_core.snapshot import COMPRESSIONS, SnapshotMeta, pack, unpack, verify_container
 
@@ -108,7 +108,11 @@ def bench_model(
     trust = TrustStore()
     trust.add(
         TrustEntry.for_key(
-            mule.public_key_bytes, kind="mule", role="owner", label="bench", paired_at=now
+            mule.public_key_bytes,
+            kind=PeerKind.MULE,
+            role=TrustRole.OWNER,
+            label="bench",
+            paired_at=now,
         )
     )
     expected = {context_key: arch}

@@ -39,7 +39,7 @@ from mlmule_core.features import (
     series_from_states,
 )
 from mlmule_core.storage import atomic_write_text
-from mlmule_core.world import RoomKind, World, WorldConfig, divergence_report, generate_world
+from mlmule_world import RoomKind, World, WorldConfig, divergence_report, generate_world
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "bench" / "results" / "world.json"
@@ -90,7 +90,7 @@ def extraction_baselines(repeats: int) -> dict[str, Any]:
     home = world.homes[0]
     roles = world.entity_roles(home.home_id)
     series = world.entity_series(home.home_id)
-    by_room: dict[str, dict[features.Role, list[features.ChangeSeries]]] = defaultdict(
+    by_room: dict[str, dict[features.SensorRole, list[features.ChangeSeries]]] = defaultdict(
         lambda: defaultdict(list)
     )
     for entity_id, (room_id, role) in roles.items():
@@ -117,7 +117,7 @@ def extraction_baselines(repeats: int) -> dict[str, Any]:
         for moment, entity_id, state in world.events(home.home_id):
             changes[entity_id].append((moment, state))
         for room in home.rooms:
-            inputs: dict[features.Role, list[features.ChangeSeries]] = defaultdict(list)
+            inputs: dict[features.SensorRole, list[features.ChangeSeries]] = defaultdict(list)
             for entity_id, (room_id, role) in roles.items():
                 if room_id == room.room_id:
                     inputs[role].append(series_from_states(role, changes[entity_id]))

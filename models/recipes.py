@@ -18,14 +18,14 @@ from mlmule_core.features import (
     ACTIVITIES,
     ChangeSeries,
     FeatureSchema,
-    Role,
+    SensorRole,
     extract_room_frames,
     phone_schema,
     room_schema,
     window_frames,
 )
 from mlmule_core.train_numpy import TrainConfig
-from mlmule_core.world import RoomKind, World, WorldConfig, generate_world
+from mlmule_world import RoomKind, World, WorldConfig, generate_world
 
 RECIPE_VERSION = 1
 HOME_KIND = "home"  # a whole-home space
@@ -189,7 +189,7 @@ def _whole_home(world: World, home_id: str) -> SpaceData:
     """A whole-home space: every entity of the home as its inputs, "anyone home" as the label."""
     home = world.home(home_id)
     series = world.entity_series(home_id)
-    inputs: dict[Role, list[ChangeSeries]] = {}
+    inputs: dict[SensorRole, list[ChangeSeries]] = {}
     for entity_id, (_, role) in world.entity_roles(home_id).items():
         inputs.setdefault(role, []).append(series[entity_id])
     frames = extract_room_frames(inputs, world.start, world.end, 60, home.tz)

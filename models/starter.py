@@ -37,7 +37,7 @@ from mlmule_core.starter import INDEX_FILE, INDEX_FORMAT
 from mlmule_core.storage import atomic_write_bytes, atomic_write_text
 from mlmule_core.train_numpy import TrainReport
 from mlmule_core.weights import Weights
-from mlmule_core.world import World
+from mlmule_world import World
 
 from .export import canonical_export
 from .recipes import (

@@ -44,7 +44,7 @@ from mlmule_core import promotion
 from mlmule_core.errors import MlmuleError, UnknownSigner
 from mlmule_core.features import PHONE_FEATURES
 from mlmule_core.host import HostError, HostSettings, ModelHost, ModelSlot, Outcome, TrainingJob
-from mlmule_core.identity import Identity, PairingCode, TrustEntry, TrustStore
+from mlmule_core.identity import Identity, PairingCode, PeerKind, TrustEntry, TrustRole, TrustStore
 from mlmule_core.promotion import HeldOut, split_holdout
 from mlmule_core.protocol import (
     Closed,
@@ -81,7 +81,6 @@ from .status import ActivityLedger, AgentState
 from .training import PhoneTrainer
 
 _LOGGER = logging.getLogger(__name__)
-GUEST = "guest"
 HOME_LOST = "home_lost"  # why an encounter ends when the phone loses its home's broker
 STATUS_LINE_SECONDS = 1.0  # refresh of the live status line on a terminal
 LEDGER_CHECK_SECONDS = 5.0  # otherwise: how soon counters and connections reach activity.json
@@ -197,7 +196,7 @@ class Companion:
         self.paths.require_initialised()
         self.config: CompanionConfig = load_config(self.paths.config)
         self.identity = Identity.load_or_create(
-            self.paths.identity, kind="mule", name=self.config.name
+            self.paths.identity, kind=PeerKind.MULE, name=self.config.name
         )
         self.trust = TrustStore.load(self.paths.trust)
         self.homes = load_homes(self.paths.homes)
@@ -221,7 +220,7 @@ class Companion:
             paths.root.mkdir(mode=0o700, parents=True)
         if not paths.config.exists():
             atomic_write_text(paths.config, default_config_text(name, timezone), mode=0o600)
-        Identity.load_or_create(paths.identity, kind="mule", name=name)
+        Identity.load_or_create(paths.identity, kind=PeerKind.MULE, name=name)
         return cls(root), created
 
     def pairing_code(self) -> str:
@@ -264,7 +263,7 @@ class Companion:
         code: PairingCode,
         *,
         broker: BrokerSettings,
-        role: str,
+        role: TrustRole,
         prefix: str,
         password: str | None,
         now: float | None = None,
@@ -277,8 +276,8 @@ class Companion:
         self.trust.add(
             TrustEntry.for_key(
                 code.public_key,
-                kind="space",
-                role="guest" if role == GUEST else "owner",
+                kind=PeerKind.SPACE,
+                role=role,
                 label=home.name,
                 paired_at=now,
             )
@@ -629,7 +628,7 @@ class Agent:
             else:
                 outcome = self.host.receive(
                     delivery.payload,
-                    guest=home.role == GUEST,
+                    guest=home.role == TrustRole.GUEST,
                     now=now,
                     window=self._window(home, ref.space, self.host.slot(key)),
                 )

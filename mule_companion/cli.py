@@ -18,7 +18,8 @@ from typing import Any, TypeAlias
 
 from mlmule_core.errors import MlmuleError
 from mlmule_core.features import ACTIVITIES
-from mlmule_core.identity import PairingCode
+from mlmule_core.host import saved_promotions
+from mlmule_core.identity import PairingCode, TrustRole
 from mlmule_core.snapshot import (
     COMPRESSIONS,
     DEFAULT_LIMITS,
@@ -280,7 +281,7 @@ def cmd_pair(args: argparse.Namespace) -> int:
     home = companion.pair(
         code,
         broker=broker,
-        role="guest" if args.guest else "owner",
+        role=TrustRole.GUEST if args.guest else TrustRole.OWNER,
         prefix=args.prefix,
         password=password,
     )

@@ -34,6 +34,7 @@ import yaml
 from mlmule_core.clock import ReplayClock
 from mlmule_core.errors import MlmuleError
 from mlmule_core.features import resolve_timezone
+from mlmule_core.identity import TrustRole
 from mlmule_core.protocol import ProtocolConfig
 from mlmule_core.protocol.wire import check_id
 from mlmule_core.storage import atomic_write_text
@@ -46,7 +47,7 @@ from .mqtt_link import BrokerOptions, TlsOptions
 DATA_DIR_ENV: Final = "MLMULE_COMPANION_HOME"
 CONFIG_VERSION: Final = 1
 BACKENDS: Final = ("auto", "torch", "numpy")
-ROLES: Final = ("owner", "guest")
+ROLES: Final = tuple(TrustRole)
 # The protocol settings a user may tune; the prefix is per home (homes.yaml).
 PROTOCOL_KEYS: Final = (
     "max_payload",
@@ -519,7 +520,7 @@ class HomeConfig:
     home_id: str
     name: str
     broker: BrokerSettings
-    role: str = "owner"  # owner: the phone's own home; guest: a home it visits
+    role: TrustRole = TrustRole.OWNER  # the phone's own home, or a home it visits
     prefix: str = "mlmule"
     paired_at: float = 0.0
 
@@ -600,7 +601,7 @@ _HOMES_SCHEMA = vol.Schema(
                 _home_id: {
                     vol.Required("name"): _text(64),
                     vol.Required("broker"): _BROKER_SCHEMA,
-                    vol.Optional("role", default="owner"): _one_of(ROLES),
+                    vol.Optional("role", default=TrustRole.OWNER.value): _one_of(ROLES),
                     vol.Optional("prefix", default="mlmule"): _prefix,
                     vol.Optional("paired_at", default=0.0): _number(0.0),
                 }
@@ -625,7 +626,7 @@ def load_homes(path: Path) -> dict[str, HomeConfig]:
             home_id=home_id,
             name=entry["name"],
             broker=BrokerSettings(**entry["broker"]),
-            role=entry["role"],
+            role=TrustRole(entry["role"]),
             prefix=entry["prefix"],
             paired_at=entry["paired_at"],
         )
@@ -639,7 +640,7 @@ def save_homes(path: Path, homes: Mapping[str, HomeConfig]) -> None:
         "homes": {
             home.home_id: {
                 "name": home.name,
-                "role": home.role,
+                "role": str(home.role),
                 "prefix": home.prefix,
                 "paired_at": home.paired_at,
                 "broker": {f.name: getattr(home.broker, f.name) for f in fields(BrokerSettings)},

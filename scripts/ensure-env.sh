@@ -66,14 +66,15 @@ PY
   done
 fi
 
-if [ "$kind" = companion ]; then
-  # Editable install: setuptools' import finder maps custom_components/mlmule/core to mlmule_core
-  # and models/ to mlmule_models, so edits and new modules are live. Redo it for another checkout.
-  stamp="$( { echo "$ROOT"; cat "$ROOT/pyproject.toml"; } | sha256sum | cut -c1-16)"
-  if [ "$(cat "$venv/.project-stamp" 2>/dev/null)" != "$stamp" ]; then
-    log "installing the project (editable) from $ROOT"
-    quiet_pip install -q --no-deps --no-build-isolation -e "$ROOT" >&2
-    echo "$stamp" >"$venv/.project-stamp"
-  fi
+# Every environment gets the project, editable and without its dependencies: setuptools' import
+# finder maps custom_components/mlmule/core to mlmule_core, world/ to mlmule_world and models/ to
+# mlmule_models, so edits and new modules are live (the HA environments need mlmule_world for the
+# tests, the demo and the benchmark; tests/support/single_core.py keeps one core there). Redo it
+# for another checkout.
+stamp="$( { echo "$ROOT"; cat "$ROOT/pyproject.toml"; } | sha256sum | cut -c1-16)"
+if [ "$(cat "$venv/.project-stamp" 2>/dev/null)" != "$stamp" ]; then
+  log "installing the project (editable) from $ROOT"
+  quiet_pip install -q --no-deps --no-build-isolation -e "$ROOT" >&2
+  echo "$stamp" >"$venv/.project-stamp"
 fi
 echo "$venv"

@@ -17,9 +17,9 @@ import time
 from pathlib import Path
 
 from homeassistant.core import HomeAssistant
+from mlmule_world import WorldConfig, generate_world
 from pytest_homeassistant_custom_component.typing import MqttMockHAClient
 
-from custom_components.mlmule.core.world import WorldConfig, generate_world
 from tests.support.ha_fixtures import async_replay_room, replayed_room_hub
 from tests.support.world_replay import room_replay, start_days_before_now
 

@@ -7,12 +7,12 @@ from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any, cast
 
-import voluptuous as vol
 from homeassistant.components import mqtt
 from homeassistant.config_entries import ConfigSubentry
 from homeassistant.const import Platform
 from homeassistant.core import HomeAssistant, callback
 from homeassistant.exceptions import ConfigEntryNotReady
+from homeassistant.helpers import config_validation as cv
 from homeassistant.helpers import device_registry as dr
 from homeassistant.helpers.event import (
     async_track_entity_registry_updated_event,
@@ -20,7 +20,6 @@ from homeassistant.helpers.event import (
 )
 from homeassistant.helpers.start import async_at_started
 from homeassistant.helpers.typing import ConfigType
-from homeassistant.util import dt as dt_util
 
 from .const import (
     CONF_ACTIVITY_LABEL,
@@ -42,7 +41,6 @@ from .const import (
     CONF_PRESENCE,
     CONF_PRESENCE_ENTITY,
     CONF_PRESENCE_STATE,
-    CONF_REPLAY_CLOCK,
     CONF_ROOM_KIND,
     CONF_SHARING,
     CONF_STRATEGY,
@@ -66,7 +64,7 @@ from .coordinator import (
     SpaceCoordinator,
     SpaceSettings,
 )
-from .core.clock import MAX_SCALE, ReplayClock
+from .core.clock import ReplayClock
 from .core.errors import MlmuleError
 from .core.features import SensorRole
 from .core.host import HostSettings, ModelHost
@@ -90,44 +88,20 @@ from .repairs import (
 from .services import async_setup_services
 
 # Configured through the UI only. The one YAML key is a developer option for replays (the demo):
-# `mlmule: {replay_clock: {origin: <epoch s>, scale: 60}}` runs the spaces on a scene clock.
-CONFIG_SCHEMA = vol.Schema(
-    {
-        vol.Optional(DOMAIN): vol.Schema(
-            {
-                vol.Optional(CONF_REPLAY_CLOCK): vol.Schema(
-                    {
-                        vol.Required("origin"): vol.All(vol.Coerce(float), vol.Range(min=0)),
-                        vol.Required("scale"): vol.All(
-                            vol.Coerce(float), vol.Range(min=1, max=MAX_SCALE)
-                        ),
-                    }
-                )
-            }
-        )
-    },
-    extra=vol.ALLOW_EXTRA,
-)
+CONFIG_SCHEMA = cv.config_entry_only_config_schema(DOMAIN)
 PLATFORMS: list[Platform] = [Platform.BINARY_SENSOR, Platform.SENSOR]
 TRAIN_INTERVAL = timedelta(days=1)
 
 
 async def async_setup(hass: HomeAssistant, config: ConfigType) -> bool:
-    """Register the actions (they work on whichever hub entry is loaded) and the clock."""
-    clock = ReplayClock.from_config(config.get(DOMAIN, {}).get(CONF_REPLAY_CLOCK))
-    hass.data[DATA_CLOCK] = clock
-    if not clock.is_real_time:
-        LOGGER.warning(
-            "Replay clock: from %s on, scene time runs %gx faster than the wall clock",
-            dt_util.utc_from_timestamp(clock.origin).isoformat(),
-            clock.scale,
-        )
+    """Register the actions (they work on whichever hub entry is loaded)."""
     async_setup_services(hass)
     return True
 
 
 def replay_clock(hass: HomeAssistant) -> ReplayClock:
-    """The clock spaces read "now" from: real time unless YAML configures a replay."""
+    """The clock spaces read "now" from: real time, unless something set up before the hub put
+    a replay clock under `DATA_CLOCK` (only the demo does, see const.py)."""
     return hass.data.get(DATA_CLOCK) or ReplayClock()
 
 

@@ -13,8 +13,9 @@ from .core.clock import ReplayClock
 DOMAIN: Final = "mlmule"
 LOGGER: Final = logging.getLogger(__package__)
 
-# YAML-only developer option (hidden from the UI): the scene clock of a sped-up replay
-CONF_REPLAY_CLOCK: Final = "replay_clock"
+# The scene clock spaces read "now" from; absent, they run on real time. Nothing a user configures
+# sets it: the demo's own component (demo/custom_components/mlmule_replay_clock) puts a sped-up
+# replay's clock here before it creates the hub.
 DATA_CLOCK: HassKey[ReplayClock] = HassKey(f"{DOMAIN}_clock")
 
 SUBENTRY_SPACE: Final = "space"

@@ -24,6 +24,10 @@ USERNAME = "demo"
 PASSWORD = "mlmule-demo"  # noqa: S105
 READY_TIMEOUT = 120.0
 CUSTOM_COMPONENT = Path(__file__).resolve().parents[2] / "custom_components" / "mlmule"
+# the demo-only component that runs the spaces on the replay clock
+REPLAY_CLOCK_COMPONENT = (
+    Path(__file__).resolve().parents[1] / "custom_components" / "mlmule_replay_clock"
+)
 
 Json = dict[str, Any]
 
@@ -92,18 +96,18 @@ logger:
   default: warning
   logs:
     custom_components.mlmule: info
-# developer option: the demo replays the world at x{clock["scale"]:g} from this moment
-mlmule:
-  replay_clock:
-    origin: {clock["origin"]}
-    scale: {clock["scale"]}
+# the demo's own component (not shipped): the world replays at x{clock["scale"]:g} from this moment
+mlmule_replay_clock:
+  origin: {clock["origin"]}
+  scale: {clock["scale"]}
 """
         )
         components = self.config_dir / "custom_components"
         components.mkdir(exist_ok=True)
-        link = components / "mlmule"
-        if not link.is_symlink():
-            link.symlink_to(CUSTOM_COMPONENT, target_is_directory=True)
+        for target in (CUSTOM_COMPONENT, REPLAY_CLOCK_COMPONENT):
+            link = components / target.name
+            if not link.is_symlink():
+                link.symlink_to(target, target_is_directory=True)
 
     def start(self, groups: ProcessGroups, log: Path) -> None:
         hass = Path(sys.executable).with_name("hass")

@@ -16,9 +16,8 @@ from dataclasses import dataclass
 from typing import Any
 
 import paho.mqtt.client as mqtt
+from mlmule_core.clock import ReplayClock
 from paho.mqtt.enums import CallbackAPIVersion
-
-from custom_components.mlmule.core.clock import ReplayClock
 
 from .broker import BrokerAddress
 from .scenario import DemoEntity, Scenario

@@ -20,14 +20,13 @@ from zoneinfo import ZoneInfo
 
 import numpy as np
 import numpy.typing as npt
-
-from custom_components.mlmule.core.features import (
+from mlmule_core.features import (
     ACTIVITIES,
     PHONE_FEATURES,
     PhoneSignal,
-    Role,
+    SensorRole,
 )
-from custom_components.mlmule.core.world import World, WorldConfig, generate_world
+from mlmule_world import World, WorldConfig, generate_world
 
 DAY = 86_400.0
 GRID = 300.0  # the world starts on its 5-minute step grid
@@ -67,16 +66,16 @@ GUEST_WINDOW = (5 * 60.0, 60 * 60.0)  # the first guest visit starts within this
 # entities MQTT cannot publish (it has no media_player platform); the TV's power stays
 UNPUBLISHED_DOMAINS = frozenset({"media_player"})
 
-ROLE_DISCOVERY: dict[Role, tuple[str, str | None, str | None]] = {
+ROLE_DISCOVERY: dict[SensorRole, tuple[str, str | None, str | None]] = {
     # role -> (MQTT component, device class, unit)
-    Role.MOTION: ("binary_sensor", "motion", None),
-    Role.DOOR: ("binary_sensor", "door", None),
-    Role.LIGHT: ("light", None, None),
-    Role.ILLUMINANCE: ("sensor", "illuminance", "lx"),
-    Role.CO2: ("sensor", "carbon_dioxide", "ppm"),
-    Role.TEMPERATURE: ("sensor", "temperature", "°C"),
-    Role.HUMIDITY: ("sensor", "humidity", "%"),
-    Role.POWER: ("sensor", "power", "W"),
+    SensorRole.MOTION: ("binary_sensor", "motion", None),
+    SensorRole.DOOR: ("binary_sensor", "door", None),
+    SensorRole.LIGHT: ("light", None, None),
+    SensorRole.ILLUMINANCE: ("sensor", "illuminance", "lx"),
+    SensorRole.CO2: ("sensor", "carbon_dioxide", "ppm"),
+    SensorRole.TEMPERATURE: ("sensor", "temperature", "°C"),
+    SensorRole.HUMIDITY: ("sensor", "humidity", "%"),
+    SensorRole.POWER: ("sensor", "power", "W"),
 }
 
 
@@ -117,7 +116,7 @@ class SpacePlan:
     kind: str
     title: str
     tasks: tuple[str, ...]
-    inputs: dict[str, Role]
+    inputs: dict[str, SensorRole]
     truth: str  # the demo's "true occupancy" binary sensor
     activity_label: str | None
     model_age: str  # the demo's "model age" sensor: scene minutes since the model's data

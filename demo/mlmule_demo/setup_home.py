@@ -8,6 +8,8 @@ import contextlib
 import time
 from dataclasses import dataclass, field
 
+from mlmule_core.identity import TrustRole
+
 from .broker import BrokerAddress
 from .companions import Phone
 from .ha_instance import FlowError, HomeAssistantInstance, Json
@@ -111,7 +113,7 @@ async def set_up_home(
             "pair_mule",
             {
                 "code": phone.pairing_code,
-                "role": "owner" if own else "guest",
+                "role": TrustRole.OWNER if own else TrustRole.GUEST,
                 # where the phones reach the broker: the home code carries it
                 "broker_host": broker.host,
                 "broker_port": broker.port,

@@ -24,7 +24,7 @@ from mlmule_core.features import (
     ChangeSeries,
     Grid,
     PhoneSignal,
-    Role,
+    SensorRole,
     extract_phone_frames,
     extract_room_frames,
     local_seconds,
@@ -45,7 +45,7 @@ def series(*changes: tuple[float, float]) -> ChangeSeries:
     )
 
 
-def room(inputs: dict[Role, list[ChangeSeries]], minutes: int, step: int = 60) -> np.ndarray:
+def room(inputs: dict[SensorRole, list[ChangeSeries]], minutes: int, step: int = 60) -> np.ndarray:
     return extract_room_frames(inputs, START, START + minutes * 60, step)
 
 
@@ -55,44 +55,44 @@ def room(inputs: dict[Role, list[ChangeSeries]], minutes: int, step: int = 60) -
 @pytest.mark.parametrize(
     ("role", "state", "expected"),
     [
-        (Role.MOTION, "on", 1.0),
-        (Role.MOTION, "off", 0.0),
-        (Role.DOOR, "on", 1.0),
-        (Role.DOOR, "open", 1.0),
-        (Role.DOOR, "closed", 0.0),
-        (Role.LIGHT, "ON", 1.0),
-        (Role.MEDIA, "playing", 1.0),
-        (Role.MEDIA, "paused", 0.0),
-        (Role.MEDIA, "idle", 0.0),
-        (Role.MEDIA, "on", 0.0),  # a media player that is on but not playing
-        (Role.CO2, "612", 612.0),
-        (Role.TEMPERATURE, "-3.5", -3.5),
-        (Role.HUMIDITY, " 45.0 ", 45.0),
+        (SensorRole.MOTION, "on", 1.0),
+        (SensorRole.MOTION, "off", 0.0),
+        (SensorRole.DOOR, "on", 1.0),
+        (SensorRole.DOOR, "open", 1.0),
+        (SensorRole.DOOR, "closed", 0.0),
+        (SensorRole.LIGHT, "ON", 1.0),
+        (SensorRole.MEDIA, "playing", 1.0),
+        (SensorRole.MEDIA, "paused", 0.0),
+        (SensorRole.MEDIA, "idle", 0.0),
+        (SensorRole.MEDIA, "on", 0.0),  # a media player that is on but not playing
+        (SensorRole.CO2, "612", 612.0),
+        (SensorRole.TEMPERATURE, "-3.5", -3.5),
+        (SensorRole.HUMIDITY, " 45.0 ", 45.0),
     ],
 )
-def test_parse_state_reads_ha_states(role: Role, state: str, expected: float) -> None:
+def test_parse_state_reads_ha_states(role: SensorRole, state: str, expected: float) -> None:
     assert parse_state(role, state) == expected
 
 
 @pytest.mark.parametrize(
     ("role", "state"),
     [
-        (Role.MOTION, "unknown"),
-        (Role.MOTION, "unavailable"),
-        (Role.MOTION, "maybe"),
-        (Role.CO2, "unavailable"),
-        (Role.CO2, ""),
-        (Role.CO2, "n/a"),
-        (Role.TEMPERATURE, "inf"),
-        (Role.TEMPERATURE, "nan"),
+        (SensorRole.MOTION, "unknown"),
+        (SensorRole.MOTION, "unavailable"),
+        (SensorRole.MOTION, "maybe"),
+        (SensorRole.CO2, "unavailable"),
+        (SensorRole.CO2, ""),
+        (SensorRole.CO2, "n/a"),
+        (SensorRole.TEMPERATURE, "inf"),
+        (SensorRole.TEMPERATURE, "nan"),
     ],
 )
-def test_parse_state_gives_nan_for_unusable_states(role: Role, state: str) -> None:
+def test_parse_state_gives_nan_for_unusable_states(role: SensorRole, state: str) -> None:
     assert math.isnan(parse_state(role, state))
 
 
 def test_series_from_states_sorts_stably_and_parses() -> None:
-    result = series_from_states(Role.CO2, [(30.0, "500"), (10.0, "400"), (30.0, "unknown")])
+    result = series_from_states(SensorRole.CO2, [(30.0, "500"), (10.0, "400"), (30.0, "unknown")])
     assert result.times.tolist() == [10.0, 30.0, 30.0]
     assert result.values[:2].tolist() == [400.0, 500.0]
     assert math.isnan(result.values[2])
@@ -100,7 +100,7 @@ def test_series_from_states_sorts_stably_and_parses() -> None:
 
 def test_series_rejects_bad_times() -> None:
     with pytest.raises(FeatureInputError) as err:
-        series_from_states(Role.CO2, [(math.nan, "400")])
+        series_from_states(SensorRole.CO2, [(math.nan, "400")])
     assert err.value.reason == "feature_input"
     with pytest.raises(FeatureInputError):
         ChangeSeries(np.array([2.0, 1.0]), np.array([0.0, 1.0]))
@@ -173,7 +173,7 @@ def test_motion_features_match_their_definition(changes: list[tuple[int, float]]
     events.insert(0, (START, 0.0))
     minutes = 200
     motion = ChangeSeries(np.array([t for t, _ in events]), np.array([v for _, v in events]))
-    frames = room({Role.MOTION: [motion]}, minutes)
+    frames = room({SensorRole.MOTION: [motion]}, minutes)
     expected = reference_motion(events, minutes)
     np.testing.assert_allclose(frames[:, COLUMN["motion_on"]], expected["on"])
     np.testing.assert_allclose(frames[:, COLUMN["motion_since_log"]], expected["since"], rtol=1e-6)
@@ -186,7 +186,7 @@ def test_motion_features_match_their_definition(changes: list[tuple[int, float]]
 def test_counts_on_a_hand_made_history() -> None:
     # motion at 01:40, 06:40 and 16:40 (min:s), each on for 30 s
     motion = series((0, 0), (100, 1), (130, 0), (400, 1), (430, 0), (1000, 1), (1030, 0))
-    frames = room({Role.MOTION: [motion]}, 30)
+    frames = room({SensorRole.MOTION: [motion]}, 30)
     five, fifteen, sixty = (COLUMN[f"motion_count_{w}m"] for w in (5, 15, 60))
     # frame k covers [k, k+1) min; it sees events before its end, (k+1) min
     assert frames[1, five] == 1  # 01:40 is in [-3:00, 2:00)
@@ -205,16 +205,16 @@ def test_counts_on_a_hand_made_history() -> None:
 def test_several_motion_sensors_combine_with_any() -> None:
     a = series((0, 0), (100, 1), (130, 0))
     b = series((0, 0), (110, 1), (200, 0))
-    frames = room({Role.MOTION: [a, b]}, 5)
+    frames = room({SensorRole.MOTION: [a, b]}, 5)
     assert frames[2, COLUMN["motion_on"]] == 1  # b is still on before 03:00
     assert frames[2, COLUMN["motion_count_5m"]] == 2
-    alone = room({Role.MOTION: [a]}, 5)
+    alone = room({SensorRole.MOTION: [a]}, 5)
     assert alone[2, COLUMN["motion_on"]] == 0
 
 
 def test_door_events_are_openings_and_closings() -> None:
     door = series((0, 0), (100, 1), (110, 0), (400, 1))
-    frames = room({Role.DOOR: [door]}, 10)
+    frames = room({SensorRole.DOOR: [door]}, 10)
     assert frames[1, COLUMN["door_count_5m"]] == 2
     assert frames[6, COLUMN["door_count_5m"]] == 1  # [02:00, 07:00) holds the 06:40 opening
     assert frames[6, COLUMN["door_count_15m"]] == 3
@@ -226,12 +226,15 @@ def test_door_events_are_openings_and_closings() -> None:
 
 
 def test_unknown_unavailable_missing_and_stale_inputs_are_flagged_never_nan() -> None:
-    stale = STALE_AFTER[Role.CO2]
+    stale = STALE_AFTER[SensorRole.CO2]
     co2 = series((0, 800), (600, math.nan), (1200, 900))
     temperature = series((0, 21.0))  # never changes again: stale after STALE_AFTER
     light = series((0, 1), (300, math.nan))
     minutes = int(stale // 60) + 30
-    frames = room({Role.CO2: [co2], Role.TEMPERATURE: [temperature], Role.LIGHT: [light]}, minutes)
+    frames = room(
+        {SensorRole.CO2: [co2], SensorRole.TEMPERATURE: [temperature], SensorRole.LIGHT: [light]},
+        minutes,
+    )
     assert not np.isnan(frames).any()
     co2_ok = frames[:, COLUMN["co2_available"]]
     assert co2_ok[:10].tolist() == [1.0] * 10
@@ -254,14 +257,14 @@ def test_unknown_unavailable_missing_and_stale_inputs_are_flagged_never_nan() ->
 
 def test_slope_is_per_hour_over_fifteen_minutes() -> None:
     co2 = series(*((60 * m, 400 + 10 * m) for m in range(40)))
-    frames = room({Role.CO2: [co2]}, 40)
+    frames = room({SensorRole.CO2: [co2]}, 40)
     # 15 minutes of +10 ppm/min is +600 ppm/h; earlier frames lack the 15-minute-old value
     assert frames[30, COLUMN["co2_slope"]] == pytest.approx(600.0)
     assert frames[5, COLUMN["co2_slope"]] == 0.0
 
 
 def test_illuminance_is_log_scaled() -> None:
-    frames = room({Role.ILLUMINANCE: [series((0, 250.0))]}, 3)
+    frames = room({SensorRole.ILLUMINANCE: [series((0, 250.0))]}, 3)
     assert frames[1, COLUMN["illuminance_log"]] == pytest.approx(math.log1p(250.0))
 
 
@@ -277,7 +280,7 @@ def test_power_above_baseline_ignores_standby_and_brief_glitches() -> None:
     changes.sort()
     plug = series(*changes)
     minutes = 28 * 60
-    frames = room({Role.POWER: [plug]}, minutes)
+    frames = room({SensorRole.POWER: [plug]}, minutes)
     above = frames[:, COLUMN["power_above_baseline_log"]]
     boiling = int(kettle // 60) + 1
     assert above[boiling] == pytest.approx(math.log1p(2000.0), rel=1e-6)
@@ -291,7 +294,7 @@ def test_power_baseline_does_not_depend_on_the_extracted_range() -> None:
     times = np.sort(rng.uniform(0, 3 * 86400, 400))
     watts = rng.gamma(1, 50, 400)
     plug = series((0.0, 2.0), *zip(times.tolist(), watts.tolist(), strict=True))
-    inputs = {Role.POWER: [plug]}
+    inputs = {SensorRole.POWER: [plug]}
     whole = extract_room_frames(inputs, START, START + 3 * 86400)
     later = extract_room_frames(inputs, START + 2 * 86400, START + 3 * 86400)
     np.testing.assert_array_equal(

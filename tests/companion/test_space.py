@@ -6,7 +6,7 @@ import math
 
 import numpy as np
 import pytest
-from mlmule_core.features import ROOM_FEATURES, Role, room_schema
+from mlmule_core.features import ROOM_FEATURES, SensorRole, room_schema
 from mlmule_core.space import (
     SpaceConfigError,
     SpaceInputs,
@@ -22,7 +22,7 @@ from mlmule_core.space import (
 
 T0 = 1_790_000_040.0  # on the minute grid
 INPUTS = SpaceInputs(
-    roles={"binary_sensor.motion": Role.MOTION, "sensor.tv_power": Role.POWER},
+    roles={"binary_sensor.motion": SensorRole.MOTION, "sensor.tv_power": SensorRole.POWER},
     occupancy_labels=("sensor.alice_room", "sensor.bob_room"),
     occupancy_label_state="Bedroom",
     activity_label="input_select.activity",
@@ -121,7 +121,7 @@ def test_bad_space_configurations_are_refused() -> None:
     with pytest.raises(SpaceConfigError):
         SpaceInputs(roles={})
     with pytest.raises(SpaceConfigError):
-        SpaceInputs(roles={"a.b": Role.MOTION}, hold_only=frozenset({"c.d"}))
+        SpaceInputs(roles={"a.b": SensorRole.MOTION}, hold_only=frozenset({"c.d"}))
 
 
 def test_explain_ranks_the_role_the_model_reads() -> None:

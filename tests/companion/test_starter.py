@@ -12,9 +12,9 @@ from mlmule_core.errors import FamilyError
 from mlmule_core.families import forward
 from mlmule_core.onnx import create_session
 from mlmule_core.starter import load_starter, parse_index, starter_index
-from mlmule_core.world import World
 from mlmule_models import starter as starter_tool
 from mlmule_models.recipes import HELD_OUT_WORLD, TRAIN_WORLD, starters
+from mlmule_world import World
 
 SHIPPED = starter_tool.STARTER_DIR
 

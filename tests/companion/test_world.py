@@ -9,7 +9,6 @@ from collections import defaultdict
 
 import numpy as np
 import pytest
-from mlmule_core.errors import WorldConfigError
 from mlmule_core.features import (
     ACTIVITIES,
     BINARY_ROLES,
@@ -17,11 +16,11 @@ from mlmule_core.features import (
     PHONE_FEATURES,
     ROOM_FEATURES,
     Activity,
-    Role,
+    SensorRole,
     extract_room_frames,
     series_from_states,
 )
-from mlmule_core.world import RoomKind, World, WorldConfig, generate_world, time_split
+from mlmule_world import RoomKind, World, WorldConfig, WorldConfigError, generate_world, time_split
 
 SMALL = WorldConfig(n_homes=4, days=3, group_size=2)
 VISITING = ACTIVITIES.index(Activity.VISITING)
@@ -92,7 +91,7 @@ def test_room_frames_are_the_extractor_run_on_the_ha_state_strings(world: World)
         changes[entity_id].append((moment, state))
     assert set(changes) == set(roles)
     for room in home.rooms:
-        inputs: dict[Role, list] = defaultdict(list)
+        inputs: dict[SensorRole, list] = defaultdict(list)
         for entity_id, (room_id, role) in roles.items():
             if room_id == room.room_id:
                 inputs[role].append(series_from_states(role, changes[entity_id]))
@@ -110,15 +109,15 @@ def test_events_look_like_ha_state_changes(world: World) -> None:
     assert times[0] == world.start
     assert times[-1] < world.end
     patterns = {
-        Role.MOTION: r"on|off|unavailable",
-        Role.DOOR: r"on|off|unavailable",
-        Role.LIGHT: r"on|off|unavailable",
-        Role.MEDIA: r"playing|off|unavailable",
-        Role.CO2: r"\d+|unavailable",
-        Role.ILLUMINANCE: r"\d+|unavailable",
-        Role.TEMPERATURE: r"-?\d+\.\d|unavailable",
-        Role.HUMIDITY: r"\d+\.\d|unavailable",
-        Role.POWER: r"\d+\.\d|unavailable",
+        SensorRole.MOTION: r"on|off|unavailable",
+        SensorRole.DOOR: r"on|off|unavailable",
+        SensorRole.LIGHT: r"on|off|unavailable",
+        SensorRole.MEDIA: r"playing|off|unavailable",
+        SensorRole.CO2: r"\d+|unavailable",
+        SensorRole.ILLUMINANCE: r"\d+|unavailable",
+        SensorRole.TEMPERATURE: r"-?\d+\.\d|unavailable",
+        SensorRole.HUMIDITY: r"\d+\.\d|unavailable",
+        SensorRole.POWER: r"\d+\.\d|unavailable",
     }
     last: dict[str, str] = {}
     for moment, entity_id, state in events:

@@ -16,7 +16,7 @@ from mlmule_core.features import (
     Activity,
     local_seconds,
 )
-from mlmule_core.world import (
+from mlmule_world import (
     RoomKind,
     World,
     WorldConfig,
@@ -24,9 +24,9 @@ from mlmule_core.world import (
     generate_world,
     jensen_shannon,
 )
-from mlmule_core.world.homes import build_home
-from mlmule_core.world.physics import relax
-from mlmule_core.world.residents import (
+from mlmule_world.homes import build_home
+from mlmule_world.physics import relax
+from mlmule_world.residents import (
     FREE_DAY,
     WORKDAY,
     chain_tables,

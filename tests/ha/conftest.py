@@ -8,7 +8,8 @@ from pytest_homeassistant_custom_component.syrupy import HomeAssistantSnapshotEx
 from pytest_homeassistant_custom_component.typing import MqttMockPahoClient
 from syrupy.assertion import SnapshotAssertion
 
-pytest_plugins = ["tests.support.ha_fixtures"]
+# single_core first: the world must build on the integration's own copy of the core
+pytest_plugins = ["tests.support.single_core", "tests.support.ha_fixtures"]
 
 
 @pytest.fixture

@@ -39,6 +39,7 @@ from homeassistant.helpers import entity_registry as er
 from homeassistant.setup import async_setup_component
 from homeassistant.util import dt as dt_util
 from homeassistant.util import yaml as yaml_util
+from mlmule_world import WorldConfig, generate_world
 from pytest_homeassistant_custom_component.common import (
     MockConfigEntry,
     async_fire_time_changed,
@@ -60,7 +61,6 @@ from custom_components.mlmule.const import (
     SUBENTRY_SPACE,
 )
 from custom_components.mlmule.coordinator import SpaceCoordinator
-from custom_components.mlmule.core.world import WorldConfig, generate_world
 from tests.support.ha_fixtures import async_replay_room, replayed_room_hub, space_device
 from tests.support.world_replay import WORLD_START, replay_end, room_replay
 

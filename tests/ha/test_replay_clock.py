@@ -1,30 +1,38 @@
 """The replay clock in Home Assistant: a home replayed at x60 gives the spaces the same frames as
-the same home recorded in real time, and the YAML option reaches every space."""
+the same home recorded in real time, and the demo's own component (not shipped) puts the clock
+where every space reads it."""
 
 from __future__ import annotations
+
+from importlib import import_module
+from pathlib import Path
 
 import numpy as np
 import pytest
 import voluptuous as vol
 from freezegun.api import FrozenDateTimeFactory
+from homeassistant import loader
 from homeassistant.core import HomeAssistant
 from homeassistant.setup import async_setup_component
 from homeassistant.util import dt as dt_util
+from mlmule_world import WorldConfig, generate_world
 from pytest_homeassistant_custom_component.components.recorder.common import (
     async_wait_recording_done,
 )
 from pytest_homeassistant_custom_component.typing import MqttMockHAClient
 
+import custom_components
 from custom_components.mlmule import CONFIG_SCHEMA
 from custom_components.mlmule.const import DOMAIN
 from custom_components.mlmule.core.clock import ReplayClock
 from custom_components.mlmule.core.features import extract_room_frames
 from custom_components.mlmule.core.space import SpaceInputs, room_series
-from custom_components.mlmule.core.world import WorldConfig, generate_world
 from custom_components.mlmule.history import async_state_changes
 from tests.support.ha_fixtures import replayed_room_hub
 from tests.support.world_replay import WORLD_START, replay_end, room_replay
 
+DEMO = str(Path(__file__).resolve().parents[2] / "demo" / "custom_components")
+CLOCK = "mlmule_replay_clock"
 DAY = 86400.0
 SCALE = 60.0
 
@@ -71,25 +79,33 @@ async def test_a_scaled_replay_gives_the_frames_of_the_unscaled_one(
     assert max(t for changes in unscaled.values() for t, _ in changes) < world.start + DAY + 1500
 
 
-def test_the_yaml_option_accepts_only_the_replay_clock() -> None:
-    config = CONFIG_SCHEMA({DOMAIN: {"replay_clock": {"origin": 1.78e9, "scale": 60}}})
-    assert config[DOMAIN]["replay_clock"] == {"origin": 1.78e9, "scale": 60.0}
-    for bad in (
-        {"replay_clock": {"origin": 1.78e9, "scale": 0.5}},
-        {"replay_clock": {"origin": 1.78e9}},
-        {"spaces": []},
-    ):
+@pytest.fixture
+def demo_components(hass: HomeAssistant, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Let Home Assistant find the demo's own components (demo/custom_components), as the demo's
+    configuration directory does; HACS installs none of them."""
+    monkeypatch.setattr(custom_components, "__path__", [*custom_components.__path__, DEMO])
+    hass.data.pop(loader.DATA_CUSTOM_COMPONENTS, None)
+
+
+async def test_the_demo_clock_accepts_only_an_origin_and_a_scale(demo_components: None) -> None:
+    replay_clock_component = import_module(f"custom_components.{CLOCK}")
+    config = replay_clock_component.CONFIG_SCHEMA({CLOCK: {"origin": 1.78e9, "scale": 60}})
+    assert config[CLOCK] == {"origin": 1.78e9, "scale": 60.0}
+    for bad in ({"origin": 1.78e9, "scale": 0.5}, {"origin": 1.78e9}, {"spaces": []}):
         with pytest.raises(vol.Invalid):
-            CONFIG_SCHEMA({DOMAIN: bad})
+            replay_clock_component.CONFIG_SCHEMA({CLOCK: bad})
+
+
+def test_the_shipped_integration_has_no_clock_option(caplog: pytest.LogCaptureFixture) -> None:
+    CONFIG_SCHEMA({DOMAIN: {"replay_clock": {"origin": 1.78e9, "scale": 60}}})
+    assert "mlmule integration does not support YAML setup" in caplog.text
 
 
 async def test_every_space_runs_on_the_configured_clock(
-    hass: HomeAssistant, mqtt_mock: MqttMockHAClient
+    hass: HomeAssistant, mqtt_mock: MqttMockHAClient, demo_components: None
 ) -> None:
     origin = dt_util.utcnow().timestamp() - 10.0
-    assert await async_setup_component(
-        hass, DOMAIN, {DOMAIN: {"replay_clock": {"origin": origin, "scale": SCALE}}}
-    )
+    assert await async_setup_component(hass, CLOCK, {CLOCK: {"origin": origin, "scale": SCALE}})
     world = generate_world(WorldConfig(n_homes=1, days=1, visit_rate=0.0), 3)
     entry = replayed_room_hub(room_replay(world, 0, "bedroom"))
     entry.add_to_hass(hass)
@@ -101,3 +117,16 @@ async def test_every_space_runs_on_the_configured_clock(
     data_time = space.host.slot("occupancy/bedroom").meta.data_time
     assert data_time >= origin + 10.0 * SCALE - 1.0
     await hass.async_block_till_done(wait_background_tasks=True)  # its start-up training
+
+
+async def test_the_demo_clock_refuses_to_come_after_the_hub(
+    hass: HomeAssistant, mqtt_mock: MqttMockHAClient, demo_components: None
+) -> None:
+    world = generate_world(WorldConfig(n_homes=1, days=1, visit_rate=0.0), 3)
+    entry = replayed_room_hub(room_replay(world, 0, "bedroom"))
+    entry.add_to_hass(hass)
+    assert await hass.config_entries.async_setup(entry.entry_id)
+    await hass.async_block_till_done(wait_background_tasks=True)
+    origin = dt_util.utcnow().timestamp()
+    assert not await async_setup_component(hass, CLOCK, {CLOCK: {"origin": origin, "scale": SCALE}})
+    assert entry.runtime_data.spaces["bedroom"].clock == ReplayClock()

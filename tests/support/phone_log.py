@@ -1,6 +1,6 @@
 """Realistic data for end-to-end runs: a simulated phone's log, and a simulated room's history.
 
-Both come from the seeded world (`mlmule_core.world`), moved forward by whole weeks so that the
+Both come from the seeded world (`mlmule_world`), moved forward by whole weeks so that the
 data ends just before now (the companion refuses future times and trains on recent minutes; whole
 weeks keep the time of day and the weekday of every sample).
 """
@@ -22,7 +22,7 @@ from mlmule_core.features import (
     PhoneSignal,
     window_frames,
 )
-from mlmule_core.world import World, WorldConfig, generate_world
+from mlmule_world import World, WorldConfig, generate_world
 
 WEEK = 7 * 86_400.0
 SIGNALS = tuple(signal.value for signal in PhoneSignal)

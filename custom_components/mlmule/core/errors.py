@@ -246,12 +246,6 @@ class FeatureInputError(MlmuleError):
     reason = "feature_input"
 
 
-class WorldConfigError(MlmuleError):
-    """A synthetic-world configuration out of range, or a home, room or person it does not have."""
-
-    reason = "world_config"
-
-
 class CorruptStateFile(MlmuleError):
     """A state file of ours (e.g. the replay guard) that no longer parses; never reset silently."""
 

@@ -54,7 +54,7 @@ ACTIVITIES: tuple[str, ...] = tuple(activity.value for activity in Activity)
 EMPTY_ROOM_ACTIVITY = ACTIVITIES.index(Activity.AWAY)
 
 
-class Role(StrEnum):
+class SensorRole(StrEnum):
     """What an input entity measures in a room."""
 
     MOTION = "motion"
@@ -79,15 +79,15 @@ class PhoneSignal(StrEnum):
     ORIENTATION_CHANGE = "orientation_change"  # orientation flips per minute
 
 
-BINARY_ROLES = frozenset({Role.MOTION, Role.DOOR, Role.LIGHT, Role.MEDIA})
+BINARY_ROLES = frozenset({SensorRole.MOTION, SensorRole.DOOR, SensorRole.LIGHT, SensorRole.MEDIA})
 
 # HA stores a numeric sensor only when its value changes, so a stable reading can sit for hours.
 # Air sensors are noisy enough to change every few minutes, so a long silence means a dead sensor;
 # darkness (0 lx) and standby power are legitimately constant, so those never go stale.
-STALE_AFTER: Mapping[Role, float] = {
-    Role.CO2: 3 * 3600.0,
-    Role.TEMPERATURE: 3 * 3600.0,
-    Role.HUMIDITY: 3 * 3600.0,
+STALE_AFTER: Mapping[SensorRole, float] = {
+    SensorRole.CO2: 3 * 3600.0,
+    SensorRole.TEMPERATURE: 3 * 3600.0,
+    SensorRole.HUMIDITY: 3 * 3600.0,
 }
 
 SINCE_CAP_SECONDS = 6 * 3600.0
@@ -98,17 +98,17 @@ BASELINE_QUANTILE = 0.1
 MAX_WINDOW_LAG = 24 * 60
 
 _UNAVAILABLE_STATES = frozenset({"", "unknown", "unavailable", "none", "null", "nan"})
-_ON_STATES: Mapping[Role, frozenset[str]] = {
-    Role.MOTION: frozenset({"on", "detected", "true"}),
-    Role.DOOR: frozenset({"on", "open", "opening", "true"}),
-    Role.LIGHT: frozenset({"on", "true"}),
-    Role.MEDIA: frozenset({"playing", "buffering"}),
+_ON_STATES: Mapping[SensorRole, frozenset[str]] = {
+    SensorRole.MOTION: frozenset({"on", "detected", "true"}),
+    SensorRole.DOOR: frozenset({"on", "open", "opening", "true"}),
+    SensorRole.LIGHT: frozenset({"on", "true"}),
+    SensorRole.MEDIA: frozenset({"playing", "buffering"}),
 }
-_OFF_STATES: Mapping[Role, frozenset[str]] = {
-    Role.MOTION: frozenset({"off", "clear", "false"}),
-    Role.DOOR: frozenset({"off", "closed", "closing", "false"}),
-    Role.LIGHT: frozenset({"off", "false"}),
-    Role.MEDIA: frozenset({"off", "on", "idle", "paused", "standby"}),
+_OFF_STATES: Mapping[SensorRole, frozenset[str]] = {
+    SensorRole.MOTION: frozenset({"off", "clear", "false"}),
+    SensorRole.DOOR: frozenset({"off", "closed", "closing", "false"}),
+    SensorRole.LIGHT: frozenset({"off", "false"}),
+    SensorRole.MEDIA: frozenset({"off", "on", "idle", "paused", "standby"}),
 }
 
 
@@ -144,7 +144,7 @@ class ChangeSeries:
         return int(self.times.size)
 
 
-def parse_state(role: Role, state: str) -> float:
+def parse_state(role: SensorRole, state: str) -> float:
     """The value of an HA state string for `role`; NaN when unknown, unavailable or unreadable.
 
     Binary roles give 1.0 for on/open/playing and 0.0 for off/closed/idle; numeric roles parse
@@ -167,7 +167,7 @@ def parse_state(role: Role, state: str) -> float:
     return value if math.isfinite(value) else math.nan
 
 
-def series_from_states(role: Role, changes: Iterable[tuple[float, str]]) -> ChangeSeries:
+def series_from_states(role: SensorRole, changes: Iterable[tuple[float, str]]) -> ChangeSeries:
     """A `ChangeSeries` from `(epoch seconds, HA state string)` pairs, sorted stably by time."""
     pairs = list(changes)
     times = np.fromiter((float(t) for t, _ in pairs), dtype=np.float64, count=len(pairs))
@@ -414,13 +414,13 @@ def _binary_block(series: Sequence[ChangeSeries], ends: Grid) -> Columns:
     return [available, on]
 
 
-def _level_block(role: Role, neutral: float, with_slope: bool) -> _Block:
+def _level_block(role: SensorRole, neutral: float, with_slope: bool) -> _Block:
     stale = STALE_AFTER.get(role)
 
     def block(series: Sequence[ChangeSeries], ends: Grid) -> Columns:
         now = _mean_known([_value_before(s, ends, stale) for s in series], ends.count)
         available = ~np.isnan(now)
-        if role is Role.ILLUMINANCE:
+        if role is SensorRole.ILLUMINANCE:
             now = np.log1p(np.maximum(now, 0.0))
         columns = [available.astype(np.float64), np.where(available, now, neutral)]
         if with_slope:
@@ -490,28 +490,32 @@ def _event_names(prefix: str, state: str) -> tuple[str, ...]:
 
 
 # Role order, feature names and the function computing them: the single room feature definition.
-_ROOM_BLOCKS: tuple[tuple[Role, tuple[str, ...], _Block], ...] = (
-    (Role.MOTION, _event_names("motion", "on"), _motion_block),
-    (Role.DOOR, _event_names("door", "open"), _door_block),
-    (Role.LIGHT, ("light_available", "light_on"), _binary_block),
+_ROOM_BLOCKS: tuple[tuple[SensorRole, tuple[str, ...], _Block], ...] = (
+    (SensorRole.MOTION, _event_names("motion", "on"), _motion_block),
+    (SensorRole.DOOR, _event_names("door", "open"), _door_block),
+    (SensorRole.LIGHT, ("light_available", "light_on"), _binary_block),
     (
-        Role.ILLUMINANCE,
+        SensorRole.ILLUMINANCE,
         ("illuminance_available", "illuminance_log"),
-        _level_block(Role.ILLUMINANCE, math.log1p(50.0), with_slope=False),
+        _level_block(SensorRole.ILLUMINANCE, math.log1p(50.0), with_slope=False),
     ),
-    (Role.CO2, ("co2_available", "co2_ppm", "co2_slope"), _level_block(Role.CO2, 600.0, True)),
     (
-        Role.TEMPERATURE,
+        SensorRole.CO2,
+        ("co2_available", "co2_ppm", "co2_slope"),
+        _level_block(SensorRole.CO2, 600.0, True),
+    ),
+    (
+        SensorRole.TEMPERATURE,
         ("temperature_available", "temperature_c", "temperature_slope"),
-        _level_block(Role.TEMPERATURE, 20.0, True),
+        _level_block(SensorRole.TEMPERATURE, 20.0, True),
     ),
     (
-        Role.HUMIDITY,
+        SensorRole.HUMIDITY,
         ("humidity_available", "humidity_pct", "humidity_slope"),
-        _level_block(Role.HUMIDITY, 45.0, True),
+        _level_block(SensorRole.HUMIDITY, 45.0, True),
     ),
-    (Role.POWER, ("power_available", "power_above_baseline_log"), _power_block),
-    (Role.MEDIA, ("media_available", "media_playing"), _binary_block),
+    (SensorRole.POWER, ("power_available", "power_above_baseline_log"), _power_block),
+    (SensorRole.MEDIA, ("media_available", "media_playing"), _binary_block),
 )
 
 ROOM_FEATURES: tuple[str, ...] = TIME_FEATURES + tuple(
@@ -525,7 +529,7 @@ PHONE_FEATURES: tuple[str, ...] = (
 
 
 def extract_room_frames(
-    inputs: Mapping[Role, Sequence[ChangeSeries]],
+    inputs: Mapping[SensorRole, Sequence[ChangeSeries]],
     start: float,
     end: float,
     step: int = 60,
@@ -537,7 +541,7 @@ def extract_room_frames(
     with "any", several air sensors average). Roles left out are reported as unavailable. Give
     the series a day of history before `start` so look-back features are complete.
     """
-    unknown = set(inputs) - set(Role)
+    unknown = set(inputs) - set(SensorRole)
     if unknown:
         raise FeatureInputError(f"unknown input roles: {sorted(map(str, unknown))}")
     starts = frame_grid(start, end, step)

@@ -31,8 +31,9 @@ import stat
 import struct
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
+from enum import StrEnum
 from pathlib import Path
-from typing import Literal, Protocol, cast
+from typing import Protocol
 
 from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
 from cryptography.hazmat.primitives import serialization
@@ -44,14 +45,26 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import (
 from .errors import BadSignature, InvalidIdentity, InvalidPairingCode, TrustError, UnknownSigner
 from .storage import atomic_write_text
 
-IdentityKind = Literal["space", "mule"]
-Role = Literal["owner", "guest"]
+
+class PeerKind(StrEnum):
+    """What a peer is: a home (its spaces share one identity) or a mule (a phone). In an
+    encounter it is also the side a peer plays."""
+
+    SPACE = "space"
+    MULE = "mule"
+
+
+class TrustRole(StrEnum):
+    """What a paired peer is to a home: its household's (owner) or a visitor's (guest)."""
+
+    OWNER = "owner"
+    GUEST = "guest"
+
 
 PUBLIC_KEY_BYTES = 32
 SIGNATURE_BYTES = 64
 _ID_DIGEST_BYTES = 10  # 80 bits: 16 base32 characters, plenty to tell a household's peers apart
-_KINDS: tuple[IdentityKind, ...] = ("space", "mule")
-_ROLES: tuple[Role, ...] = ("owner", "guest")
+_KINDS: tuple[PeerKind, ...] = tuple(PeerKind)  # in pairing-code order
 
 
 def identity_id(public_key: bytes) -> str:
@@ -77,11 +90,12 @@ class Verifier(Protocol):
 class Identity:
     """An Ed25519 key pair with the kind and name of its owner."""
 
-    def __init__(self, private_key: Ed25519PrivateKey, *, kind: IdentityKind, name: str) -> None:
+    def __init__(self, private_key: Ed25519PrivateKey, *, kind: PeerKind, name: str) -> None:
         if kind not in _KINDS:
             raise InvalidIdentity(f"identity kind must be one of {_KINDS}, not {kind!r}")
+        kind = PeerKind(kind)
         self._private_key = private_key
-        self.kind: IdentityKind = kind
+        self.kind = kind
         self.name = name
         self.public_key_bytes = private_key.public_key().public_bytes(
             serialization.Encoding.Raw, serialization.PublicFormat.Raw
@@ -92,11 +106,11 @@ class Identity:
         return f"Identity(id={self.id!r}, kind={self.kind!r}, name={self.name!r})"
 
     @classmethod
-    def generate(cls, *, kind: IdentityKind, name: str) -> Identity:
+    def generate(cls, *, kind: PeerKind, name: str) -> Identity:
         return cls(Ed25519PrivateKey.generate(), kind=kind, name=name)
 
     @classmethod
-    def from_private_bytes(cls, raw: bytes, *, kind: IdentityKind, name: str) -> Identity:
+    def from_private_bytes(cls, raw: bytes, *, kind: PeerKind, name: str) -> Identity:
         """From the raw 32-byte private key, e.g. as Home Assistant keeps it in its config entry."""
         try:
             key = Ed25519PrivateKey.from_private_bytes(raw)
@@ -105,7 +119,7 @@ class Identity:
         return cls(key, kind=kind, name=name)
 
     @classmethod
-    def load_or_create(cls, path: Path, *, kind: IdentityKind, name: str) -> Identity:
+    def load_or_create(cls, path: Path, *, kind: PeerKind, name: str) -> Identity:
         """Load the key stored at `path`, or generate one and store it there first.
 
         The key is an unencrypted PKCS#8 PEM file of mode 0600 (what `openssl pkey` reads); a
@@ -188,7 +202,7 @@ class PairingCode:
     A mule's code (kind "mule") carries the phone's key and name, for adding it from HA's side.
     """
 
-    kind: IdentityKind
+    kind: PeerKind
     public_key: bytes
     name: str
     token: bytes = b""
@@ -272,10 +286,10 @@ class PairingCode:
         reader.expect_end()
         return cls(_KINDS[kind_index], public_key, name, token, broker)
 
-    def _checked_kind(self) -> IdentityKind:
+    def _checked_kind(self) -> PeerKind:
         if self.kind not in _KINDS:
             raise InvalidPairingCode(f"pairing code kind must be one of {_KINDS}")
-        return self.kind
+        return PeerKind(self.kind)
 
 
 def _short_field(value: bytes, limit: int, what: str) -> bytes:
@@ -329,8 +343,8 @@ class TrustEntry:
 
     peer_id: str
     public_key: bytes
-    kind: IdentityKind
-    role: Role
+    kind: PeerKind
+    role: TrustRole
     label: str
     paired_at: float
     spaces: frozenset[str] | None = None
@@ -340,16 +354,18 @@ class TrustEntry:
             raise TrustError("a trusted peer's public key is 32 raw bytes")
         if identity_id(self.public_key) != self.peer_id:
             raise TrustError(f"peer id {self.peer_id!r} does not belong to its public key")
-        if self.kind not in _KINDS or self.role not in _ROLES:
-            raise TrustError(f"kind must be one of {_KINDS} and role one of {_ROLES}")
+        if self.kind not in _KINDS or self.role not in tuple(TrustRole):
+            raise TrustError(f"kind must be one of {_KINDS} and role one of {tuple(TrustRole)}")
+        object.__setattr__(self, "kind", PeerKind(self.kind))
+        object.__setattr__(self, "role", TrustRole(self.role))
 
     @classmethod
     def for_key(
         cls,
         public_key: bytes,
         *,
-        kind: IdentityKind,
-        role: Role,
+        kind: PeerKind,
+        role: TrustRole,
         label: str,
         paired_at: float,
         spaces: frozenset[str] | None = None,
@@ -383,14 +399,13 @@ class TrustEntry:
             return cls(
                 peer_id=_str(raw["peer_id"]),
                 public_key=base64.b64decode(_str(raw["public_key"]), validate=True),
-                # __post_init__ refuses a kind or role outside the literals
-                kind=cast("IdentityKind", _str(raw["kind"])),
-                role=cast("Role", _str(raw["role"])),
+                kind=PeerKind(_str(raw["kind"])),
+                role=TrustRole(_str(raw["role"])),
                 label=_str(raw["label"]),
                 paired_at=float(paired_at),
                 spaces=spaces,
             )
-        except (KeyError, binascii.Error) as err:
+        except (KeyError, ValueError) as err:  # binascii.Error is a ValueError
             raise TrustError(f"malformed trust entry: {err}") from err
 
 

@@ -17,7 +17,7 @@ benchmark use, so a model sees the same numbers in training, in simulation and i
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -29,7 +29,7 @@ from .features import (
     ROOM_FEATURES,
     ChangeSeries,
     FeatureSchema,
-    Role,
+    SensorRole,
     extract_room_frames,
     parse_state,
     series_from_states,
@@ -55,7 +55,7 @@ class SpaceConfigError(MlmuleError):
 class SpaceInputs:
     """The entities a space reads and what each one is."""
 
-    roles: Mapping[str, Role]  # feature input entity -> role
+    roles: Mapping[str, SensorRole]  # feature input entity -> role
     occupancy_labels: tuple[str, ...] = ()
     occupancy_label_state: str | None = None  # the room name room-presence sensors report
     activity_label: str | None = None
@@ -75,9 +75,9 @@ class SpaceInputs:
         return sorted({*self.roles, *labels})
 
 
-def room_series(inputs: SpaceInputs, changes: StateChanges) -> dict[Role, list[ChangeSeries]]:
+def room_series(inputs: SpaceInputs, changes: StateChanges) -> dict[SensorRole, list[ChangeSeries]]:
     """The feature inputs' histories grouped by role, as the extractor takes them."""
-    by_role: dict[Role, list[ChangeSeries]] = {}
+    by_role: dict[SensorRole, list[ChangeSeries]] = {}
     for entity_id, role in sorted(inputs.roles.items()):
         by_role.setdefault(role, []).append(series_from_states(role, changes.get(entity_id, ())))
     return by_role
@@ -213,7 +213,7 @@ def held(inputs: SpaceInputs, states: Mapping[str, str]) -> bool:
     for entity in inputs.hold_only:
         role = inputs.roles[entity]
         value = parse_state(role, states.get(entity, "unavailable"))
-        threshold = HOLD_POWER_WATTS if role is Role.POWER else 0.5
+        threshold = HOLD_POWER_WATTS if role is SensorRole.POWER else 0.5
         if not math.isnan(value) and value >= threshold:
             return True
     return False
@@ -245,13 +245,3 @@ def explain(
         effects.append((role.value, float(np.mean(positive - moved))))
     effects.sort(key=lambda item: abs(item[1]), reverse=True)
     return effects[:top]
-
-
-def changes_from(pairs: Iterable[tuple[str, float, str]]) -> dict[str, list[tuple[float, str]]]:
-    """Group (entity, time, state) events into per-entity change lists, in time order."""
-    grouped: dict[str, list[tuple[float, str]]] = {}
-    for entity, time, state in pairs:
-        grouped.setdefault(entity, []).append((time, state))
-    for events in grouped.values():
-        events.sort(key=lambda change: change[0])
-    return grouped

@@ -100,9 +100,6 @@ class SnapshotStore:
             raise StoreError(f"{stored.file} does not match its recorded hash")
         return data
 
-    def last_used(self, context_key: str) -> float | None:
-        return self._last_used.get(context_key)
-
     def total_bytes(self) -> int:
         return sum(s.size for versions in self._versions.values() for s in versions)
 

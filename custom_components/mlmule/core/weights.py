@@ -31,14 +31,6 @@ def same_layout(a: Mapping[str, FloatArray], b: Mapping[str, FloatArray]) -> boo
     return list(a) == list(b) and all(a[name].shape == b[name].shape for name in a)
 
 
-def flatten(weights: Mapping[str, FloatArray], names: Iterable[str] | None = None) -> FloatArray:
-    """Concatenate the chosen parameters (all by default) into one vector."""
-    chosen = list(weights) if names is None else list(names)
-    if not chosen:
-        return np.zeros(0, dtype=np.float32)
-    return np.concatenate([weights[name].ravel() for name in chosen]).astype(np.float32)
-
-
 def all_finite(weights: Mapping[str, FloatArray]) -> bool:
     return all(bool(np.isfinite(value).all()) for value in weights.values())
 

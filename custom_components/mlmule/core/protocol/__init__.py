@@ -8,6 +8,7 @@ mule's (`mule_companion.mqtt_link`).
 
 from __future__ import annotations
 
+from ..identity import PeerKind
 from .actions import Action, Closed, Completed, Deliver, EncounterRef, Failed, Publish
 from .config import EndpointStats, ProtocolConfig
 from .encounter import MlMulePolicy, WantPolicy
@@ -17,7 +18,6 @@ from .wire import (
     PROTOCOL_VERSION,
     Mode,
     OfferEntry,
-    Role,
     Signer,
     SnapshotInfo,
     Topics,
@@ -39,10 +39,10 @@ __all__ = [
     "Mode",
     "MuleEndpoint",
     "OfferEntry",
+    "PeerKind",
     "PeerTrust",
     "ProtocolConfig",
     "Publish",
-    "Role",
     "Signer",
     "SnapshotInfo",
     "SpaceEndpoint",

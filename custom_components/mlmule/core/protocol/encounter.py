@@ -20,6 +20,7 @@ from ..errors import (
     TransferError,
     UnexpectedMessage,
 )
+from ..identity import PeerKind
 from .actions import Action, Closed, Completed, Deliver, EncounterRef, Failed, Publish
 from .config import EndpointStats, ProtocolConfig
 from .transfers import IncomingTransfer, OutgoingTransfer
@@ -36,7 +37,6 @@ from .wire import (
     OfferEntry,
     Request,
     Result,
-    Role,
     Signer,
     SnapshotInfo,
     check_reason,
@@ -54,7 +54,7 @@ class WantPolicy(Protocol):
     The encounter has already skipped what it holds or fetched before, and what is too large.
     """
 
-    def wants(self, role: Role, entry: OfferEntry, ours: SnapshotInfo | None) -> bool: ...
+    def wants(self, role: PeerKind, entry: OfferEntry, ours: SnapshotInfo | None) -> bool: ...
 
 
 class MlMulePolicy:
@@ -65,7 +65,7 @@ class MlMulePolicy:
     snapshot outright if it has none for the key. Snapshots of another architecture never merge.
     """
 
-    def wants(self, role: Role, entry: OfferEntry, ours: SnapshotInfo | None) -> bool:
+    def wants(self, role: PeerKind, entry: OfferEntry, ours: SnapshotInfo | None) -> bool:
         theirs = entry.snapshot
         if theirs is None or (ours is not None and ours.arch != theirs.arch):
             return False
@@ -146,7 +146,7 @@ class Encounter:
         shared: Shared,
         *,
         ref: EncounterRef,
-        role: Role,
+        role: PeerKind,
         topic_out: str,
         modes: dict[str, Mode],
         current: Callable[[str], Holding | None],
@@ -160,7 +160,7 @@ class Encounter:
         self._config = shared.config
         self._topic_out = topic_out
         self._current = current
-        self._peer_id = ref.mule if role is Role.SPACE else ref.home
+        self._peer_id = ref.mule if role is PeerKind.SPACE else ref.home
         self._out: list[Action] = []
         self._send_seq = 0
         self._peer_seq = 0
@@ -325,7 +325,7 @@ class Encounter:
         check_offer_size(offer, self._config)
         for entry in offer.entries:
             mode = self.modes.get(entry.context_key)
-            if mode is None and self.role is Role.MULE:
+            if mode is None and self.role is PeerKind.MULE:
                 self.modes[entry.context_key] = entry.mode  # the space says which keys and modes
             elif mode is not entry.mode:
                 raise MalformedMessage(f"{entry.context_key} in mode {entry.mode} was not offered")

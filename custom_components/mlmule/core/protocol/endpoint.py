@@ -23,7 +23,7 @@ from ..errors import (
     UnexpectedMessage,
     UnknownSigner,
 )
-from ..identity import verify
+from ..identity import PeerKind, verify
 from .actions import Action, EncounterRef
 from .config import EndpointStats, ProtocolConfig
 from .encounter import (
@@ -42,7 +42,6 @@ from .wire import (
     Mode,
     Offer,
     OfferEntry,
-    Role,
     Signer,
     SnapshotInfo,
     check_context_key,
@@ -81,7 +80,7 @@ def check_holding(snapshot: SnapshotInfo, payload: bytes, config: ProtocolConfig
 class Endpoint(ABC):
     """What both ends share: sessions, authentication, replay protection, timers."""
 
-    role: Role
+    role: PeerKind
 
     def __init__(
         self,
@@ -212,7 +211,7 @@ class Endpoint(ABC):
         signed = decode_control(payload, self.config.max_control_bytes)
         envelope = signed.envelope
         home, space, mule = pair
-        peer = mule if self.role is Role.SPACE else home
+        peer = mule if self.role is PeerKind.SPACE else home
         if (
             envelope.sender != peer
             or envelope.recipient != self.identity_id
@@ -294,7 +293,7 @@ class Endpoint(ABC):
 class SpaceEndpoint(Endpoint):
     """The spaces of one home, which share its identity; a space starts each encounter."""
 
-    role = Role.SPACE
+    role = PeerKind.SPACE
 
     def __init__(
         self,
@@ -379,7 +378,7 @@ class MuleEndpoint(Endpoint):
     One endpoint serves one broker; a mule that visits several homes runs one per home broker.
     """
 
-    role = Role.MULE
+    role = PeerKind.MULE
 
     def __init__(
         self,

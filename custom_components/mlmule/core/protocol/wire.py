@@ -17,6 +17,7 @@ from enum import StrEnum
 from typing import ClassVar, Protocol, Self
 
 from ..errors import MalformedMessage
+from ..identity import PeerKind
 
 PROTOCOL_VERSION = 1
 MAX_CHUNK_SIZE = 256 * 1024
@@ -133,14 +134,9 @@ class Mode(StrEnum):
     MOBILE = "mobile"
 
 
-class Role(StrEnum):
-    SPACE = "space"
-    MULE = "mule"
-
-
-def leader_of(mode: Mode) -> Role:
+def leader_of(mode: Mode) -> PeerKind:
     """The side that merges and trains in this mode; the other side sends first."""
-    return Role.SPACE if mode is Mode.FIXED else Role.MULE
+    return PeerKind.SPACE if mode is Mode.FIXED else PeerKind.MULE
 
 
 class _Reader:

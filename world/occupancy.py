@@ -7,8 +7,8 @@ from dataclasses import dataclass
 
 import numpy as np
 import numpy.typing as npt
+from mlmule_core.features import ACTIVITIES, EMPTY_ROOM_ACTIVITY
 
-from ..features import ACTIVITIES, EMPTY_ROOM_ACTIVITY
 from .residents import BATH, COOK, SLEEP, TV, WORK, MinuteTrack
 
 FloatArray = npt.NDArray[np.float64]

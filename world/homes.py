@@ -10,9 +10,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
+from mlmule_core.features import PhoneSignal, SensorRole
 
-from ..errors import WorldConfigError
-from ..features import PhoneSignal, Role
 from .config import (
     PlaceKind,
     RoomKind,
@@ -24,6 +23,7 @@ from .config import (
     scale_trait,
     stream,
 )
+from .errors import WorldConfigError
 
 
 @dataclass(frozen=True)
@@ -32,7 +32,7 @@ class SensorSpec:
     state only when the displayed value (at `decimals`) changes."""
 
     entity_id: str
-    role: Role
+    role: SensorRole
     device: str  # pir, contact, front_door, light, lux, co2, temperature, humidity, kettle, ...
     offset: float = 0.0  # calibration error, in the sensor's unit
     noise: float = 0.0  # reading noise (standard deviation, or relative for lux and power)
@@ -348,17 +348,19 @@ def _room_sensors(
         sensors.append(_pir(f"binary_sensor.{prefix}_motion_2", rng, u))
     front = RoomKind.HALLWAY if RoomKind.HALLWAY in kinds else RoomKind.LIVING_ROOM
     if kind is front:
-        sensors.append(SensorSpec(f"binary_sensor.{prefix}_front_door", Role.DOOR, "front_door"))
+        sensors.append(
+            SensorSpec(f"binary_sensor.{prefix}_front_door", SensorRole.DOOR, "front_door")
+        )
     if kind is RoomKind.BATHROOM or (kind is RoomKind.BEDROOM and maybe(False, 0.5, u, rng)):
-        sensors.append(SensorSpec(f"binary_sensor.{prefix}_door", Role.DOOR, "contact"))
+        sensors.append(SensorSpec(f"binary_sensor.{prefix}_door", SensorRole.DOOR, "contact"))
     if maybe(True, 0.8, u, rng):
-        sensors.append(SensorSpec(f"light.{prefix}", Role.LIGHT, "light"))
+        sensors.append(SensorSpec(f"light.{prefix}", SensorRole.LIGHT, "light"))
     lux_typical = kind not in {RoomKind.HALLWAY, RoomKind.BATHROOM}
     if maybe(lux_typical, 0.6, u, rng):
         sensors.append(
             SensorSpec(
                 f"sensor.{prefix}_illuminance",
-                Role.ILLUMINANCE,
+                SensorRole.ILLUMINANCE,
                 "lux",
                 noise=scale_trait(0.05, 0.4, u, rng),
                 period=_period((120, 60, 300, 600), rng, u),
@@ -369,7 +371,7 @@ def _room_sensors(
         sensors.append(
             SensorSpec(
                 f"sensor.{prefix}_co2",
-                Role.CO2,
+                SensorRole.CO2,
                 "co2",
                 offset=lerp_trait(0.0, 40.0, u, rng),
                 noise=scale_trait(12.0, 0.5, u, rng),
@@ -381,7 +383,7 @@ def _room_sensors(
         sensors.append(
             SensorSpec(
                 f"sensor.{prefix}_temperature",
-                Role.TEMPERATURE,
+                SensorRole.TEMPERATURE,
                 "temperature",
                 offset=lerp_trait(0.0, 0.5, u, rng),
                 noise=scale_trait(0.06, 0.4, u, rng),
@@ -392,7 +394,7 @@ def _room_sensors(
         sensors.append(
             SensorSpec(
                 f"sensor.{prefix}_humidity",
-                Role.HUMIDITY,
+                SensorRole.HUMIDITY,
                 "humidity",
                 offset=lerp_trait(0.0, 3.0, u, rng),
                 noise=scale_trait(0.5, 0.4, u, rng),
@@ -411,14 +413,14 @@ def _room_sensors(
         if maybe(True, 0.8, u, rng):
             sensors.append(_plug(f"sensor.{prefix}_tv_power", "tv"))
         if maybe(True, 0.8, u, rng):
-            sensors.append(SensorSpec(f"media_player.{prefix}_tv", Role.MEDIA, "media"))
+            sensors.append(SensorSpec(f"media_player.{prefix}_tv", SensorRole.MEDIA, "media"))
     return tuple(sensors)
 
 
 def _pir(entity_id: str, rng: np.random.Generator, u: float) -> SensorSpec:
     return SensorSpec(
         entity_id,
-        Role.MOTION,
+        SensorRole.MOTION,
         "pir",
         coverage=float(np.clip(scale_trait(0.85, 0.25, u, rng), 0.4, 0.98)),
         hold=float(np.clip(lerp_trait(90.0, 25.0, u, rng), 30.0, 120.0)),
@@ -426,7 +428,7 @@ def _pir(entity_id: str, rng: np.random.Generator, u: float) -> SensorSpec:
 
 
 def _plug(entity_id: str, device: str) -> SensorSpec:
-    return SensorSpec(entity_id, Role.POWER, device, noise=0.01, period=60, decimals=1)
+    return SensorSpec(entity_id, SensorRole.POWER, device, noise=0.01, period=60, decimals=1)
 
 
 def _period(choices: tuple[int, ...], rng: np.random.Generator, u: float) -> int:

@@ -30,8 +30,8 @@ from dataclasses import dataclass
 
 import numpy as np
 import numpy.typing as npt
+from mlmule_core.features import ACTIVITIES, Activity
 
-from ..features import ACTIVITIES, Activity
 from .config import STEP_MINUTES, STEPS_PER_DAY, PlaceKind, RoomKind, ScheduleType, place_kind
 from .homes import HomeSpec, PersonSpec, PersonTraits
 
@@ -60,7 +60,6 @@ STATE_ACTIVITY = np.array(
     ],
     dtype=np.int8,
 )
-AT_HOME_STATES = (SLEEP, COOK, EAT, WORK, TV, BATH, OTHER)
 MEAN_BOUT_MINUTES = np.array([300.0, 20.0, 20.0, 90.0, 50.0, 12.0, 25.0, 420.0, 60.0])
 LEAVE_RATE = np.minimum(1.0, STEP_MINUTES / MEAN_BOUT_MINUTES)
 OTHER_MOVES = 0.15  # chance per step that someone pottering about changes room

@@ -14,8 +14,8 @@ from dataclasses import dataclass
 
 import numpy as np
 import numpy.typing as npt
+from mlmule_core.features import ChangeSeries, PhoneSignal
 
-from ..features import ChangeSeries, PhoneSignal
 from .config import PlaceKind
 from .homes import HomeSpec, PersonSpec
 from .residents import AWAY_ERRAND, MinuteTrack

@@ -14,8 +14,8 @@ from dataclasses import dataclass
 
 import numpy as np
 import numpy.typing as npt
+from mlmule_core.features import BINARY_ROLES, ChangeSeries, SensorRole
 
-from ..features import BINARY_ROLES, ChangeSeries, Role
 from .config import WorldConfig, stream
 from .homes import HomeSpec, RoomSpec, SensorSpec
 from .occupancy import HomeOccupancy
@@ -42,7 +42,7 @@ class Entity:
 
     entity_id: str
     room_id: str
-    role: Role
+    role: SensorRole
     series: ChangeSeries
     decimals: int = 0
 
@@ -50,7 +50,7 @@ class Entity:
         """The HA state string of every change, as the recorder would store it."""
         values = self.series.values
         if self.role in BINARY_ROLES:
-            on = "playing" if self.role is Role.MEDIA else "on"
+            on = "playing" if self.role is SensorRole.MEDIA else "on"
             return [
                 "unavailable" if math.isnan(v) else (on if v == 1.0 else "off")
                 for v in values.tolist()

@@ -18,17 +18,17 @@ from functools import cached_property
 
 import numpy as np
 import numpy.typing as npt
-
-from ..errors import WorldConfigError
-from ..features import (
+from mlmule_core.features import (
     ACTIVITIES,
     ChangeSeries,
-    Role,
+    SensorRole,
     extract_phone_frames,
     extract_room_frames,
     local_seconds,
 )
+
 from .config import ELSEWHERE, STEP_MINUTES, PlaceKind, RoomKind, WorldConfig, place_kind, stream
+from .errors import WorldConfigError
 from .homes import HomeSpec, PersonSpec, build_home, visit_weights
 from .occupancy import HomeOccupancy, aggregate, noisy_labels
 from .phones import PhoneTrack, simulate_phone
@@ -75,13 +75,9 @@ class Trajectories:
     room: Int16Array  # [P, S]
     activity: Int8Array  # [P, S], index into ACTIVITIES
     place_names: dict[int, str]
-    room_names: dict[int, tuple[str, ...]]  # home index -> room ids
 
     def place_name(self, code: int) -> str:
         return self.place_names[int(code)]
-
-    def room_name(self, place: int, room: int) -> str | None:
-        return self.room_names[int(place)][int(room)] if place >= 0 and room >= 0 else None
 
 
 @dataclass(frozen=True)
@@ -308,7 +304,6 @@ class World:
             room=np.stack([t.room for t in tracks]).astype(np.int16),
             activity=np.stack([STATE_ACTIVITY[t.state] for t in tracks]).astype(np.int8),
             place_names=names,
-            room_names={h.index: tuple(r.room_id for r in h.rooms) for h in self.homes},
         )
 
     # ------------------------------------------------------------------------- homes
@@ -385,7 +380,7 @@ class World:
             co2=occupancy.co2, moisture=occupancy.moisture, heat=heat, ach=ach, setpoint=setpoint
         )
 
-    def entity_roles(self, home_id: str) -> dict[str, tuple[str, Role]]:
+    def entity_roles(self, home_id: str) -> dict[str, tuple[str, SensorRole]]:
         """Every entity of the home: `entity_id -> (room_id, role)`."""
         home = self.home(home_id)
         return {s.entity_id: (r.room_id, s.role) for r in home.rooms for s in r.sensors}
@@ -419,7 +414,7 @@ class World:
         home = self.homes[index]
         r = home.room_index(room_id)
         simulation = self._simulate(index)
-        inputs: dict[Role, list[ChangeSeries]] = {}
+        inputs: dict[SensorRole, list[ChangeSeries]] = {}
         for entity in simulation.entities:
             if entity.room_id == room_id:
                 inputs.setdefault(entity.role, []).append(entity.series)

@@ -14,9 +14,10 @@ from datetime import datetime
 from enum import StrEnum
 
 import numpy as np
+from mlmule_core.errors import FeatureInputError
+from mlmule_core.features import resolve_timezone
 
-from ..errors import FeatureInputError, WorldConfigError
-from ..features import resolve_timezone
+from .errors import WorldConfigError
 
 STEP_MINUTES = 5  # the residents' Markov chain steps
 STEPS_PER_DAY = 24 * 60 // STEP_MINUTES

@@ -137,9 +137,6 @@ def weather(config: WorldConfig, seed: int, minutes: FloatArray) -> Weather:
 
 # ----------------------------------------------------------------------------- rooms
 
-PERSON_HEAT_W = 80.0
-STOVE_HEAT_W = 500.0  # the share of a cooking stove's power that warms the kitchen air
-SHOWER_HEAT_W = 400.0
 FAN_ACH = 6.0
 HOOD_ACH = 4.0
 AIRING_ACH = 8.0

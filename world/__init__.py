@@ -1,14 +1,18 @@
 """The seeded synthetic world: homes, residents, sensors and phones, as data to learn from.
 
 `generate_world(WorldConfig(...), seed)` is a pure function of its arguments. Its homes emit
-HA-like state changes per entity, and the frames models train on come from running the one
-feature extractor (`..features`) on those changes, exactly as the integration does on HA's
-recorder history.
+HA-like state changes per entity, and the frames models train on come from running the core's
+one feature extractor (`mlmule_core.features`) on those changes, exactly as the integration does
+on HA's recorder history.
+
+The benchmark, the demo, the tests and the model zoo use the world; the integration does not,
+so it lives outside the HACS folder (this folder is the package `mlmule_world`).
 """
 
 from __future__ import annotations
 
 from .config import ELSEWHERE, PlaceKind, RoomKind, ScheduleType, WorldConfig
+from .errors import WorldConfigError
 from .generate import (
     Encounter,
     HomePhysics,
@@ -39,6 +43,7 @@ __all__ = [
     "Trajectories",
     "World",
     "WorldConfig",
+    "WorldConfigError",
     "divergence_report",
     "generate_world",
     "jensen_shannon",
