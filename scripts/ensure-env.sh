@@ -51,9 +51,9 @@ if [ ! -f "$venv/.complete" ]; then
   if [ "$kind" = ha-newest ]; then
     # The private interpreter must load no library of the system's, wheels' native code included.
     "$venv/bin/python" - <<'PY' >&2
-import sys
+import os, sys
 import numpy, onnxruntime  # noqa: E401,F401
-allowed = (sys.base_prefix, sys.prefix)
+allowed = tuple(os.path.realpath(p) + "/" for p in (sys.base_prefix, sys.prefix))
 outside = sorted({line.split()[-1] for line in open("/proc/self/maps")
                   if ".so" in line and not line.split()[-1].startswith(allowed)})
 assert not outside, f"libraries loaded from outside {allowed}: {outside}"
