@@ -796,25 +796,27 @@ class Agent:
         return already + self._trainer.planned_epsilon(samples) <= budget
 
     def _train(self, request: TrainRequest, slot: ModelSlot, data: TrainingData) -> bool:
-        """Train on the space's minutes but the latest, on which the result is judged; True
-        when the result is served."""
+        """Train on the space's minutes; True when the promotion rule serves the result.
+
+        The trainer validates on the latest `val_fraction` of the minutes, and the rule judges
+        on the same ones: no gradient step saw them. A phone has too few labelled minutes of
+        one space to set a second share aside for the rule alone."""
         key = request.context_key
-        x, y, window = split_holdout(data.x, data.y, self.host.settings.promotion.holdout_fraction)
-        learn = replace(data, x=x, y=y)
-        trainer = self._trainer.trainer(slot.spec, slot.weights, learn)
+        window = split_holdout(data.x, data.y, self._config.training.val_fraction)[2]
+        trainer = self._trainer.trainer(slot.spec, slot.weights, data)
         with self._host_lock:
             job = TrainingJob(
                 self.host,
                 key,
                 trainer,
-                samples=learn.samples,
+                samples=data.samples,
                 data_time=data.data_time,
                 window=window,
             )
         self.training_now = key
         try:
             finished = self._trainer.run(
-                job, trainer, samples=learn.samples, label=key, stop=self._stopping
+                job, trainer, samples=data.samples, label=key, stop=self._stopping
             )
         finally:
             self.training_now = None
