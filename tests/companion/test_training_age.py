@@ -203,3 +203,14 @@ def test_a_merge_decodes_once_and_serves_what_it_stored(
         np.testing.assert_array_equal(served.weights[name], value)
     x, _ = data(50, 9)
     np.testing.assert_array_equal(served.predict(x), stored.predict(x))
+
+
+def test_training_and_inference_run_numpy_on_one_blas_thread(tmp_path: Path) -> None:
+    from threadpoolctl import ThreadpoolController  # noqa: PLC0415
+
+    space, _ = hosts(tmp_path)
+    space.train(KEY, *data(300, 1), config=TrainConfig(max_epochs=1, seed=0), data_time=NOW)
+    space.predict(KEY, data(5, 2)[0])
+    blas = [lib for lib in ThreadpoolController().info() if lib["user_api"] == "blas"]
+    assert blas, "numpy's BLAS library was not found"
+    assert all(lib["num_threads"] == 1 for lib in blas)

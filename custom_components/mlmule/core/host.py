@@ -37,6 +37,7 @@ import numpy as np
 import numpy.typing as npt
 
 from . import families
+from .blas import pin_blas_threads
 from .errors import MlmuleError, SnapshotError
 from .families import FamilySpec
 from .features import FeatureSchema
@@ -172,6 +173,7 @@ class ModelSlot:
         x = np.ascontiguousarray(features, dtype=np.float32)
         if x.ndim != 2 or x.shape[1] != self.spec.n_inputs:
             raise HostError(f"{self.context_key} expects [N, {self.spec.n_inputs}] features")
+        pin_blas_threads()
         outputs = self.session.run({families.INPUT_NAME: x})
         return np.asarray(outputs[families.OUTPUT_NAME], dtype=np.float32)
 
@@ -236,6 +238,7 @@ def _replay_key(meta: SnapshotMeta) -> str:
 
 def score(spec: FamilySpec, weights: Mapping[str, FloatArray], x: FloatArray, y: Any) -> float:
     """The task's held-out score: balanced accuracy (binary) or macro-F1 (multi-class)."""
+    pin_blas_threads()
     predicted = families.predict_classes(spec, families.forward(spec, weights, x))
     labels = np.asarray(y, dtype=np.int64)
     return balanced_accuracy(labels, predicted) if spec.binary else macro_f1(labels, predicted)

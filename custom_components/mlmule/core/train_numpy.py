@@ -25,6 +25,7 @@ from typing import Protocol
 import numpy as np
 import numpy.typing as npt
 
+from .blas import pin_blas_threads
 from .errors import TrainingError
 from .families import (
     FamilySpec,
@@ -457,6 +458,7 @@ class Trainer:
         Bounds are checked between optimiser steps, so a chunk overruns `max_seconds` by at most
         one step, plus a validation pass at an epoch's end or the final calibration.
         """
+        pin_blas_threads()
         state = self._state
         config = self.config
         chunk_start = time.monotonic()
