@@ -399,8 +399,8 @@ def _print_summary(document: dict[str, Any]) -> None:
     for task in document["tasks"]:
         print(f"\n{task} ({document['metric'][task]}, target {document['target'][task]}):")
         print(
-            f"  {'method':<17} {'median':>7} {'min':>6} {'max':>6} {'x local':>8} "
-            f"{'t->target h':>11} {'MB':>9}"
+            f"  {'method':<18} {'median':>7} {'min':>6} {'max':>6} {'global':>7} {'x local':>8} "
+            f"{'t->target h':>11} {'regress':>7} {'MB':>9}"
         )
         for method, by_task in document["per_method"].items():
             entry = by_task.get(task)
@@ -408,10 +408,14 @@ def _print_summary(document: dict[str, Any]) -> None:
                 continue
             final, ratio = entry["final"], entry["ratio_to_local"]
             hours = entry["time_to_target_hours"]["median"]
+            glob = entry["final_global"]
+            glob_text = "-" if glob is None else f"{glob['median']:.3f}"
             print(
-                f"  {method:<17} {final['median']:7.3f} {final['min']:6.3f} {final['max']:6.3f} "
+                f"  {method:<18} {final['median']:7.3f} {final['min']:6.3f} {final['max']:6.3f} "
+                f"{glob_text:>7} "
                 f"{ratio['median'] if ratio else float('nan'):8.2f} "
                 f"{'-' if hours is None else f'{hours:.0f}':>11} "
+                f"{entry['regressions']['median']:7.0f} "
                 f"{entry['bytes_moved']['median'] / 1e6:9.1f}"
             )
 

@@ -150,9 +150,12 @@ def _entry(
     reached = [time_to_target(run["hours"], run["scores"], target) for run in runs]
     hit = [value for value in reached if value is not None]
     rejected: dict[str, int] = {}
+    promotions: dict[str, int] = {}  # the promotion rule's verdicts, summed over seeds
     for run in runs:
         for reason, count in run["ledger"]["rejected"].items():
             rejected[reason] = rejected.get(reason, 0) + count
+        for verdict, count in run.get("details", {}).get("promotions", {}).items():
+            promotions[verdict] = promotions.get(verdict, 0) + count
     entry: dict[str, Any] = {
         "curve": {
             "hours": hours,
@@ -180,6 +183,7 @@ def _entry(
         },
         "wall_seconds": spread([run["wall_seconds"] for run in runs]),
         "rejected": dict(sorted(rejected.items())),
+        "promotions": dict(sorted(promotions.items())),
         "ratio_to_local": (
             spread([f / b for f, b in zip(finals, local_finals, strict=True)])
             if local_finals is not None and all(b > 0 for b in local_finals)
