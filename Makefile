@@ -64,16 +64,17 @@ coverage:
 	    .coverage.companion .coverage.ha .coverage.ha-newest && \
 	  "$$env/bin/python" -m coverage report --rcfile="$(ROOT)/pyproject.toml" --skip-covered --sort=cover --fail-under=90 | tail -n 25
 
-# mypy cannot follow setuptools' import finder, so it sees mlmule_core and mlmule_models
+# mypy cannot follow setuptools' import finder, so it sees mlmule_core, mlmule_models and mlmule_world
 # through directory links under build/ (gitignored).
 lint:
 	@ha="$(HA_ENV)"; companion="$(COMPANION_ENV)"; \
 	  "$$ha/bin/ruff" check . && "$$ha/bin/ruff" format --check . && \
-	  "$$ha/bin/mypy" custom_components/mlmule demo/mlmule_demo && \
 	  mkdir -p build/mypy-path && ln -sfn ../../custom_components/mlmule/core build/mypy-path/mlmule_core && \
-	  ln -sfn ../../models build/mypy-path/mlmule_models && \
+	  ln -sfn ../../models build/mypy-path/mlmule_models && ln -sfn ../../world build/mypy-path/mlmule_world && \
+	  MYPYPATH=build/mypy-path "$$ha/bin/mypy" custom_components/mlmule demo/mlmule_demo \
+	    demo/custom_components/mlmule_replay_clock && \
 	  MYPYPATH=build/mypy-path "$$companion/bin/mypy" --python-version 3.11 \
-	    -p mule_companion -p mlmule_core -p mlmule_models
+	    -p mule_companion -p mlmule_core -p mlmule_models -p mlmule_world
 
 demo:
 	@ha="$(HA_ENV)"; export MLMULE_COMPANION_ENV="$(COMPANION_ENV)"; \

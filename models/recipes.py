@@ -13,6 +13,7 @@ from dataclasses import dataclass
 
 import numpy as np
 import numpy.typing as npt
+from mlmule_core.context import ROOMS
 from mlmule_core.families import ACTIVITY_MLP, OCCUPANCY_MLP, FamilySpec
 from mlmule_core.features import (
     ACTIVITIES,
@@ -25,11 +26,11 @@ from mlmule_core.features import (
     window_frames,
 )
 from mlmule_core.train_numpy import TrainConfig
-from mlmule_world import RoomKind, World, WorldConfig, generate_world
+from mlmule_world import World, WorldConfig, generate_world
 
 RECIPE_VERSION = 1
 HOME_KIND = "home"  # a whole-home space
-ROOM_KINDS: tuple[str, ...] = tuple(kind.value for kind in RoomKind)
+ROOM_KINDS: tuple[str, ...] = tuple(kind.value for kind in ROOMS)
 OCCUPANCY_LABELS = ("vacant", "occupied")
 
 

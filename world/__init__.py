@@ -11,7 +11,9 @@ so it lives outside the HACS folder (this folder is the package `mlmule_world`).
 
 from __future__ import annotations
 
-from .config import ELSEWHERE, PlaceKind, RoomKind, ScheduleType, WorldConfig
+from mlmule_core.context import RoomKind
+
+from .config import ELSEWHERE, PlaceKind, ScheduleType, WorldConfig
 from .errors import WorldConfigError
 from .generate import (
     Encounter,

@@ -14,6 +14,7 @@ from datetime import datetime
 from enum import StrEnum
 
 import numpy as np
+from mlmule_core.context import ROOMS, RoomKind
 from mlmule_core.errors import FeatureInputError
 from mlmule_core.features import resolve_timezone
 
@@ -22,15 +23,6 @@ from .errors import WorldConfigError
 STEP_MINUTES = 5  # the residents' Markov chain steps
 STEPS_PER_DAY = 24 * 60 // STEP_MINUTES
 MINUTE = 60.0
-
-
-class RoomKind(StrEnum):
-    BEDROOM = "bedroom"
-    KITCHEN = "kitchen"
-    LIVING_ROOM = "living_room"
-    OFFICE = "office"
-    BATHROOM = "bathroom"
-    HALLWAY = "hallway"
 
 
 class ScheduleType(StrEnum):
@@ -99,7 +91,9 @@ class WorldConfig:
             "residents_range",
         )
         if self.rooms is not None:
-            _require(all(kind in RoomKind._value2member_map_ for kind in self.rooms), "rooms")
+            _require(
+                all(kind in ROOMS for kind in self.rooms), "rooms"
+            )  # a world home has rooms only
             _require(0 < len(self.rooms) <= 16, "rooms")
             object.__setattr__(self, "rooms", tuple(RoomKind(kind) for kind in self.rooms))
         for place in self.shared_places:

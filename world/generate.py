@@ -18,6 +18,7 @@ from functools import cached_property
 
 import numpy as np
 import numpy.typing as npt
+from mlmule_core.context import RoomKind
 from mlmule_core.features import (
     ACTIVITIES,
     ChangeSeries,
@@ -27,7 +28,7 @@ from mlmule_core.features import (
     local_seconds,
 )
 
-from .config import ELSEWHERE, STEP_MINUTES, PlaceKind, RoomKind, WorldConfig, place_kind, stream
+from .config import ELSEWHERE, STEP_MINUTES, PlaceKind, WorldConfig, place_kind, stream
 from .errors import WorldConfigError
 from .homes import HomeSpec, PersonSpec, build_home, visit_weights
 from .occupancy import HomeOccupancy, aggregate, noisy_labels

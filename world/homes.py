@@ -10,11 +10,11 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
+from mlmule_core.context import RoomKind
 from mlmule_core.features import PhoneSignal, SensorRole
 
 from .config import (
     PlaceKind,
-    RoomKind,
     ScheduleType,
     WorldConfig,
     lerp_trait,

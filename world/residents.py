@@ -30,9 +30,10 @@ from dataclasses import dataclass
 
 import numpy as np
 import numpy.typing as npt
+from mlmule_core.context import RoomKind
 from mlmule_core.features import ACTIVITIES, Activity
 
-from .config import STEP_MINUTES, STEPS_PER_DAY, PlaceKind, RoomKind, ScheduleType, place_kind
+from .config import STEP_MINUTES, STEPS_PER_DAY, PlaceKind, ScheduleType, place_kind
 from .homes import HomeSpec, PersonSpec, PersonTraits
 
 IntArray = npt.NDArray[np.int64]

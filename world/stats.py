@@ -9,9 +9,9 @@ from itertools import combinations
 
 import numpy as np
 import numpy.typing as npt
+from mlmule_core.context import RoomKind
 from mlmule_core.features import ACTIVITIES, ROOM_FEATURES, local_seconds
 
-from .config import RoomKind
 from .errors import WorldConfigError
 from .generate import RoomData, World
 

@@ -51,6 +51,7 @@ from .const import (
     DEFAULT_HALF_LIFE_HOURS,
     DEFAULT_HISTORY_DAYS,
     DEFAULT_MAX_SNAPSHOT_MIB,
+    DEFAULT_MAX_UNAVAILABLE,
     DEFAULT_STRATEGY,
     DOMAIN,
     LOGGER,
@@ -299,7 +300,7 @@ async def _async_create_space(
             off_threshold=advanced.get(CONF_OFF_THRESHOLD, HysteresisConfig.off_threshold),
             min_hold_seconds=advanced.get(CONF_MIN_HOLD, HysteresisConfig.min_hold_seconds),
         ),
-        max_unavailable=advanced.get(CONF_MAX_UNAVAILABLE, 0.5),
+        max_unavailable=advanced.get(CONF_MAX_UNAVAILABLE, DEFAULT_MAX_UNAVAILABLE),
         history_days=int(entry.options.get(CONF_HISTORY_DAYS, DEFAULT_HISTORY_DAYS)),
     )
     inputs = space_inputs(hass, subentry)

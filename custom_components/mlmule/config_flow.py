@@ -61,10 +61,10 @@ from .const import (
     DEFAULT_TOPIC_PREFIX,
     DOMAIN,
     SUBENTRY_SPACE,
-    RoomKind,
     Sharing,
     Task,
 )
+from .core.context import RoomKind
 from .core.identity import TrustEntry, TrustRole
 from .core.starter import starter_index
 from .data import HubData

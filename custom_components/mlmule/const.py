@@ -9,6 +9,9 @@ from typing import Final
 from homeassistant.util.hass_dict import HassKey
 
 from .core.clock import ReplayClock
+from .core.hysteresis import HysteresisConfig
+from .core.snapshot import DEFAULT_LIMITS
+from .core.strategies import HOUR, Staleness
 
 DOMAIN: Final = "mlmule"
 LOGGER: Final = logging.getLogger(__package__)
@@ -53,26 +56,15 @@ CONF_GATE_EPSILON: Final = "gate_epsilon"
 CONF_MAX_SNAPSHOT_MIB: Final = "max_snapshot_mib"
 DEFAULT_HISTORY_DAYS: Final = 10  # the recorder's default retention
 DEFAULT_STRATEGY: Final = "mlmule"
-DEFAULT_HALF_LIFE_HOURS: Final = 6.0
+DEFAULT_HALF_LIFE_HOURS: Final = Staleness().half_life / HOUR
 DEFAULT_GATE_EPSILON: Final = 0.02
-DEFAULT_MAX_SNAPSHOT_MIB: Final = 4
+DEFAULT_MAX_SNAPSHOT_MIB: Final = DEFAULT_LIMITS.max_bytes // 2**20
 
-DEFAULT_ON_THRESHOLD: Final = 0.6
-DEFAULT_OFF_THRESHOLD: Final = 0.4
-DEFAULT_MIN_HOLD: Final = 120
+# the core's defaults, offered in the options
+DEFAULT_ON_THRESHOLD: Final = HysteresisConfig().on_threshold
+DEFAULT_OFF_THRESHOLD: Final = HysteresisConfig().off_threshold
+DEFAULT_MIN_HOLD: Final = int(HysteresisConfig().min_hold_seconds)
 DEFAULT_MAX_UNAVAILABLE: Final = 0.5
-
-
-class RoomKind(StrEnum):
-    """The kind of space; with the task it makes the context key models are shared under."""
-
-    BEDROOM = "bedroom"
-    KITCHEN = "kitchen"
-    LIVING_ROOM = "living_room"
-    OFFICE = "office"
-    BATHROOM = "bathroom"
-    HALLWAY = "hallway"
-    HOME = "home"
 
 
 class Task(StrEnum):
