@@ -104,6 +104,9 @@ mlmule_replay_clock:
         )
         components = self.config_dir / "custom_components"
         components.mkdir(exist_ok=True)
+        # a regular package, so that it wins over the repository's custom_components on PYTHONPATH
+        # (which holds mlmule but not the demo's clock component)
+        (components / "__init__.py").touch()
         for target in (CUSTOM_COMPONENT, REPLAY_CLOCK_COMPONENT):
             link = components / target.name
             if not link.is_symlink():
