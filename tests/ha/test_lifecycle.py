@@ -13,22 +13,33 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
-from homeassistant.config_entries import ConfigEntryState
+from homeassistant.config_entries import ConfigEntryState, ConfigSubentry
 from homeassistant.core import HomeAssistant
 from homeassistant.exceptions import HomeAssistantError
 from pytest_homeassistant_custom_component.common import MockConfigEntry
 from pytest_homeassistant_custom_component.components.recorder.common import (
     async_wait_recording_done,
 )
-from test_exchange import KEY, SPACE_ID, hub, start, walk_in  # noqa: F401  (shared fixture)
+from test_exchange import (  # noqa: F401  (the hub fixture is shared)
+    KEY,
+    SPACE_ID,
+    ScriptedMule,
+    _subentry,
+    hub,
+    make_mule,
+    start,
+    walk_in,
+)
 
-from custom_components.mlmule.const import DOMAIN
+from custom_components.mlmule.const import CONF_PRESENCE, DOMAIN
 from custom_components.mlmule.coordinator import SpaceCoordinator
+from custom_components.mlmule.core.identity import PairingCode
 from tests.support.ha_fixtures import space_device
 
 HISTORY_DAYS = 3
 STEP = timedelta(minutes=5)
 NIGHT_STARTS, NIGHT_ENDS = 22, 7  # hours (UTC) Alice's phone is in the bedroom
+TRACKER = "device_tracker.alice_phone"
 
 Files = dict[Path, tuple[int, bytes]]
 
@@ -63,6 +74,40 @@ def store_files(root: Path) -> Files:
         for path in sorted(root.rglob("*"))
         if path.is_file()
     }
+
+
+async def start_followed_by_a_tracker(
+    hass: HomeAssistant, entry: MockConfigEntry, tmp_path: Path
+) -> ScriptedMule:
+    """As `start`, but the phone's presence in the space is its device tracker at home: the
+    room sensor (the occupancy label) can then change without opening an encounter."""
+    assert await hass.config_entries.async_setup(entry.entry_id)
+    await hass.async_block_till_done()
+    mule = make_mule(hass, tmp_path, entry.runtime_data.identity, "alice-phone")
+    await hass.services.async_call(
+        DOMAIN,
+        "pair_mule",
+        {"code": PairingCode.for_identity(mule.identity).encode()},
+        blocking=True,
+        return_response=True,
+    )
+    hass.states.async_set(TRACKER, "not_home")
+    space = _subentry(mule.identity.id)
+    data = {**space.data, CONF_PRESENCE: {mule.identity.id: {"entity": TRACKER, "state": "home"}}}
+    hass.config_entries.async_add_subentry(
+        entry,
+        ConfigSubentry(
+            data=data,
+            subentry_type=space.subentry_type,
+            title=space.title,
+            unique_id=None,
+            subentry_id=SPACE_ID,
+        ),
+    )
+    await hass.async_block_till_done(wait_background_tasks=True)
+    await mule.attach()
+    await hass.async_block_till_done()
+    return mule
 
 
 async def until(condition: Callable[[], bool], seconds: float = 30.0) -> None:
@@ -144,13 +189,16 @@ async def test_unloading_mid_exchange_writes_nothing_afterwards(
     isolated_config_dir: Path,
     stage: str,
 ) -> None:
-    await async_write_history(hass)
-    mule = await start(hass, hub, tmp_path)
+    mule = await start_followed_by_a_tracker(hass, hub, tmp_path)
     space = hub.runtime_data.spaces[SPACE_ID]
+    assert space.host.slot(KEY).version == 1  # no history at start-up: the starter model
+    # history after start-up: the space has not trained on it, so a merge is served (the
+    # promotion rule has no window to judge it on) and the space then trains on the history
+    await async_write_history(hass)
     exchange = hub.runtime_data.exchange
     assert exchange is not None
 
-    hass.states.async_set("sensor.alice_room", "bedroom")  # the phone walks in
+    hass.states.async_set(TRACKER, "home")  # the phone comes home
     if stage == "merging":
         # the snapshot arrived whole: its merge is running in an executor
         await until(lambda: exchange.endpoint.stats.transfers_delivered == 1)
