@@ -44,7 +44,8 @@ async def test_setup_creates_the_home_identity_and_unloads(
     # and is dropped by the protocol
     assert data.exchange is not None
     async_fire_mqtt_message(hass, f"mlmule/{data.identity.id}/room1/mule/abc", b"\x00forged")
-    await hass.async_block_till_done()
+    # the protocol reads it in an executor, in one of the entry's background tasks
+    await hass.async_block_till_done(wait_background_tasks=True)
     assert data.exchange.endpoint.stats.messages_rejected == 1
     # setting the hub up clears the "MQTT missing" repair
     assert issue_registry.async_get_issue(DOMAIN, "mqtt_not_configured") is None
