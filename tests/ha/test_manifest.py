@@ -18,8 +18,9 @@ INTEGRATION = REPO / "custom_components" / "mlmule"
 MANIFEST = json.loads((INTEGRATION / "manifest.json").read_text())
 HACS = json.loads((REPO / "hacs.json").read_text())
 
-# Packages with wheels for Alpine/musl (HA OS). onnxruntime and onnx have none.
-MUSL_INSTALLABLE = {"numpy", "protobuf", "cryptography", "paho-mqtt"}
+# Packages with wheels for Alpine/musl (HA OS), or pure Python (threadpoolctl). onnxruntime and
+# onnx have none.
+MUSL_INSTALLABLE = {"numpy", "protobuf", "cryptography", "paho-mqtt", "threadpoolctl"}
 
 
 def test_manifest_has_the_required_keys() -> None:
