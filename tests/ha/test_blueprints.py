@@ -17,7 +17,7 @@ import asyncio
 import base64
 import shutil
 from collections.abc import AsyncIterator, Callable, Iterator
-from datetime import timedelta
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -192,12 +192,10 @@ async def kitchen(
     monkeypatch: pytest.MonkeyPatch,
     freezer: FrozenDateTimeFactory,
 ) -> ScriptedKitchen:
-    # The next local noon at the harness's home (San Diego): the sun is up. The clock moves
-    # before the space exists (a jump later would fire its daily training), and forwards (the
-    # space refuses models created in its future).
-    now = dt_util.now()
-    noon = now.replace(hour=12, minute=0, second=0, microsecond=0)
-    freezer.move_to(noon if noon > now else noon + timedelta(days=1))
+    # A fixed local noon at the harness's home (San Diego): the sun is up, and no outcome
+    # depends on the day the test runs. The clock moves before the space exists (a jump later
+    # would fire its daily training).
+    freezer.move_to(datetime(2026, 6, 1, 12, tzinfo=dt_util.get_default_time_zone()))
     for entity_id, (value, attributes) in INPUT_STATES.items():
         hass.states.async_set(entity_id, value, attributes)
     hass.states.async_set("sensor.alice_room", "kitchen")
