@@ -42,6 +42,7 @@ from .const import (
     CONF_PRESENCE_ENTITY,
     CONF_PRESENCE_STATE,
     CONF_ROOM_KIND,
+    CONF_ROOM_KINDS,
     CONF_SHARING,
     CONF_STRATEGY,
     CONF_TASKS,
@@ -55,6 +56,7 @@ from .const import (
     DEFAULT_STRATEGY,
     DOMAIN,
     LOGGER,
+    SUBENTRY_RELAY,
     SUBENTRY_SPACE,
     Sharing,
 )
@@ -76,9 +78,10 @@ from .core.protocol import ProtocolConfig
 from .core.snapshot import SnapshotLimits
 from .core.space import SpaceInputs
 from .core.starter import load_starter, starter_index
-from .data import HubData, MlmuleConfigEntry, MlmuleData, SpaceData
+from .data import HubData, MlmuleConfigEntry, MlmuleData, PresenceData, RelayData, SpaceData
 from .exchange import Exchange
 from .inputs import input_role
+from .relay import RelayCoordinator, RelaySettings, relay_keys
 from .repairs import (
     ISSUE_MQTT,
     RejectionWatch,
@@ -133,7 +136,11 @@ async def async_setup_entry(hass: HomeAssistant, entry: MlmuleConfigEntry) -> bo
     for subentry in entry.subentries.values():
         if subentry.subentry_type == SUBENTRY_SPACE:
             entry.runtime_data.spaces[subentry.subentry_id] = await _async_create_space(
-                hass, entry, subentry, identity=identity, trust=trust, root=root
+                hass, entry, subentry, root=root
+            )
+        elif subentry.subentry_type == SUBENTRY_RELAY:
+            entry.runtime_data.relays[subentry.subentry_id] = await _async_create_relay(
+                hass, entry, subentry, root=root
             )
     # the issues of spaces removed and phones unpaired while the hub was not loaded
     async_clear_stale_issues(
@@ -142,13 +149,15 @@ async def async_setup_entry(hass: HomeAssistant, entry: MlmuleConfigEntry) -> bo
     for coordinator in entry.runtime_data.spaces.values():
         await coordinator.async_config_entry_first_refresh()
         coordinator.async_start_listening()
+    for relay in entry.runtime_data.relays.values():
+        await relay.async_config_entry_first_refresh()
     await hass.config_entries.async_forward_entry_setups(entry, PLATFORMS)
     exchange = Exchange(
         hass,
         entry,
         identity=identity,
         trust=trust,
-        spaces=entry.runtime_data.spaces,
+        spaces={**entry.runtime_data.spaces, **entry.runtime_data.relays},
         config=protocol_config(entry.options, entry.runtime_data.topic_prefix),
     )
     entry.runtime_data.exchange = exchange
@@ -282,8 +291,6 @@ async def _async_create_space(
     entry: MlmuleConfigEntry,
     subentry: ConfigSubentry,
     *,
-    identity: Identity,
-    trust: TrustStore,
     root: Path,
 ) -> SpaceCoordinator:
     data = cast(SpaceData, subentry.data)
@@ -305,18 +312,50 @@ async def _async_create_space(
     )
     inputs = space_inputs(hass, subentry)
     clock = replay_clock(hass)
+    shipped = await hass.async_add_executor_job(starter_index)
+    keys = [settings.context_key(task) for task in settings.tasks]
+    mobile = settings.context_key(PHONE_ACTIVITY)
+    host = await _async_open_host(
+        hass,
+        entry,
+        subentry,
+        [*keys, *([mobile] if mobile in shipped else [])],
+        root=root,
+        clock=clock,
+    )
+    return SpaceCoordinator(
+        hass,
+        entry,
+        settings,
+        inputs=inputs,
+        host=host,
+        rejections=entry.runtime_data.rejections,
+        clock=clock,
+        presence=presence_triggers(data.get(CONF_PRESENCE, {})),
+    )
+
+
+async def _async_open_host(
+    hass: HomeAssistant,
+    entry: MlmuleConfigEntry,
+    subentry: ConfigSubentry,
+    context_keys: list[str],
+    *,
+    root: Path,
+    clock: ReplayClock,
+) -> ModelHost:
+    """The models of a space or relay space, starting from the starter model of each key it
+    serves and does not hold yet."""
+    data = entry.runtime_data
 
     def open_host() -> ModelHost:
         host = ModelHost(
             root / subentry.subentry_id,
-            identity,
-            trust,
+            data.identity,
+            data.trust,
             host_settings(entry.options, source=subentry.subentry_id, clock=clock),
         )
-        shipped = starter_index()
-        keys = [settings.context_key(task) for task in settings.tasks]
-        mobile = settings.context_key(PHONE_ACTIVITY)
-        for context_key in [*keys, *([mobile] if mobile in shipped else [])]:
+        for context_key in context_keys:
             if not host.has(context_key):
                 starter = load_starter(context_key)
                 # the starter is this space's knowledge as of now: installed fresh, so that
@@ -328,26 +367,49 @@ async def _async_create_space(
         return host
 
     try:
-        host = await hass.async_add_executor_job(open_host)
+        return await hass.async_add_executor_job(open_host)
     except MlmuleError as err:
         raise ConfigEntryNotReady(
             translation_domain=DOMAIN,
             translation_key="space_unloadable",
             translation_placeholders={"space": subentry.title, "error": str(err)},
         ) from err
-    return SpaceCoordinator(
+
+
+async def _async_create_relay(
+    hass: HomeAssistant, entry: MlmuleConfigEntry, subentry: ConfigSubentry, *, root: Path
+) -> RelayCoordinator:
+    data = cast(RelayData, subentry.data)
+    shipped = await hass.async_add_executor_job(starter_index)
+    settings = RelaySettings(
+        space_id=subentry.subentry_id,
+        name=subentry.title,
+        context_keys=tuple(relay_keys(data[CONF_TASKS], data[CONF_ROOM_KINDS], shipped)),
+        guests_allowed=data.get(CONF_SHARING) == Sharing.GUESTS,
+    )
+    clock = replay_clock(hass)
+    host = await _async_open_host(
+        hass, entry, subentry, list(settings.context_keys), root=root, clock=clock
+    )
+    relay = RelayCoordinator(
         hass,
         entry,
         settings,
-        inputs=inputs,
         host=host,
         rejections=entry.runtime_data.rejections,
         clock=clock,
-        presence={
-            mule: PresenceTrigger(trigger[CONF_PRESENCE_ENTITY], trigger[CONF_PRESENCE_STATE])
-            for mule, trigger in data.get(CONF_PRESENCE, {}).items()
-        },
+        presence=presence_triggers(data.get(CONF_PRESENCE, {})),
     )
+    await relay.async_load_phones()
+    return relay
+
+
+def presence_triggers(configured: Mapping[str, PresenceData]) -> dict[str, PresenceTrigger]:
+    """Each phone's presence trigger, as a space's or relay's subentry configures it."""
+    return {
+        mule: PresenceTrigger(trigger[CONF_PRESENCE_ENTITY], trigger[CONF_PRESENCE_STATE])
+        for mule, trigger in configured.items()
+    }
 
 
 async def async_unload_entry(hass: HomeAssistant, entry: MlmuleConfigEntry) -> bool:
@@ -361,8 +423,10 @@ async def async_unload_entry(hass: HomeAssistant, entry: MlmuleConfigEntry) -> b
     data = entry.runtime_data
     if data.exchange is not None:
         await data.exchange.async_close()
-    for coordinator in data.spaces.values():
-        await coordinator.async_close()
+    for space in data.spaces.values():
+        await space.async_close()
+    for relay in data.relays.values():
+        await relay.async_close()
     return True
 
 
@@ -374,8 +438,9 @@ async def async_remove_entry(hass: HomeAssistant, entry: MlmuleConfigEntry) -> N
 async def async_remove_config_entry_device(
     hass: HomeAssistant, entry: MlmuleConfigEntry, device: dr.DeviceEntry
 ) -> bool:
-    """A space's device can be removed once its space subentry is gone."""
+    """A space's or relay's device can be removed once its subentry is gone."""
+    data = entry.runtime_data
     return not any(
-        identifier[0] == DOMAIN and identifier[1] in entry.runtime_data.spaces
+        identifier[0] == DOMAIN and (identifier[1] in data.spaces or identifier[1] in data.relays)
         for identifier in device.identifiers
     )

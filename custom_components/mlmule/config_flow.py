@@ -1,4 +1,5 @@
-"""Config flow: one hub per Home Assistant instance, and a `space` subentry per room or home."""
+"""Config flow: one hub per Home Assistant instance, a `space` subentry per room or home, and a
+`relay` subentry per relay space (a shared place with no sensors of its own)."""
 
 from __future__ import annotations
 
@@ -45,6 +46,7 @@ from .const import (
     CONF_PRESENCE_ENTITY,
     CONF_PRESENCE_STATE,
     CONF_ROOM_KIND,
+    CONF_ROOM_KINDS,
     CONF_SHARING,
     CONF_STRATEGY,
     CONF_TASKS,
@@ -60,15 +62,18 @@ from .const import (
     DEFAULT_STRATEGY,
     DEFAULT_TOPIC_PREFIX,
     DOMAIN,
+    SUBENTRY_RELAY,
     SUBENTRY_SPACE,
     Sharing,
     Task,
 )
+from .coordinator import PHONE_ACTIVITY
 from .core.context import RoomKind
 from .core.identity import TrustEntry, TrustRole
 from .core.starter import starter_index
 from .data import HubData
 from .inputs import input_filters, input_role, suggested_inputs, unusable_inputs
+from .relay import relay_keys
 from .repairs import ISSUE_MQTT, async_set_issue
 
 TOPIC_PREFIX_CHARS = frozenset("abcdefghijklmnopqrstuvwxyz0123456789_-/")
@@ -124,6 +129,23 @@ SPACE_SCHEMA = vol.Schema(
             [t.value for t in Task], "task", multiple=True
         ),
         vol.Required(CONF_SHARING, default=Sharing.OWNERS.value): _choice(
+            [s.value for s in Sharing], "sharing"
+        ),
+    }
+)
+
+# a relay relays each chosen task in each chosen kind of room (that has a starter model)
+RELAY_SCHEMA = vol.Schema(
+    {
+        vol.Required(CONF_NAME): selector.TextSelector(),
+        vol.Required(CONF_TASKS, default=[Task.OCCUPANCY.value, PHONE_ACTIVITY]): _choice(
+            [*(t.value for t in Task), PHONE_ACTIVITY], "relay_task", multiple=True
+        ),
+        vol.Required(CONF_ROOM_KINDS): _choice(
+            [k.value for k in RoomKind], "room_kind", multiple=True
+        ),
+        # a shared place exists to meet other homes' phones; each still has to be paired
+        vol.Required(CONF_SHARING, default=Sharing.GUESTS.value): _choice(
             [s.value for s in Sharing], "sharing"
         ),
     }
@@ -263,7 +285,7 @@ class MlmuleConfigFlow(ConfigFlow, domain=DOMAIN):
     def async_get_supported_subentry_types(
         cls, config_entry: ConfigEntry
     ) -> dict[str, type[ConfigSubentryFlow]]:
-        return {SUBENTRY_SPACE: SpaceSubentryFlow}
+        return {SUBENTRY_SPACE: SpaceSubentryFlow, SUBENTRY_RELAY: RelaySubentryFlow}
 
     async def async_step_user(self, user_input: dict[str, Any] | None = None) -> ConfigFlowResult:
         """Ask for the home's name and topic prefix; MQTT must already be set up."""
@@ -327,8 +349,8 @@ def _validate_hub(user_input: Mapping[str, Any]) -> tuple[HubData | None, dict[s
     return HubData(home_name=str(user_input[CONF_HOME_NAME]), topic_prefix=prefix), {}
 
 
-class SpaceSubentryFlow(ConfigSubentryFlow):
-    """Add or reconfigure a space: a room, or the whole home."""
+class PairedPhonesFlow(ConfigSubentryFlow):
+    """What adding a space and a relay space share: one presence form per paired phone."""
 
     def __init__(self) -> None:
         self._space: dict[str, Any] = {}
@@ -392,6 +414,19 @@ class SpaceSubentryFlow(ConfigSubentryFlow):
             description_placeholders={"mule": mule.label, "role": mule.role},
         )
 
+    def _async_finish(self) -> SubentryFlowResult:
+        title = self._space[CONF_NAME]
+        if self.source == SOURCE_RECONFIGURE:
+            # the hub's update listener reloads the entry for the changed space
+            return self.async_update_and_abort(
+                self._get_entry(), self._get_reconfigure_subentry(), title=title, data=self._space
+            )
+        return self.async_create_entry(title=title, data=self._space)
+
+
+class SpaceSubentryFlow(PairedPhonesFlow):
+    """Add or reconfigure a space: a room, or the whole home."""
+
     async def async_step_user(self, user_input: dict[str, Any] | None = None) -> SubentryFlowResult:
         return await self._async_space_step("user", user_input, SPACE_SCHEMA)
 
@@ -454,11 +489,41 @@ class SpaceSubentryFlow(ConfigSubentryFlow):
             errors=errors,
         )
 
-    def _async_finish(self) -> SubentryFlowResult:
-        title = self._space[CONF_NAME]
-        if self.source == SOURCE_RECONFIGURE:
-            # the hub's update listener reloads the entry for the changed space
-            return self.async_update_and_abort(
-                self._get_entry(), self._get_reconfigure_subentry(), title=title, data=self._space
-            )
-        return self.async_create_entry(title=title, data=self._space)
+
+class RelaySubentryFlow(PairedPhonesFlow):
+    """Add or reconfigure a relay space: the models of a shared place, no sensors, no labels."""
+
+    async def async_step_user(self, user_input: dict[str, Any] | None = None) -> SubentryFlowResult:
+        return await self._async_relay_step("user", user_input)
+
+    async def async_step_reconfigure(
+        self, user_input: dict[str, Any] | None = None
+    ) -> SubentryFlowResult:
+        if not self._space:
+            self._space = dict(self._get_reconfigure_subentry().data)
+        return await self._async_relay_step("reconfigure", user_input)
+
+    async def _async_relay_step(
+        self, step_id: str, user_input: dict[str, Any] | None
+    ) -> SubentryFlowResult:
+        errors: dict[str, str] = {}
+        if user_input is not None:
+            shipped = await self.hass.async_add_executor_job(starter_index)
+            if not user_input[CONF_TASKS]:
+                errors[CONF_TASKS] = "no_task"
+            elif not user_input[CONF_ROOM_KINDS]:
+                errors[CONF_ROOM_KINDS] = "no_room_kind"
+            elif not relay_keys(user_input[CONF_TASKS], user_input[CONF_ROOM_KINDS], shipped):
+                # a relay starts each key from its starter model
+                errors[CONF_TASKS] = "no_starter_model"
+            else:
+                self._space.update(user_input)
+                self._mules = self._paired_mules()
+                return await self.async_step_presence()
+        return self.async_show_form(
+            step_id=step_id,
+            data_schema=self.add_suggested_values_to_schema(
+                RELAY_SCHEMA, user_input or self._space
+            ),
+            errors=errors,
+        )

@@ -22,6 +22,7 @@ LOGGER: Final = logging.getLogger(__package__)
 DATA_CLOCK: HassKey[ReplayClock] = HassKey(f"{DOMAIN}_clock")
 
 SUBENTRY_SPACE: Final = "space"
+SUBENTRY_RELAY: Final = "relay"  # a relay space at a shared place: no sensors, no labels
 
 # hub entry data
 CONF_HOME_NAME: Final = "home_name"
@@ -47,6 +48,9 @@ CONF_ON_THRESHOLD: Final = "on_threshold"
 CONF_OFF_THRESHOLD: Final = "off_threshold"
 CONF_MIN_HOLD: Final = "min_hold_seconds"
 CONF_MAX_UNAVAILABLE: Final = "max_unavailable_fraction"
+
+# relay subentry data (with name, tasks, sharing and presence as a space's)
+CONF_ROOM_KINDS: Final = "room_kinds"
 
 # hub options
 CONF_HISTORY_DAYS: Final = "history_days"

@@ -15,7 +15,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import timedelta
 from functools import partial
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 from homeassistant.const import STATE_UNAVAILABLE
 from homeassistant.core import Event, EventStateChangedData, HomeAssistant, callback
@@ -133,12 +133,26 @@ class SpaceClosed(Exception):
     """The space's entry is unloading: no new model work may start."""
 
 
-class SpaceCoordinator(DataUpdateCoordinator[SpacePrediction]):
-    """Predictions and learning for one space.
+class PeerSettings(Protocol):
+    """What the exchange needs to know of a space or a relay space."""
 
-    Every executor job that reads or writes the space's models goes through `async_job`, so
-    that unloading the entry can wait for the jobs already running and refuse new ones: a
-    reloaded entry's store is never written by the instance it replaced.
+    @property
+    def space_id(self) -> str: ...
+
+    @property
+    def name(self) -> str: ...
+
+    @property
+    def guests_allowed(self) -> bool: ...
+
+
+class ExchangingCoordinator[DataT, SettingsT: PeerSettings](DataUpdateCoordinator[DataT]):
+    """What a space and a relay space share: the model host that phones' snapshots merge into,
+    the phones' presence triggers, and the model work that unloading waits for.
+
+    Every executor job that reads or writes the models goes through `async_job`, so that
+    unloading the entry can wait for the jobs already running and refuse new ones: a reloaded
+    entry's store is never written by the instance it replaced.
     """
 
     config_entry: MlmuleConfigEntry
@@ -147,39 +161,27 @@ class SpaceCoordinator(DataUpdateCoordinator[SpacePrediction]):
         self,
         hass: HomeAssistant,
         entry: MlmuleConfigEntry,
-        settings: SpaceSettings,
+        settings: SettingsT,
         *,
-        inputs: SpaceInputs,
         host: ModelHost,
         rejections: RejectionWatch,
         presence: dict[str, PresenceTrigger] | None = None,
         clock: ReplayClock | None = None,
+        **coordinator_options: Any,
     ) -> None:
         super().__init__(
             hass,
             LOGGER,
             config_entry=entry,
             name=f"{DOMAIN} {settings.name}",
-            update_interval=PREDICT_INTERVAL,
-            request_refresh_debouncer=Debouncer(
-                hass, LOGGER, cooldown=PREDICT_COOLDOWN, immediate=True
-            ),
-            # an unchanged prediction writes no new state (the recorder keeps every write)
-            always_update=False,
+            **coordinator_options,
         )
         self.settings = settings
-        self.inputs = inputs
         self.host = host
         self.rejections = rejections
         self.presence = presence or {}
-        # "now" and state times for features, labels, training windows and snapshot times
+        # "now" for features, labels, training windows and snapshot times
         self.clock = clock or ReplayClock()
-        self.state = SpaceState()
-        self.hysteresis = Hysteresis(settings.hysteresis)
-        self._changes: dict[str, deque[tuple[float, str]]] = {}
-        self._history_loaded = False
-        self._train_lock = asyncio.Lock()
-        self._was_available = True
         self._jobs: set[asyncio.Future[Any]] = set()
         self._closed = False
 
@@ -201,6 +203,98 @@ class SpaceCoordinator(DataUpdateCoordinator[SpacePrediction]):
         self._closed = True
         if self._jobs:
             await asyncio.wait(set(self._jobs))
+
+    async def async_phone_here(self, mule: str) -> None:
+        """An encounter with the paired phone `mule` has started here."""
+
+    async def async_after_merge(self, context_key: str) -> None:
+        """A phone's snapshot changed the model of `context_key` in fixed-data mode."""
+
+    @callback
+    def async_models_changed(self) -> None:
+        """Show a received snapshot's effect on the entities (counters, versions)."""
+        self.async_update_listeners()
+
+    async def async_receive(
+        self, snapshot: bytes, *, guest: bool, mule: str | None = None
+    ) -> Outcome:
+        """Verify and merge a snapshot from a mule (in an executor); logs and counts the result.
+
+        `mule` is the sender as the exchange knows it; a snapshot's own origin is used otherwise.
+        """
+
+        # the host judges the merge on the window its last training held out
+        outcome = await self.async_job(partial(self.host.receive, snapshot, guest=guest))
+        if outcome.accepted and not outcome.changed:
+            LOGGER.debug(
+                "%s: %s v%s from %s is a model this space held before; kept v%s",
+                self.settings.name,
+                outcome.context_key,
+                outcome.received_version,
+                outcome.origin,
+                outcome.version,
+            )
+        elif outcome.accepted:
+            LOGGER.info(
+                "%s: merged %s v%s from %s (weight %.2f) -> v%s",
+                self.settings.name,
+                outcome.context_key,
+                outcome.received_version,
+                outcome.origin,
+                outcome.weight,
+                outcome.version,
+            )
+        else:
+            LOGGER.warning(
+                "%s: rejected a snapshot (%s): %s",
+                self.settings.name,
+                outcome.reason,
+                outcome.detail,
+            )
+        self.rejections.record(
+            mule or outcome.origin or "unknown", outcome.accepted, outcome.reason
+        )
+        self.async_models_changed()
+        return outcome
+
+
+class SpaceCoordinator(ExchangingCoordinator[SpacePrediction, SpaceSettings]):
+    """Predictions and learning for one space."""
+
+    def __init__(
+        self,
+        hass: HomeAssistant,
+        entry: MlmuleConfigEntry,
+        settings: SpaceSettings,
+        *,
+        inputs: SpaceInputs,
+        host: ModelHost,
+        rejections: RejectionWatch,
+        presence: dict[str, PresenceTrigger] | None = None,
+        clock: ReplayClock | None = None,
+    ) -> None:
+        super().__init__(
+            hass,
+            entry,
+            settings,
+            host=host,
+            rejections=rejections,
+            presence=presence,
+            clock=clock,
+            update_interval=PREDICT_INTERVAL,
+            request_refresh_debouncer=Debouncer(
+                hass, LOGGER, cooldown=PREDICT_COOLDOWN, immediate=True
+            ),
+            # an unchanged prediction writes no new state (the recorder keeps every write)
+            always_update=False,
+        )
+        self.inputs = inputs
+        self.state = SpaceState()
+        self.hysteresis = Hysteresis(settings.hysteresis)
+        self._changes: dict[str, deque[tuple[float, str]]] = {}
+        self._history_loaded = False
+        self._train_lock = asyncio.Lock()
+        self._was_available = True
 
     def exchanged_keys(self) -> dict[str, Mode]:
         """The context keys this space swaps with phones, and in which mode.
@@ -368,6 +462,10 @@ class SpaceCoordinator(DataUpdateCoordinator[SpacePrediction]):
         task = context_key.partition("/")[0]
         return (await self._async_train([task], reason=reason)).get(task)
 
+    async def async_after_merge(self, context_key: str) -> None:
+        """Train the merged model on this space's own history, as fixed-data mode does."""
+        await self.async_train_key(context_key, reason="exchange")
+
     async def _async_train(self, tasks: list[str], *, reason: str) -> dict[str, TrainingSummary]:
         self.async_check_entities()
         async with self._train_lock:
@@ -445,45 +543,3 @@ class SpaceCoordinator(DataUpdateCoordinator[SpacePrediction]):
         )
         self.state.training[task] = summary
         return summary
-
-    async def async_receive(
-        self, snapshot: bytes, *, guest: bool, mule: str | None = None
-    ) -> Outcome:
-        """Verify and merge a snapshot from a mule (in an executor); logs and counts the result.
-
-        `mule` is the sender as the exchange knows it; a snapshot's own origin is used otherwise.
-        """
-
-        # the host judges the merge on the window its last training held out
-        outcome = await self.async_job(partial(self.host.receive, snapshot, guest=guest))
-        if outcome.accepted and not outcome.changed:
-            LOGGER.debug(
-                "%s: %s v%s from %s is a model this space held before; kept v%s",
-                self.settings.name,
-                outcome.context_key,
-                outcome.received_version,
-                outcome.origin,
-                outcome.version,
-            )
-        elif outcome.accepted:
-            LOGGER.info(
-                "%s: merged %s v%s from %s (weight %.2f) -> v%s",
-                self.settings.name,
-                outcome.context_key,
-                outcome.received_version,
-                outcome.origin,
-                outcome.weight,
-                outcome.version,
-            )
-        else:
-            LOGGER.warning(
-                "%s: rejected a snapshot (%s): %s",
-                self.settings.name,
-                outcome.reason,
-                outcome.detail,
-            )
-        self.rejections.record(
-            mule or outcome.origin or "unknown", outcome.accepted, outcome.reason
-        )
-        self.async_update_listeners()
-        return outcome

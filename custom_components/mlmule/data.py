@@ -14,6 +14,7 @@ from .repairs import RejectionWatch
 if TYPE_CHECKING:
     from .coordinator import SpaceCoordinator
     from .exchange import Exchange
+    from .relay import RelayCoordinator
 
 
 class HubData(TypedDict):
@@ -57,9 +58,19 @@ class SpaceData(TypedDict):
     advanced: NotRequired[AdvancedData]
 
 
+class RelayData(TypedDict):
+    """A `relay` subentry's data: it relays each task in each kind of room (keys in `const`)."""
+
+    name: str
+    tasks: list[str]  # Task values and phone_activity
+    room_kinds: list[str]
+    sharing: str
+    presence: NotRequired[dict[str, PresenceData]]  # mule id -> its presence trigger
+
+
 @dataclass
 class MlmuleData:
-    """The hub's identity, trust list, spaces and MQTT exchange."""
+    """The hub's identity, trust list, spaces, relay spaces and MQTT exchange."""
 
     home_name: str
     topic_prefix: str
@@ -68,6 +79,7 @@ class MlmuleData:
     trust: TrustStore
     rejections: RejectionWatch
     spaces: dict[str, SpaceCoordinator] = field(default_factory=dict)
+    relays: dict[str, RelayCoordinator] = field(default_factory=dict)
     exchange: Exchange | None = None
 
 

@@ -1,4 +1,5 @@
-"""Diagnostics of the hub and its spaces, with keys, people, phones and places redacted."""
+"""Diagnostics of the hub, its spaces and relay spaces, with keys, people, phones and places
+redacted."""
 
 from __future__ import annotations
 
@@ -76,6 +77,20 @@ async def async_get_config_entry_diagnostics(
                 for o in coordinator.host.last_outcomes
             ],
         }
+    relays: dict[str, Any] = {}
+    for relay_id, relay in data.relays.items():
+        relays[relay_id] = {
+            "settings": {
+                "context_keys": list(relay.settings.context_keys),
+                "guests_allowed": relay.settings.guests_allowed,
+            },
+            "phones_seen": len(relay.phones),
+            "host": await relay.async_job(relay.host.status),
+            "recent_outcomes": [
+                {"accepted": o.accepted, "reason": o.reason, "context_key": o.context_key}
+                for o in relay.host.last_outcomes
+            ],
+        }
     return async_redact_data(
         {
             "entry": {"data": dict(entry.data), "options": dict(entry.options)},
@@ -95,6 +110,7 @@ async def async_get_config_entry_diagnostics(
                 for t in data.trust
             ],
             "spaces": spaces,
+            "relays": relays,
         },
         TO_REDACT,
     )

@@ -1,4 +1,4 @@
-"""The base of every mlmule entity: one device per space, names from translations."""
+"""The base of every mlmule entity: one device per space or relay space, names from translations."""
 
 from __future__ import annotations
 
@@ -7,6 +7,17 @@ from homeassistant.helpers.update_coordinator import CoordinatorEntity
 
 from .const import DOMAIN
 from .coordinator import SpaceCoordinator
+from .relay import RelayCoordinator
+
+
+def _device(space_id: str, name: str, model: str) -> DeviceInfo:
+    return DeviceInfo(
+        identifiers={(DOMAIN, space_id)},
+        name=name,
+        manufacturer="ML Mule",
+        model=model,
+        entry_type=DeviceEntryType.SERVICE,
+    )
 
 
 class MlmuleEntity(CoordinatorEntity[SpaceCoordinator]):
@@ -19,12 +30,8 @@ class MlmuleEntity(CoordinatorEntity[SpaceCoordinator]):
         settings = coordinator.settings
         self._attr_translation_key = key
         self._attr_unique_id = f"{settings.space_id}_{key}"
-        self._attr_device_info = DeviceInfo(
-            identifiers={(DOMAIN, settings.space_id)},
-            name=settings.name,
-            manufacturer="ML Mule",
-            model=f"Learning space ({settings.room_kind})",
-            entry_type=DeviceEntryType.SERVICE,
+        self._attr_device_info = _device(
+            settings.space_id, settings.name, f"Learning space ({settings.room_kind})"
         )
 
     @property
@@ -34,3 +41,16 @@ class MlmuleEntity(CoordinatorEntity[SpaceCoordinator]):
             and self.coordinator.data is not None
             and self.coordinator.data.available
         )
+
+
+class RelayEntity(CoordinatorEntity[RelayCoordinator]):
+    """An entity of one relay space; its unique id is the relay's id and a key."""
+
+    _attr_has_entity_name = True
+
+    def __init__(self, coordinator: RelayCoordinator, key: str) -> None:
+        super().__init__(coordinator)
+        settings = coordinator.settings
+        self._attr_translation_key = key
+        self._attr_unique_id = f"{settings.space_id}_{key}"
+        self._attr_device_info = _device(settings.space_id, settings.name, "Relay space")

@@ -5,7 +5,8 @@ adapter subscribes to the home's inbox topics, feeds messages in, publishes what
 order, ticks its timers, opens an encounter when a paired phone's presence entity reports it in a
 space and closes it when the entity reports it gone, and hands delivered snapshots to that space
 to verify and merge. In fixed-data mode the space then trains on its own history and sends the
-merged, trained model back.
+merged, trained model back. A relay space (`relay.py`) takes part like any other space, but
+sends its merge back untrained: it has no data to train on.
 
 Every call into the state machine that verifies a signature, hashes a chunk, reassembles a
 payload or signs a message runs in an executor, one call at a time and in arrival order; the
@@ -45,6 +46,9 @@ from .core.protocol import (
 if TYPE_CHECKING:
     from .coordinator import SpaceCoordinator
     from .data import MlmuleConfigEntry
+    from .relay import RelayCoordinator
+
+    type ExchangeSpace = SpaceCoordinator | RelayCoordinator
 
 TICK_INTERVAL = timedelta(seconds=1)
 LEFT = "left"  # the reason a session ends when the phone's presence entity reports it gone
@@ -61,7 +65,7 @@ class Exchange:
         *,
         identity: Identity,
         trust: TrustStore,
-        spaces: Mapping[str, SpaceCoordinator],
+        spaces: Mapping[str, ExchangeSpace],
         config: ProtocolConfig,
     ) -> None:
         self.hass = hass
@@ -113,7 +117,7 @@ class Exchange:
             except HomeAssistantError as err:  # MQTT may be going away at the same time
                 LOGGER.debug("could not say goodbye to the phones: %s", err)
 
-    async def async_serve(self, space: SpaceCoordinator) -> None:
+    async def async_serve(self, space: ExchangeSpace) -> None:
         """Offer the space's current models (call again whenever one changes)."""
         offers = [
             (context_key, mode, slot.offer(), slot.container)
@@ -133,7 +137,7 @@ class Exchange:
         self.entry.async_create_background_task(self.hass, target, name, eager_start=True)
 
     def _presence_listener(
-        self, space: SpaceCoordinator
+        self, space: ExchangeSpace
     ) -> Callable[[Event[EventStateChangedData]], None]:
         @callback
         def presence_changed(event: Event[EventStateChangedData]) -> None:
@@ -160,7 +164,7 @@ class Exchange:
 
         return presence_changed
 
-    async def async_open(self, space: SpaceCoordinator, mule: str) -> bool:
+    async def async_open(self, space: ExchangeSpace, mule: str) -> bool:
         """Start an encounter with `mule` in `space`; False when one cannot start now."""
         if not self._may_exchange(space, mule):
             LOGGER.info("%s: not exchanging with %s (not allowed here)", space.settings.name, mule)
@@ -176,9 +180,10 @@ class Exchange:
             return False
         if actions:
             LOGGER.info("%s: %s is here; offering models", space.settings.name, mule)
+            await space.async_phone_here(mule)
         return bool(actions)
 
-    async def async_end(self, space: SpaceCoordinator, mule: str, reason: str) -> None:
+    async def async_end(self, space: ExchangeSpace, mule: str, reason: str) -> None:
         """End the encounter of `mule` in `space`, if one is going on (the phone gets `bye`),
         so that its next arrival starts a fresh one."""
 
@@ -193,7 +198,7 @@ class Exchange:
 
         await self._async_call(close)
 
-    def _may_exchange(self, space: SpaceCoordinator, mule: str) -> bool:
+    def _may_exchange(self, space: ExchangeSpace, mule: str) -> bool:
         entry = self.trust.get(mule)
         if entry is None or not entry.allows(space.settings.space_id):
             return False
@@ -300,7 +305,7 @@ class Exchange:
         if outcome.accepted and outcome.context_key is not None:
             if action.mode is Mode.FIXED and outcome.changed:
                 try:
-                    await space.async_train_key(outcome.context_key, reason="exchange")
+                    await space.async_after_merge(outcome.context_key)
                 except SpaceClosed:
                     return
                 except (MlmuleError, OSError) as err:

@@ -1,4 +1,5 @@
-"""Sensors of each space: probabilities, the predicted activity, and model health."""
+"""Sensors of each space (probabilities, the predicted activity, model health) and of each relay
+space (what it merged and rejected, and how many phones it has seen)."""
 
 from __future__ import annotations
 
@@ -21,7 +22,8 @@ from homeassistant.util import dt as dt_util
 from .const import Task
 from .coordinator import SpaceCoordinator
 from .data import MlmuleConfigEntry
-from .entity import MlmuleEntity
+from .entity import MlmuleEntity, RelayEntity
+from .relay import RelayCoordinator
 
 PARALLEL_UPDATES = 0
 
@@ -130,6 +132,49 @@ SENSORS: tuple[MlmuleSensorDescription, ...] = (
 )
 
 
+@dataclass(frozen=True, kw_only=True)
+class RelaySensorDescription(SensorEntityDescription):
+    """A sensor of a relay space."""
+
+    value_fn: Callable[[RelayCoordinator], StateValue]
+    attributes_fn: Callable[[RelayCoordinator], dict[str, Any]] | None = None
+
+
+def _relayed_models(relay: RelayCoordinator) -> dict[str, Any]:
+    """The version of each model the relay hands out, and the promotion rule's last decision
+    on each (a relay has no labels: `undecided_no_window`, served under the guest bounds)."""
+    host = relay.host
+    return {
+        "versions": {key: host.slot(key).version for key in relay.settings.context_keys},
+        "last_model_change": {
+            key: decision.as_dict()
+            for key in relay.settings.context_keys
+            if (decision := host.decisions.get(key)) is not None
+        },
+    }
+
+
+RELAY_SENSORS: tuple[RelaySensorDescription, ...] = (
+    RelaySensorDescription(
+        key="snapshots_merged",
+        state_class=SensorStateClass.TOTAL_INCREASING,
+        value_fn=lambda relay: relay.data.merged,
+        attributes_fn=_relayed_models,
+    ),
+    RelaySensorDescription(
+        key="snapshots_rejected",
+        state_class=SensorStateClass.TOTAL_INCREASING,
+        value_fn=lambda relay: relay.data.rejected,
+        attributes_fn=lambda relay: {"reasons": dict(relay.host.rejections)},
+    ),
+    RelaySensorDescription(
+        key="phones_seen",
+        state_class=SensorStateClass.MEASUREMENT,
+        value_fn=lambda relay: relay.data.phones_seen,
+    ),
+)
+
+
 async def async_setup_entry(
     hass: HomeAssistant,
     entry: MlmuleConfigEntry,
@@ -142,6 +187,11 @@ async def async_setup_entry(
                 for description in SENSORS
                 if description.task is None or description.task in coordinator.settings.tasks
             ],
+            config_subentry_id=subentry_id,
+        )
+    for subentry_id, relay in entry.runtime_data.relays.items():
+        async_add_entities(
+            [RelaySensor(relay, description) for description in RELAY_SENSORS],
             config_subentry_id=subentry_id,
         )
 
@@ -174,3 +224,21 @@ class MlmuleSensor(MlmuleEntity, SensorEntity):
         if self.entity_description.attributes_fn is None:
             return None
         return self.entity_description.attributes_fn(self.coordinator, self._task)
+
+
+class RelaySensor(RelayEntity, SensorEntity):
+    entity_description: RelaySensorDescription
+
+    def __init__(self, coordinator: RelayCoordinator, description: RelaySensorDescription) -> None:
+        super().__init__(coordinator, description.key)
+        self.entity_description = description
+
+    @property
+    def native_value(self) -> StateValue:
+        return self.entity_description.value_fn(self.coordinator)
+
+    @property
+    def extra_state_attributes(self) -> dict[str, Any] | None:
+        if self.entity_description.attributes_fn is None:
+            return None
+        return self.entity_description.attributes_fn(self.coordinator)

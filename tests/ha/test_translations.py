@@ -17,7 +17,7 @@ from custom_components.mlmule.repairs import (
     ISSUE_MQTT,
     ISSUE_REJECTED,
 )
-from custom_components.mlmule.sensor import SENSORS
+from custom_components.mlmule.sensor import RELAY_SENSORS, SENSORS
 
 INTEGRATION = Path(__file__).resolve().parents[2] / "custom_components" / "mlmule"
 EN = json.loads((INTEGRATION / "translations" / "en.json").read_text())
@@ -33,7 +33,7 @@ def test_every_action_and_field_is_translated_and_has_an_icon() -> None:
 
 
 def test_every_entity_has_a_name_and_an_icon() -> None:
-    sensors = {description.key for description in SENSORS}
+    sensors = {description.key for description in (*SENSORS, *RELAY_SENSORS)}
     assert set(EN["entity"]["sensor"]) == sensors == set(ICONS["entity"]["sensor"])
     assert (
         set(EN["entity"]["binary_sensor"]) == {"occupancy"} == set(ICONS["entity"]["binary_sensor"])
@@ -63,7 +63,9 @@ def test_every_flow_error_and_abort_is_translated() -> None:
     errors = set(re.findall(r'errors\[[A-Z_]+\] = "([a-z_]+)"', flow))
     errors |= set(re.findall(r'\[CONF_[A-Z_]+\] = "([a-z_]+)"', flow))
     aborts = set(re.findall(r'async_abort\(reason="([a-z_]+)"\)', flow))
-    known_errors = set(EN["config"]["error"]) | set(EN["config_subentries"]["space"]["error"])
+    known_errors = set(EN["config"]["error"]).union(
+        *(subentry["error"] for subentry in EN["config_subentries"].values())
+    )
     assert errors
     assert errors <= known_errors, errors - known_errors
     assert aborts <= set(EN["config"]["abort"]), aborts
@@ -73,6 +75,7 @@ def test_every_selector_option_is_translated() -> None:
     for key, options in {
         "room_kind": ["bedroom", "kitchen", "living_room", "office", "bathroom", "hallway", "home"],
         "task": ["occupancy", "activity"],
+        "relay_task": ["occupancy", "activity", "phone_activity"],
         "sharing": ["owners", "guests"],
         "strategy": ["mlmule", "fedasync", "fedavg"],
     }.items():
