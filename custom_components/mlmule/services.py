@@ -36,6 +36,7 @@ from .core.identity import BrokerInfo, PairingCode, PeerKind, TrustEntry, TrustR
 from .core.snapshot import COMPRESSIONS
 from .core.storage import atomic_write_bytes
 from .data import MlmuleConfigEntry
+from .relay import RelayCoordinator
 
 ATTR_DEVICE_ID = "device_id"
 ATTR_TASK = "task"
@@ -148,12 +149,18 @@ def _loaded_entry(hass: HomeAssistant) -> MlmuleConfigEntry:
     return entries[0]
 
 
-def _space_id(hass: HomeAssistant, entry: MlmuleConfigEntry, device_id: str) -> str:
-    """The id of the space whose device is `device_id`."""
+def _space_id(
+    hass: HomeAssistant, entry: MlmuleConfigEntry, device_id: str, *, relays: bool = False
+) -> str:
+    """The id of the space (or, with `relays`, also the relay space) whose device is
+    `device_id`."""
+    data = entry.runtime_data
     device = dr.async_get(hass).async_get(device_id)
     if device is not None:
         for domain, space_id in device.identifiers:
-            if domain == DOMAIN and space_id in entry.runtime_data.spaces:
+            if domain == DOMAIN and (
+                space_id in data.spaces or (relays and space_id in data.relays)
+            ):
                 return space_id
     raise ServiceValidationError(
         translation_domain=DOMAIN,
@@ -165,6 +172,14 @@ def _space_id(hass: HomeAssistant, entry: MlmuleConfigEntry, device_id: str) -> 
 def _space(hass: HomeAssistant, call: ServiceCall) -> SpaceCoordinator:
     entry = _loaded_entry(hass)
     return entry.runtime_data.spaces[_space_id(hass, entry, call.data[ATTR_DEVICE_ID])]
+
+
+def _exchanging(hass: HomeAssistant, call: ServiceCall) -> SpaceCoordinator | RelayCoordinator:
+    """The space or relay space whose device the call names."""
+    entry = _loaded_entry(hass)
+    space_id = _space_id(hass, entry, call.data[ATTR_DEVICE_ID], relays=True)
+    data = entry.runtime_data
+    return data.spaces[space_id] if space_id in data.spaces else data.relays[space_id]
 
 
 async def _async_require_admin(call: ServiceCall) -> None:
@@ -331,7 +346,10 @@ async def _async_pair(call: ServiceCall) -> ServiceResponse:
         ) from err
     if code.kind != "mule":
         raise ServiceValidationError(translation_domain=DOMAIN, translation_key="not_a_mule_code")
-    spaces = [_space_id(hass, entry, device_id) for device_id in call.data.get(ATTR_SPACES, ())]
+    spaces = [
+        _space_id(hass, entry, device_id, relays=True)
+        for device_id in call.data.get(ATTR_SPACES, ())
+    ]
     trust_entry = TrustEntry.for_key(
         code.public_key,
         kind=PeerKind.MULE,
@@ -365,7 +383,7 @@ async def _async_unpair(call: ServiceCall) -> ServiceResponse:
 
 async def _async_exchange(call: ServiceCall) -> ServiceResponse:
     hass = call.hass
-    space = _space(hass, call)
+    space = _exchanging(hass, call)
     exchange = _loaded_entry(hass).runtime_data.exchange
     mule = call.data[ATTR_MULE_ID]
     if exchange is None or not await exchange.async_open(space, mule):

@@ -325,3 +325,36 @@ async def test_diagnostics_show_the_relay_without_naming_its_phones(
     assert office["host"]["models"][KEY]["version"] == 2
     assert office["recent_outcomes"] == [{"accepted": True, "reason": "merged", "context_key": KEY}]
     assert mules["alice-phone"].identity.id not in json.dumps(diagnostics)
+
+
+async def test_a_phone_paired_for_the_relay_only_exchanges_there_on_demand(
+    hass: HomeAssistant, hub: MockConfigEntry, tmp_path: Path
+) -> None:
+    mules = await start_relay(hass, hub, tmp_path, {"alice-phone": True})
+    device = space_device(hass, RELAY_ID)
+    assert device is not None
+    carol = Identity.generate(kind="mule", name="Carol")
+    response = await hass.services.async_call(
+        DOMAIN,
+        "pair_mule",
+        {"code": PairingCode.for_identity(carol).encode(), "role": "guest", "spaces": [device.id]},
+        blocking=True,
+        return_response=True,
+    )
+    assert response is not None
+    paired = hub.runtime_data.trust.get(str(response["mule_id"]))
+    assert paired is not None
+    assert paired.spaces == frozenset({RELAY_ID})
+
+    alice = mules["alice-phone"]
+    response = await hass.services.async_call(
+        DOMAIN,
+        "exchange_now",
+        {"device_id": device.id, "mule_id": alice.identity.id},
+        blocking=True,
+        return_response=True,
+    )
+    assert response == {"space": "Office", "mule_id": alice.identity.id, "started": True}
+    await settle(hass)
+    assert relay(hub).host.counters["merged"] == 1
+    assert len(alice.adopted) == 1
