@@ -292,7 +292,7 @@ async def test_a_bad_snapshot_is_rejected_counted_and_changes_nothing(
     assert state(hass, "sensor.office_phones_seen").state == "1"
 
 
-async def test_a_reload_keeps_the_relays_model_counters_and_phones(
+async def test_a_reload_keeps_the_relays_model_counters_and_phones_and_removal_its_device(
     hass: HomeAssistant, hub: MockConfigEntry, tmp_path: Path
 ) -> None:
     await start_relay(hass, hub, tmp_path, {"alice-phone": True})
@@ -308,6 +308,13 @@ async def test_a_reload_keeps_the_relays_model_counters_and_phones(
     assert office.host.slot(KEY).version == 2
     assert state(hass, "sensor.office_snapshots_merged").state == "1"
     assert state(hass, "sensor.office_phones_seen").state == "1"
+
+    # removing the relay's subentry removes its device and entities
+    assert hass.config_entries.async_remove_subentry(hub, RELAY_ID)
+    await hass.async_block_till_done(wait_background_tasks=True)
+    assert hub.runtime_data.relays == {}
+    assert space_device(hass, RELAY_ID) is None
+    assert hass.states.get("sensor.office_snapshots_merged") is None
 
 
 async def test_diagnostics_show_the_relay_without_naming_its_phones(
