@@ -241,9 +241,7 @@ def phone_off_the_loop(monkeypatch: pytest.MonkeyPatch) -> None:
                 handle(mule, message)
 
     def fire_from_executor(hass: HomeAssistant, *args: Any, **kwargs: Any) -> None:
-        hass.loop.call_soon_threadsafe(
-            functools.partial(fire, hass, *args, **kwargs)
-        )
+        hass.loop.call_soon_threadsafe(functools.partial(fire, hass, *args, **kwargs))
 
     @callback
     def enqueue(mule: ScriptedMule, message: Any) -> None:
