@@ -204,8 +204,9 @@ class ExchangingCoordinator[DataT, SettingsT: PeerSettings](DataUpdateCoordinato
         if self._jobs:
             await asyncio.wait(set(self._jobs))
 
-    async def async_phone_here(self, mule: str) -> None:
-        """An encounter with the paired phone `mule` has started here."""
+    async def async_phone_exchanged(self, mule: str) -> None:
+        """The paired phone `mule` took part in an exchange here: it sent a snapshot, or
+        answered one."""
 
     async def async_after_merge(self, context_key: str) -> None:
         """A phone's snapshot changed the model of `context_key` in fixed-data mode."""

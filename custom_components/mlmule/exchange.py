@@ -180,7 +180,6 @@ class Exchange:
             return False
         if actions:
             LOGGER.info("%s: %s is here; offering models", space.settings.name, mule)
-            await space.async_phone_here(mule)
         return bool(actions)
 
     async def async_end(self, space: ExchangeSpace, mule: str, reason: str) -> None:
@@ -255,6 +254,10 @@ class Exchange:
             if isinstance(action, Deliver):
                 self._background(self._async_deliver(action), "mlmule deliver")
             elif isinstance(action, Completed):
+                if (space := self.spaces.get(action.ref.space)) is not None:
+                    self._background(
+                        space.async_phone_exchanged(action.ref.mule), "mlmule phone exchanged"
+                    )
                 LOGGER.info(
                     "%s: %s %s v%s (%s)",
                     action.ref.mule,
@@ -294,6 +297,7 @@ class Exchange:
         entry = self.trust.get(action.ref.mule)
         guest = entry is not None and entry.role is TrustRole.GUEST
         try:
+            await space.async_phone_exchanged(action.ref.mule)
             outcome = await space.async_receive(action.payload, guest=guest, mule=action.ref.mule)
         except SpaceClosed:
             return  # the entry is unloading; the phone's session times out

@@ -132,7 +132,7 @@ class RelayCoordinator(ExchangingCoordinator[RelayStatus, RelaySettings]):
         """Read the phones seen before (at setup, before the first refresh)."""
         self.phones = await self.async_job(load_phones, self.host.root)
 
-    async def async_phone_here(self, mule: str) -> None:
+    async def async_phone_exchanged(self, mule: str) -> None:
         """Count a phone the first time it exchanges here (the set is saved at once)."""
         if mule in self.phones:
             return

@@ -69,10 +69,16 @@ async def settle(hass: HomeAssistant) -> None:
 
 
 async def start_relay(
-    hass: HomeAssistant, hub: MockConfigEntry, tmp_path: Path, phones: dict[str, bool]
+    hass: HomeAssistant,
+    hub: MockConfigEntry,
+    tmp_path: Path,
+    phones: dict[str, bool],
+    *,
+    running: bool = True,
 ) -> dict[str, ScriptedMule]:
     """Set up the hub, pair each phone as a guest (carrying a learned model or the bare
-    starter), then add the office's relay space with each phone's tracker as its presence."""
+    starter), then add the office's relay space with each phone's tracker as its presence.
+    Unless `running`, the phones' companions are not connected: nothing answers the relay."""
     assert await hass.config_entries.async_setup(hub.entry_id)
     await hass.async_block_till_done()
     mules = {
@@ -101,7 +107,7 @@ async def start_relay(
         ),
     )
     await hass.async_block_till_done(wait_background_tasks=True)
-    for mule in mules.values():
+    for mule in mules.values() if running else ():
         await mule.attach()
     await hass.async_block_till_done()
     return mules
@@ -268,6 +274,16 @@ async def test_a_guests_snapshot_is_merged_within_the_guest_bounds_and_handed_ba
     attributes = state(hass, "sensor.office_snapshots_merged").attributes
     assert attributes["versions"] == {KEY: 2}
     assert attributes["last_model_change"][KEY]["reason"] == "undecided_no_window"
+
+
+async def test_a_phone_counts_as_seen_only_once_it_exchanges(
+    hass: HomeAssistant, hub: MockConfigEntry, tmp_path: Path
+) -> None:
+    await start_relay(hass, hub, tmp_path, {"alice-phone": True}, running=False)
+    # its tracker says it is here, but its companion is not running: the offer goes unanswered
+    await walk_in(hass, "alice-phone")
+    assert relay(hub).phones == set()
+    assert state(hass, "sensor.office_phones_seen").state == "0"
 
 
 async def test_a_bad_snapshot_is_rejected_counted_and_changes_nothing(
