@@ -4,6 +4,8 @@ MQTT (the scripted phone of test_exchange runs the real mule protocol), rejectio
 from __future__ import annotations
 
 import json
+import time
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -30,12 +32,15 @@ from custom_components.mlmule.const import (
     DOMAIN,
     SUBENTRY_RELAY,
 )
+from custom_components.mlmule.coordinator import PHONE_ACTIVITY
 from custom_components.mlmule.core import families
 from custom_components.mlmule.core.identity import Identity, PairingCode
 from custom_components.mlmule.core.onnx import load_model
+from custom_components.mlmule.core.protocol import Deliver, Mode
 from custom_components.mlmule.core.starter import load_starter
 from custom_components.mlmule.relay import RelayCoordinator
 from tests.support.ha_fixtures import space_device
+from tests.support.models import learned_elsewhere
 
 RELAY_ID = "office01"
 TRACKERS = {"alice-phone": "device_tracker.alice_phone", "bob-phone": "device_tracker.bob_phone"}
@@ -75,6 +80,8 @@ async def start_relay(
     phones: dict[str, bool],
     *,
     running: bool = True,
+    tasks: tuple[str, ...] = ("occupancy",),
+    kinds: tuple[str, ...] = ("bedroom",),
 ) -> dict[str, ScriptedMule]:
     """Set up the hub, pair each phone as a guest (carrying a learned model or the bare
     starter), then add the office's relay space with each phone's tracker as its presence.
@@ -92,8 +99,8 @@ async def start_relay(
         ConfigSubentry(
             data={
                 "name": "Office",
-                CONF_TASKS: ["occupancy"],
-                CONF_ROOM_KINDS: ["bedroom"],
+                CONF_TASKS: list(tasks),
+                CONF_ROOM_KINDS: list(kinds),
                 CONF_SHARING: "guests",
                 CONF_PRESENCE: {
                     mule.identity.id: {"entity": TRACKERS[name], "state": "Office"}
@@ -111,6 +118,48 @@ async def start_relay(
         await mule.attach()
     await hass.async_block_till_done()
     return mules
+
+
+@dataclass
+class TrainingPhone(ScriptedMule):
+    """A phone in mobile-data mode: it takes the relay's model (the companion would merge it
+    into its own), trains it on what it sensed there (here: moves it as training would) and
+    answers with the result."""
+
+    answered: list[str] = field(default_factory=list)
+
+    def _run(self, actions: list[Any]) -> None:
+        for action in actions:
+            if not (isinstance(action, Deliver) and action.mode is Mode.MOBILE):
+                super()._run([action])
+                continue
+            taken = self.host.adopt(action.payload)
+            assert taken.accepted, taken.detail
+            self._run(
+                self.endpoint.settle(
+                    action.ref.session, action.transfer, accepted=True, reason="ok", now=time.time()
+                )
+            )
+            key = action.snapshot.context_key
+            model = load_model(self.host.slot(key).snapshot.onnx_bytes)
+            self.host.install(
+                learned_elsewhere(model, seed=11),
+                context_key=key,
+                samples=300,
+                data_time=time.time(),
+                replace=True,
+            )
+            slot = self.host.slot(key)
+            self.answered.append(slot.snapshot.sha256)
+            self._run(
+                self.endpoint.reply(
+                    action.ref.session,
+                    slot.offer(),
+                    slot.container,
+                    in_reply_to=action.snapshot.sha256,
+                    now=time.time(),
+                )
+            )
 
 
 def relay(hub: MockConfigEntry) -> RelayCoordinator:
@@ -150,7 +199,7 @@ async def test_flow_creates_a_relay_with_its_keys_sharing_and_presence(
         CONF_ROOM_KINDS: ["office", "kitchen"],
         CONF_SHARING: "guests",
     }
-    for changes, field, error in (
+    for changes, name, error in (
         ({CONF_TASKS: []}, CONF_TASKS, "no_task"),
         ({CONF_ROOM_KINDS: []}, CONF_ROOM_KINDS, "no_room_kind"),
         # no starter model predicts activity for a whole home
@@ -160,7 +209,7 @@ async def test_flow_creates_a_relay_with_its_keys_sharing_and_presence(
             result["flow_id"], {**relay_input, **changes}
         )
         assert result["type"] is FlowResultType.FORM
-        assert result["errors"] == {field: error}
+        assert result["errors"] == {name: error}
     result = await hass.config_entries.subentries.async_configure(result["flow_id"], relay_input)
     # guests may use it: one presence form per paired phone, owners and guests
     assert result["step_id"] == "presence"
@@ -381,3 +430,38 @@ async def test_a_phone_paired_for_the_relay_only_exchanges_there_on_demand(
     await settle(hass)
     assert relay(hub).host.counters["merged"] == 1
     assert len(alice.adopted) == 1
+
+
+async def test_a_phones_trained_activity_model_is_merged_in_mobile_data_mode(
+    hass: HomeAssistant, hub: MockConfigEntry, tmp_path: Path
+) -> None:
+    mules = await start_relay(
+        hass,
+        hub,
+        tmp_path,
+        {"alice-phone": True},
+        running=False,
+        tasks=(PHONE_ACTIVITY,),
+        kinds=("office",),
+    )
+    scripted = mules["alice-phone"]
+    alice = TrainingPhone(scripted.hass, scripted.identity, scripted.host, scripted.endpoint)
+    key = f"{PHONE_ACTIVITY}/office"
+    # a phone in mobile-data mode holds its own activity model from the start
+    alice.host.install(load_model(load_starter(key).onnx_bytes), context_key=key)
+    await alice.attach()
+    office = relay(hub)
+    assert office.exchanged_keys() == {key: Mode.MOBILE}
+    starter = office.host.slot(key).weights
+
+    await walk_in(hass, "alice-phone")
+
+    (answer,) = alice.answered
+    trained = alice.host.slot(key).weights
+    assert office.host.counters["merged"] == 1
+    assert office.host.counters["trained"] == 0
+    assert office.host.slot(key).version == 2
+    assert office.host.last_outcomes[-1].sha256 == answer
+    moved = distance(office.host.slot(key).weights, starter) / distance(trained, starter)
+    assert 0.0 < moved <= 0.5 + 1e-4  # a guest's share, capped
+    assert state(hass, "sensor.office_phones_seen").state == "1"
