@@ -5,7 +5,7 @@ from __future__ import annotations
 import base64
 import binascii
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable, Coroutine
 from functools import wraps
 from pathlib import Path
 from typing import Any
@@ -105,7 +105,7 @@ UNPAIR_SCHEMA = vol.Schema({vol.Required(ATTR_MULE_ID): cv.string})
 EXCHANGE_SCHEMA = vol.Schema({**SPACE_SCHEMA, vol.Required(ATTR_MULE_ID): cv.string})
 
 
-type Handler = Callable[[ServiceCall], Awaitable[ServiceResponse]]
+type Handler = Callable[[ServiceCall], Coroutine[Any, Any, ServiceResponse]]
 
 
 def _translated_errors(handler: Handler) -> Handler:
