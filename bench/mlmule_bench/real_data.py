@@ -276,6 +276,22 @@ def learner_samples(learner: str, recordings: list[Recording]) -> LearnerSamples
     )
 
 
+def on_clock(samples: LearnerSamples, start: float, cut: float, end: float) -> TimeArray:
+    """The samples' times on a benchmark's clock: the first protocol run spread over
+    `[start, cut)` (what is learnt from), the second over `[cut, end)` (the held-out future),
+    each in its own order with its gaps scaled alike."""
+    if not start < cut < end:
+        raise ValueError(f"need start < cut < end, got {start}, {cut}, {end}")
+    times = np.empty_like(samples.t)
+    for run, low, high in ((0, start, cut), (1, cut, end)):
+        chosen = samples.session == run
+        recorded = samples.t[chosen]
+        if recorded.size:
+            span = recorded[-1] - recorded[0] + HOP_SAMPLES / SAMPLE_HZ  # the last stays < high
+            times[chosen] = low + (recorded - recorded[0]) / span * (high - low)
+    return times
+
+
 @cache
 def load_hapt() -> RealDataset:
     """HAPT's 30 volunteers as learners `hapt/user01` ... `hapt/user30` (a few seconds)."""
