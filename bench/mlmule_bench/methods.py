@@ -29,7 +29,7 @@ from mlmule_core import families
 from mlmule_core.families import FamilySpec
 from mlmule_core.host import HostSettings
 from mlmule_core.identity import TrustStore
-from mlmule_core.promotion import PromotionRule
+from mlmule_core.promotion import Change, HeldOut, Labels, PromotionDecision, PromotionRule
 from mlmule_core.protocol import Mode
 from mlmule_core.snapshot import unpack
 from mlmule_core.strategies import (
@@ -171,9 +171,37 @@ class PeerMethod(Method):
         }
 
 
-# A window never large enough to decide: every challenger is served (the rule still holds out
-# the same latest fifth of each training window, so every method trains on the same data).
-SERVE_EVERY_CHANGE = PromotionRule(min_samples=2**62)
+class ServeEveryChange(PromotionRule):
+    """No rule: every challenger is judged as if the host had no labels, and so served (the
+    host still holds out the same latest fifth of each training window, so every method
+    trains on the same data)."""
+
+    def judge(
+        self,
+        predict: Callable[[Weights, HeldOut], Labels],
+        metric: Callable[[Labels, Labels], float],
+        current: Weights,
+        challenger: Weights,
+        window: HeldOut | None,
+        *,
+        context_key: str,
+        change: Change,
+        at: float,
+    ) -> PromotionDecision:
+        del window
+        return super().judge(
+            predict,
+            metric,
+            current,
+            challenger,
+            None,
+            context_key=context_key,
+            change=change,
+            at=at,
+        )
+
+
+SERVE_EVERY_CHANGE = ServeEveryChange()
 
 
 def site_of(unit: Unit) -> SpaceSite:
@@ -550,6 +578,7 @@ class MLMule(PeerMethod):
             training_for=sim.need,
             evaluators=self.evaluators if "gate" in self.strategy_options else None,
             seed=sim.seed,
+            history=sim.history,
             mule_carries=self.mule_carries or sim.config.mule_carries,
         )
 

@@ -24,6 +24,7 @@ import numpy as np
 from mlmule_core import families
 from mlmule_core.host import HELD_BEFORE, UNCHANGED, HostSettings, ModelHost, Outcome
 from mlmule_core.identity import Identity, PeerKind, TrustEntry, TrustRole, TrustStore
+from mlmule_core.promotion import HeldOut
 from mlmule_core.protocol import (
     Action,
     Closed,
@@ -299,9 +300,11 @@ class Exchanges:
         training_for: TrainingFor,
         evaluators: Evaluators | None,
         seed: int,
+        history: float,
         mule_carries: str = "answer",
     ) -> None:
         self.population = population
+        self.history = history  # how far back a host's labelled samples reach
         # fixed-data mode: a phone carries the last space's answer, or merges it into its own
         self.mule_carries = mule_carries
         self.ledger = ledger
@@ -412,6 +415,7 @@ class Exchanges:
             if self._evaluators is not None and space.unit is not None
             else None
         )
+        self._labels_before_training(peer, key, space.unit, now)
         outcome = take(peer, action.payload, now, self.ledger, guest=guest, evaluators=evaluators)
         follow = home.settle(
             action.ref.session,
@@ -466,6 +470,7 @@ class Exchanges:
                     action.payload,
                 )
         else:
+            self._labels_before_training(peer, key, mule.units.get(key), now)
             outcome = take(peer, action.payload, now, self.ledger)
         follow = phone.settle(
             action.ref.session,
@@ -499,6 +504,16 @@ class Exchanges:
         return follow
 
     # -- helpers
+
+    def _labels_before_training(self, peer: Peer, key: str, unit: Unit | None, now: float) -> None:
+        """A host that has not trained yet judges a merge on every labelled sample it holds:
+        no model it serves was trained on them (after its first training, the training's own
+        split takes over)."""
+        if unit is None or peer.host.counters["trained"]:
+            return
+        x, y, _ = unit.window(now, self.history)
+        if y.size:
+            peer.host.hold_out(key, HeldOut.of(x, y))
 
     def _serve(self, home: SpaceEndpoint, space: SpaceApp) -> None:
         key = space.site.context_key

@@ -15,7 +15,7 @@ from typing import Any, Protocol, cast
 import numpy as np
 from mlmule_core.errors import MlmuleError
 from mlmule_core.host import TrainingJob
-from mlmule_core.promotion import split_holdout
+from mlmule_core.promotion import HeldOut, split_holdout
 from mlmule_core.train_numpy import Trainer, TrainReport, train
 from mlmule_core.weights import Weights, copy_weights
 
@@ -136,6 +136,7 @@ class RayExecutor:
                 samples=int(np.asarray(y).shape[0]),
                 data_time=need.data_time,
                 window=window,
+                labelled=HeldOut.of(need.x, need.y),
             )
             try:
                 outcomes.append(job.commit(now=need.now))

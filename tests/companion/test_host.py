@@ -60,14 +60,17 @@ def test_its_own_model_coming_back_changes_nothing(
     assert space.counters["unchanged"] == 1
     assert space.counters["merged"] == 0
     # an older version is remembered across a restart; a model it never held still merges
-    config = TrainConfig(max_epochs=2, seed=0)
-    space.train(KEY, *data(200, 2), config=config, data_time=NOW + 130, now=NOW + 140)
+    # (training long enough that the promotion rule serves it)
+    config = TrainConfig(max_epochs=20, learning_rate=1e-2, seed=0)
+    space.train(KEY, *data(1000, 2), config=config, data_time=NOW + 130, now=NOW + 140)
+    assert space.decisions[KEY].served
     reopened = ModelHost(tmp_path / "space", space.identity, space.trust)
     carried = mule.slot(KEY).state()
     mule.commit(KEY, replace(carried, version=carried.version + 1, created_at=NOW + 150))
     # the space has moved on: an older model of its own
     assert reopened.receive(mule.export(KEY), now=NOW + 160).reason == "held_before"
-    mule.train(KEY, *data(200, 3), config=config, data_time=NOW + 170, now=NOW + 180)
+    mule.train(KEY, *data(1000, 3), config=config, data_time=NOW + 170, now=NOW + 180)
+    assert mule.decisions[KEY].served
     assert reopened.receive(mule.export(KEY), now=NOW + 190).reason == "merged"
 
 

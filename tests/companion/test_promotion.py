@@ -9,16 +9,18 @@ from __future__ import annotations
 
 import math
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from functools import partial
 from pathlib import Path
 
 import numpy as np
+import numpy.typing as npt
 import pytest
 from mlmule_core import families
 from mlmule_core.errors import MlmuleError
 from mlmule_core.host import HostSettings, ModelHost, Outcome, saved_promotions
 from mlmule_core.identity import Identity
+from mlmule_core.metrics import balanced_accuracy
 from mlmule_core.onnx import OnnxModel
 from mlmule_core.promotion import (
     Change,
@@ -36,51 +38,100 @@ from tests.support.hosts import KEY, NOW, data, occupancy_model, trust_of
 TRAINING = TrainConfig(max_epochs=40, learning_rate=1e-2, seed=1)
 
 
-def scored(value: float) -> Weights:
-    """Weights that `by_value` scores as `value`."""
-    return {"score": np.array([value], dtype=np.float32)}
-
-
-def by_value(weights: Weights, _window: HeldOut) -> float:
-    return float(weights["score"][0])
+def labels(n: int, classes: int = 2) -> npt.NDArray[np.int64]:
+    return np.arange(n, dtype=np.int64) % classes
 
 
 def window(n: int, classes: int = 2) -> HeldOut:
-    return HeldOut.of(np.zeros((n, 3)), np.arange(n) % classes)
+    return HeldOut.of(np.zeros((n, 3)), labels(n, classes))
 
 
-def judge(current: float, challenger: float, held: HeldOut | None) -> Verdict:
-    rule = PromotionRule(tolerance=0.01, min_samples=50)
-    return rule.judge(
-        by_value,
-        scored(current),
-        scored(challenger),
-        held,
-        context_key=KEY,
-        change=Change.MERGE,
-        at=NOW,
-    ).verdict
+def predicting(truth: npt.NDArray[np.int64], wrong: Sequence[int]) -> Weights:
+    """Weights that `predictions` reads as `truth` with the samples `wrong` mispredicted."""
+    predicted = truth.copy()
+    predicted[list(wrong)] = 1 - predicted[list(wrong)]
+    return {"predictions": predicted.astype(np.float32)}
+
+
+def predictions(weights: Weights, _window: HeldOut) -> npt.NDArray[np.int64]:
+    return weights["predictions"].astype(np.int64)
+
+
+def judge(
+    current: Weights,
+    challenger: Weights,
+    held: HeldOut | None,
+    change: Change = Change.MERGE,
+    metric: Callable[[npt.NDArray[np.int64], npt.NDArray[np.int64]], float] = balanced_accuracy,
+) -> Verdict:
+    return (
+        PromotionRule()
+        .judge(
+            predictions, metric, current, challenger, held, context_key=KEY, change=change, at=NOW
+        )
+        .verdict
+    )
 
 
 # ---- the rule
 
+TRUTH = labels(200)
+
 
 @pytest.mark.parametrize(
-    ("current", "challenger", "verdict"),
+    ("current", "challenger", "change", "verdict"),
     [
-        (0.90, 0.95, Verdict.PROMOTED),  # better
-        (0.90, 0.90, Verdict.PROMOTED),  # as good
-        (0.90, 0.895, Verdict.PROMOTED),  # worse, within the tolerance
-        (0.90, 0.88, Verdict.KEPT_CURRENT),  # worse beyond it
-        (0.90, math.nan, Verdict.KEPT_CURRENT),  # a score that is no score loses
-        (math.nan, 0.5, Verdict.PROMOTED),  # a current model that cannot be scored is replaced
+        # better by 20 of 200 samples, with no new mistake: far beyond the noise
+        (range(40), range(20), Change.MERGE, Verdict.PROMOTED),
+        # one more sample right, and others wrong instead: a gain within its own noise
+        (range(40), range(30, 69), Change.MERGE, Verdict.KEPT_CURRENT),
+        # worse
+        (range(20), range(40), Change.MERGE, Verdict.KEPT_CURRENT),
+        (range(20), range(40), Change.TRAINING, Verdict.KEPT_CURRENT),
+        # as good, on other samples: nothing shows it is better
+        (range(20), range(100, 120), Change.TRAINING, Verdict.KEPT_CURRENT),
+        # exactly the same predictions: training is served, a merge can only differ unseen
+        (range(20), range(20), Change.TRAINING, Verdict.PROMOTED),
+        (range(20), range(20), Change.MERGE, Verdict.KEPT_CURRENT),
+        (range(20), range(20), Change.ADOPT, Verdict.KEPT_CURRENT),
     ],
 )
-def test_a_worse_challenger_is_kept_out_and_a_better_one_is_served(
-    current: float, challenger: float, verdict: Verdict
+def test_a_challenger_is_served_only_when_the_window_shows_it_no_worse(
+    current: range, challenger: range, change: Change, verdict: Verdict
 ) -> None:
-    assert judge(current, challenger, window(200)) is verdict
+    held = HeldOut.of(np.zeros((200, 3)), TRUTH)
+    assert judge(predicting(TRUTH, current), predicting(TRUTH, challenger), held, change) is verdict
     assert verdict.served == (verdict is Verdict.PROMOTED)
+
+
+def test_how_much_better_depends_on_how_much_the_window_shows() -> None:
+    truth = labels(10)
+    held = HeldOut.of(np.zeros((10, 3)), truth)
+    # on ten samples: two fixed and one broken is a gain of one within its noise; three fixed
+    # and none broken is not
+    assert judge(predicting(truth, range(6)), predicting(truth, [2, 3, 4, 5, 6]), held) is (
+        Verdict.KEPT_CURRENT
+    )
+    assert judge(predicting(truth, range(6)), predicting(truth, range(3)), held) is (
+        Verdict.PROMOTED
+    )
+    # on two hundred: the same counts decide the same way, whatever the gain in score
+    assert judge(
+        predicting(TRUTH, range(60)), predicting(TRUTH, [*range(58), 60]), window(200)
+    ) is (Verdict.KEPT_CURRENT)
+    assert judge(predicting(TRUTH, range(60)), predicting(TRUTH, range(57)), window(200)) is (
+        Verdict.PROMOTED
+    )
+
+
+def test_a_score_that_is_no_score_loses() -> None:
+    def unscorable(truth: npt.NDArray[np.int64], predicted: npt.NDArray[np.int64]) -> float:
+        return math.nan if predicted[0] != truth[0] else balanced_accuracy(truth, predicted)
+
+    held = window(200)
+    broken, fine = predicting(TRUTH, [0]), predicting(TRUTH, range(1, 30))
+    assert judge(fine, broken, held, metric=unscorable) is Verdict.KEPT_CURRENT
+    assert judge(broken, fine, held, metric=unscorable) is Verdict.PROMOTED
 
 
 @pytest.mark.parametrize(
@@ -88,16 +139,28 @@ def test_a_worse_challenger_is_kept_out_and_a_better_one_is_served(
     [
         (None, Verdict.UNDECIDED_NO_WINDOW),
         (window(0), Verdict.UNDECIDED_NO_WINDOW),
-        (window(49), Verdict.UNDECIDED_SMALL_WINDOW),
         (window(500, classes=1), Verdict.UNDECIDED_SMALL_WINDOW),  # one class says nothing
     ],
 )
-def test_a_window_too_small_to_decide_serves_the_challenger(
+def test_a_window_that_cannot_decide_serves_only_where_there_are_no_labels(
     held: HeldOut | None, verdict: Verdict
 ) -> None:
-    # even a challenger that would score far worse: without a window there is no telling
-    assert judge(0.9, 0.1, held) is verdict
-    assert verdict.served
+    # even a challenger that gets every sample wrong: without labels there is no telling; with
+    # labels of one class only, the host keeps what it has
+    n = 0 if held is None else held.samples
+    truth = labels(n, held.classes if held is not None and n else 2)
+    assert judge(predicting(truth, []), predicting(truth, range(n)), held) is verdict
+    assert verdict.served == (verdict is Verdict.UNDECIDED_NO_WINDOW)
+
+
+def test_the_paired_error_counts_only_the_samples_the_models_disagree_on() -> None:
+    held = window(100)
+    same = TRUTH[:100]
+    assert held.paired_error(same, same) == 0.0
+    # 4 disagreements, each weighing 1 / (2 classes x 50 samples)
+    flipped = same.copy()
+    flipped[:4] = 1 - flipped[:4]
+    assert held.paired_error(same, flipped) == pytest.approx(math.sqrt(4) / 100)
 
 
 def test_the_window_is_the_latest_samples_in_time_order() -> None:
@@ -112,11 +175,11 @@ def test_the_window_is_the_latest_samples_in_time_order() -> None:
 
 
 @pytest.mark.parametrize(
-    "options", [{"tolerance": -0.1}, {"min_samples": 0}, {"holdout_fraction": 1.0}]
+    "options", [{"tolerance": -0.1}, {"confidence": -1.0}, {"holdout_fraction": 1.0}]
 )
 def test_a_rule_that_cannot_judge_is_refused(options: dict[str, float]) -> None:
     with pytest.raises(PromotionError):
-        PromotionRule(**options)  # type: ignore[arg-type]
+        PromotionRule(**options)
 
 
 # ---- in the host
@@ -232,6 +295,44 @@ def test_training_that_scores_worse_on_its_held_out_minutes_is_not_served(
     held = space.window(KEY)
     assert held is not None
     assert held.y.tolist() == y[1600:].tolist()
+
+
+def test_training_is_judged_on_its_window_and_a_merge_on_every_labelled_sample(
+    phones: Phones, good: OnnxModel
+) -> None:
+    better = phones.carrying("better", good, 500)
+    space = phones.space(occupancy_model(3))
+    x, y = data(500, 5)
+    space.train(KEY, x, y, config=TRAINING, data_time=NOW + 60, now=NOW + 60)
+    assert space.decisions[KEY].samples == 100  # training: the latest fifth, never trained on
+    window = space.window(KEY)
+    labelled = space.window(KEY, Change.MERGE)
+    assert window is not None
+    assert labelled is not None
+    assert window.y.tolist() == y[400:].tolist()
+    assert labelled.y.tolist() == y.tolist()
+    merged = space.receive(better, now=NOW + 120)
+    assert merged.decision is not None
+    assert merged.decision.samples == 500  # a merge: all of them
+
+
+def test_a_merge_that_changes_no_prediction_the_host_can_check_is_kept_out(
+    phones: Phones, good: OnnxModel
+) -> None:
+    # the same model, nudged: another digest, the same predictions on every labelled sample
+    spec, schema, weights = families.from_onnx(good)
+    shared = families.shared_names(spec)
+    nudged = families.build_onnx(
+        spec, {n: v + np.float32(1e-6) if n in shared else v for n, v in weights.items()}, schema
+    )
+    offered = phones.carrying("nudged", nudged, 500)
+    space = judged_space(phones, good)
+    before = space.slot(KEY)
+    outcome = space.receive(offered, now=NOW + 60)
+    assert (outcome.accepted, outcome.reason) == (False, "kept_current")
+    assert outcome.decision is not None
+    assert outcome.decision.challenger_score == outcome.decision.current_score
+    assert space.slot(KEY).snapshot.sha256 == before.snapshot.sha256
 
 
 def test_the_decision_survives_a_restart_and_shows_in_status(

@@ -236,12 +236,19 @@ def _replay_key(meta: SnapshotMeta) -> str:
     )
 
 
+def predicted(
+    spec: FamilySpec, weights: Mapping[str, FloatArray], x: FloatArray
+) -> npt.NDArray[np.int64]:
+    """The classes `weights` predict for `x`."""
+    pin_blas_threads()
+    return families.predict_classes(spec, families.forward(spec, weights, x))
+
+
 def score(spec: FamilySpec, weights: Mapping[str, FloatArray], x: FloatArray, y: Any) -> float:
     """The task's held-out score: balanced accuracy (binary) or macro-F1 (multi-class)."""
-    pin_blas_threads()
-    predicted = families.predict_classes(spec, families.forward(spec, weights, x))
+    classes = predicted(spec, weights, x)
     labels = np.asarray(y, dtype=np.int64)
-    return balanced_accuracy(labels, predicted) if spec.binary else macro_f1(labels, predicted)
+    return balanced_accuracy(labels, classes) if spec.binary else macro_f1(labels, classes)
 
 
 class TrainingJob:
@@ -256,15 +263,19 @@ class TrainingJob:
         samples: int,
         data_time: float,
         window: HeldOut | None = None,
+        labelled: HeldOut | None = None,
     ) -> None:
         """`window`: the latest labelled samples, kept out of `trainer`'s data, on which the
-        promotion rule judges the result (`promotion.split_holdout`)."""
+        promotion rule judges the result (`promotion.split_holdout`); `labelled`: every
+        labelled sample of the run, window included, on which later merges are judged (see
+        `ModelHost.hold_out`)."""
         self._host = host
         self.context_key = context_key
         self._trainer = trainer
         self._samples = samples
         self._data_time = data_time
         self._window = window
+        self._labelled = labelled
         self._base_version = host.slot(context_key).version
         self.decision: PromotionDecision | None = None
 
@@ -288,7 +299,7 @@ class TrainingJob:
                 )
             now = host.settings.clock() if now is None else now
             if self._window is not None:
-                host.hold_out(self.context_key, self._window)
+                host.hold_out(self.context_key, self._window, labelled=self._labelled)
             self.decision = host.judge(self.context_key, Change.TRAINING, weights, now=now)
             host.counters["trained"] += 1
             if self.decision.served:
@@ -345,8 +356,10 @@ class ModelHost:
         self.promotions: Counter[str] = Counter()
         self.decisions: dict[str, PromotionDecision] = {}
         self.last_outcomes: list[Outcome] = []
-        # the latest labelled samples per context key that the served model was not trained on
+        # per context key: the latest labelled samples that the served model's training did not
+        # see, and every labelled sample of that training (see `hold_out`)
         self._windows: dict[str, HeldOut] = {}
+        self._labelled: dict[str, HeldOut] = {}
         self._slots: dict[str, ModelSlot] = {}
         self._strategies: dict[str, Strategy] = {}
         self._strategy_state: dict[str, object] = {}
@@ -438,14 +451,23 @@ class ModelHost:
 
     # ---- promotion
 
-    def hold_out(self, context_key: str, window: HeldOut) -> None:
-        """Judge the next changes of `context_key` on `window`: the latest labelled samples,
-        which the served model was not trained on (training sets it from its own split)."""
+    def hold_out(
+        self, context_key: str, window: HeldOut, *, labelled: HeldOut | None = None
+    ) -> None:
+        """Judge the next changes of `context_key` on what the host knows: training on
+        `window`, the latest labelled samples, which it does not train on (training sets it
+        from its own split); a merge, an adopt or an import on `labelled` (default `window`),
+        every labelled sample the host holds. The challenger of a merge was not trained on
+        them, and the larger set decides where the window alone is a handful of samples; that
+        the served model was trained on most of them only favours keeping it."""
         with self.lock:
             self._windows[context_key] = window
+            self._labelled[context_key] = window if labelled is None else labelled
 
-    def window(self, context_key: str) -> HeldOut | None:
-        return self._windows.get(context_key)
+    def window(self, context_key: str, change: Change = Change.TRAINING) -> HeldOut | None:
+        """Where a `change` of `context_key` is judged (see `hold_out`); None: nowhere yet."""
+        windows = self._windows if change is Change.TRAINING else self._labelled
+        return windows.get(context_key)
 
     def judge(
         self,
@@ -457,15 +479,16 @@ class ModelHost:
         window: HeldOut | None = None,
     ) -> PromotionDecision:
         """The promotion rule's decision on replacing the served model by `challenger`, on
-        `window` (default: the window this host holds out for the key); logged and counted."""
+        `window` (default: where this host judges a `change`, `window()`); logged and counted."""
         with self.lock:
             slot = self.slot(context_key)
             spec = slot.spec
             decision = self.settings.promotion.judge(
-                lambda weights, held: score(spec, weights, held.x, held.y),
+                lambda weights, held: predicted(spec, weights, held.x),
+                balanced_accuracy if spec.binary else macro_f1,
                 slot.weights,
                 challenger,
-                self._windows.get(context_key) if window is None else window,
+                self.window(context_key, change) if window is None else window,
                 context_key=context_key,
                 change=change,
                 at=now,
@@ -502,6 +525,7 @@ class ModelHost:
         `x`, `y` are time-ordered; the latest `promotion.holdout_fraction` of them are held out
         of training, and the promotion rule judges the result on them."""
         train_x, train_y, window = split_holdout(x, y, self.settings.promotion.holdout_fraction)
+        labelled = HeldOut.of(x, y)
         with self.lock:
             slot = self.slot(context_key)
             trainer = Trainer(slot.spec, slot.weights, train_x, train_y, config)
@@ -512,6 +536,7 @@ class ModelHost:
                 samples=int(train_y.shape[0]),
                 data_time=data_time,
                 window=window,
+                labelled=labelled,
             )
 
     def train(
@@ -572,7 +597,7 @@ class ModelHost:
             digest = weights_digest(incoming.weights)
             if digest in held:
                 return self._held_again(snapshot, slot, current=digest == held[-1])
-            held_out = self._windows.get(slot.context_key) if window is None else window
+            held_out = self.window(slot.context_key, Change.MERGE) if window is None else window
             evaluate = (evaluators or {}).get(slot.context_key)
             if evaluate is None and self.settings.promotion.decisive(held_out):
                 assert held_out is not None
