@@ -196,9 +196,12 @@ def home_snapshot(root: Path, home: Identity, *, trained: bool = False) -> bytes
     )
     if trained:
         rng = np.random.default_rng(0)
-        x = rng.normal(size=(200, starter.schema.n_inputs)).astype(np.float32)
+        x = rng.normal(size=(1000, starter.schema.n_inputs)).astype(np.float32)
         y = (x[:, 0] > 0).astype(np.int64)
-        host.train(KEY, x, y, config=TrainConfig(max_epochs=2, seed=0), data_time=now, now=now)
+        # long enough that the promotion rule serves it
+        config = TrainConfig(max_epochs=40, learning_rate=3e-2, seed=0)
+        host.train(KEY, x, y, config=config, data_time=now, now=now)
+        assert host.decisions[KEY].served
     return host.export(KEY)
 
 

@@ -159,8 +159,10 @@ def hosts(tmp_path: Path, **settings: Any) -> tuple[ModelHost, ModelHost]:
 def test_training_sets_trained_at_and_adopting_keeps_it(tmp_path: Path) -> None:
     space, mule = hosts(tmp_path)
     assert space.slot(KEY).meta.last_trained == NOW  # a starter: as old as its data
-    config = TrainConfig(max_epochs=2, seed=0)
-    space.train(KEY, *data(300, 1), config=config, data_time=NOW + 10, now=NOW + 600)
+    # (training long enough that the promotion rule serves it)
+    config = TrainConfig(max_epochs=20, learning_rate=1e-2, seed=0)
+    space.train(KEY, *data(1000, 1), config=config, data_time=NOW + 10, now=NOW + 600)
+    assert space.decisions[KEY].served
     assert space.slot(KEY).meta.trained_at == NOW + 600
     # a mule re-signs what it adopts: newer created_at, the same training time
     assert mule.adopt(space.export(KEY), now=NOW + 7200).accepted
