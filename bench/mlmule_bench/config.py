@@ -15,9 +15,11 @@ from typing import Any
 
 from mlmule_core.train_numpy import TrainConfig
 
-TASKS = ("occupancy", "phone_activity", "digits", "paper")
+TASKS = ("occupancy", "phone_activity", "digits", "paper", "hapt")
 FIXED_DATA_TASKS = frozenset({"occupancy", "digits", "paper"})  # the space holds the data
 DATASET_TASKS = frozenset({"digits", "paper"})  # a data set dealt out to the homes over time
+# tasks whose spaces are whole homes: a phone meets the space when it arrives at the home
+HOME_SPACE_TASKS = frozenset({*DATASET_TASKS, "hapt"})
 METHODS = (
     "local",
     "centralized",
@@ -134,6 +136,7 @@ class BenchConfig:
             "phone_activity": 0.5,
             "digits": 0.8,
             "paper": 0.9,
+            "hapt": 0.8,
         }
     )
 

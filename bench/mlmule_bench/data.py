@@ -34,6 +34,15 @@ from mlmule_world import World, WorldConfig, generate_world
 from mlmule_world.config import stream
 
 from .config import DAY, FIXED_DATA_TASKS, BenchConfig
+from .real_data import (
+    HAPT_KEY,
+    HAPT_KIND,
+    hapt_initial,
+    hapt_schema,
+    hapt_spec,
+    load_hapt,
+    on_clock,
+)
 
 FloatArray = npt.NDArray[np.float32]
 IntArray = npt.NDArray[np.int64]
@@ -163,6 +172,8 @@ def build_task(config: BenchConfig, world: World, task: str, seed: int) -> TaskD
         return _phone_activity(config, world, seed)
     if task == "paper":
         return _paper(config, world, seed)
+    if task == "hapt":
+        return _hapt(config, world, seed)
     return _digits(config, world, seed)
 
 
@@ -304,6 +315,42 @@ def _paper(config: BenchConfig, world: World, seed: int) -> TaskData:
         labels=labels,
         owner=owner,
         rng=rng,
+    )
+
+
+def _hapt(config: BenchConfig, world: World, seed: int) -> TaskData:
+    """Real phones: UCI HAPT's volunteers, one per world person in person order (as many as
+    both have), each a mobile-data learner whose phone meets its home's whole-home space. A
+    volunteer's first protocol run arrives over the learning period, the second is the held-out
+    future; the labels are the video annotations, so observed and true labels are the same."""
+    cut = held_out_start(config, world)
+    end = world.start + config.days * DAY
+    units = [
+        _split_unit(
+            f"{person.phone_id}/{HAPT_KIND}",
+            HAPT_KEY,
+            learner=person.phone_id,
+            home=person.home_id,
+            times=on_clock(samples, world.start, cut, end),
+            x=samples.x,
+            observed=samples.y,
+            truth=samples.y,
+            cut=cut,
+        )
+        for person, samples in zip(world.people, load_hapt().learners, strict=False)
+    ]
+    homes = [home.home_id for home in world.homes]
+    hidden = config.digits_hidden
+    architecture = Architecture(
+        hapt_spec(hidden), hapt_schema(), hapt_initial(hidden, stream(seed, "init", HAPT_KEY))
+    )
+    return TaskData(
+        "hapt",
+        "mobile",
+        _usable(units, config),
+        tuple(SpaceSite(home, HOME_SPACE, HAPT_KEY) for home in homes),
+        {HAPT_KEY: architecture},
+        {(home, HOME_SPACE): HAPT_KIND for home in homes},
     )
 
 

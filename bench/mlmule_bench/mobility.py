@@ -21,7 +21,7 @@ import numpy as np
 from mlmule_world import World
 from mlmule_world.residents import ELSEWHERE_CODE
 
-from .config import HOUR, BenchConfig
+from .config import HOME_SPACE_TASKS, HOUR, BenchConfig
 from .data import HOME_SPACE, RELAY_SPACE, TaskData
 
 
@@ -55,7 +55,7 @@ def visits(config: BenchConfig, world: World, data: TaskData, end: float) -> lis
     """Phones entering spaces (and relay places) before `end`, at most one per (space, phone)
     per cooldown."""
     raw = _place_entries(world, end, homes=False) if config.relays else []
-    if data.task in {"digits", "paper"}:
+    if data.task in HOME_SPACE_TASKS:
         raw += _place_entries(world, end, homes=True)
     else:
         raw += [

@@ -35,6 +35,7 @@ TITLES = {
     "phone_activity": "phone activity (mobile data)",
     "digits": "digits, Dirichlet label skew",
     "paper": "paper: digit subsets per group",
+    "hapt": "real phones (UCI HAPT)",
 }
 
 

@@ -23,6 +23,7 @@ METRICS = {
     "phone_activity": "macro_f1",
     "digits": "macro_f1",
     "paper": "macro_f1",
+    "hapt": "macro_f1",
 }
 LEDGER_FIGURES = (
     "bytes_moved",
