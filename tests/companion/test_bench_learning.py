@@ -3,18 +3,13 @@
 from __future__ import annotations
 
 import json
-import sys
 from pathlib import Path
 from typing import Any
 
 import pytest
-
-ROOT = Path(__file__).resolve().parents[2]
-sys.path.insert(0, str(ROOT / "bench"))  # the benchmark package is not installed
-
-from mlmule_bench.__main__ import main  # noqa: E402
-from mlmule_bench.config import GLOBAL_METHODS, METHODS, MLMULE_METHODS, PRESETS  # noqa: E402
-from mlmule_bench.results import ENTRY_KEYS, check_document  # noqa: E402
+from mlmule_bench.__main__ import main
+from mlmule_bench.config import GLOBAL_METHODS, METHODS, MLMULE_METHODS, PRESETS
+from mlmule_bench.results import ENTRY_KEYS, check_document
 
 TINY = PRESETS["tiny"]
 

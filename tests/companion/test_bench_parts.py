@@ -4,18 +4,13 @@ through the product's protocol endpoints."""
 from __future__ import annotations
 
 import json
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
-
-ROOT = Path(__file__).resolve().parents[2]
-sys.path.insert(0, str(ROOT / "bench"))  # the benchmark package is not installed
-
-from mlmule_bench.__main__ import sweep_values, swept  # noqa: E402
-from mlmule_bench.config import PRESETS, BenchConfig, BenchConfigError, load_config  # noqa: E402
-from mlmule_bench.data import (  # noqa: E402
+from mlmule_bench.__main__ import sweep_values, swept
+from mlmule_bench.config import PRESETS, BenchConfig, BenchConfigError, load_config
+from mlmule_bench.data import (
     DIGITS_KEY,
     RELAY_SPACE,
     Unit,
@@ -24,8 +19,8 @@ from mlmule_bench.data import (  # noqa: E402
     dirichlet_partition,
     held_out_start,
 )
-from mlmule_bench.methods import FedAvg, FedAvgFineTuned, Gossip, MLMule  # noqa: E402
-from mlmule_bench.mobility import (  # noqa: E402
+from mlmule_bench.methods import FedAvg, FedAvgFineTuned, Gossip, MLMule
+from mlmule_bench.mobility import (
     Meeting,
     Visit,
     exchange_places,
@@ -33,15 +28,15 @@ from mlmule_bench.mobility import (  # noqa: E402
     relay_places,
     visits,
 )
-from mlmule_bench.peers import Budget, Exchanges, Peer  # noqa: E402
-from mlmule_bench.results import spread, time_to_target  # noqa: E402
-from mlmule_bench.simulate import Method, Simulation  # noqa: E402
-from mlmule_bench.training import LocalExecutor  # noqa: E402
-from mlmule_core.families import FamilySpec  # noqa: E402
-from mlmule_core.protocol.wire import decode_chunk, decode_control, is_chunk  # noqa: E402
-from mlmule_core.snapshot import verify_container  # noqa: E402
-from mlmule_core.weights import Weights, weights_digest  # noqa: E402
-from mlmule_world.residents import ELSEWHERE_CODE  # noqa: E402
+from mlmule_bench.peers import Budget, Exchanges, Peer
+from mlmule_bench.results import spread, time_to_target
+from mlmule_bench.simulate import Method, Simulation
+from mlmule_bench.training import LocalExecutor
+from mlmule_core.families import FamilySpec
+from mlmule_core.protocol.wire import decode_chunk, decode_control, is_chunk
+from mlmule_core.snapshot import verify_container
+from mlmule_core.weights import Weights, weights_digest
+from mlmule_world.residents import ELSEWHERE_CODE
 
 TINY = PRESETS["tiny"]
 

@@ -2,19 +2,13 @@
 
 from __future__ import annotations
 
-import sys
 from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
 import ray
-
-ROOT = Path(__file__).resolve().parents[2]
-sys.path.insert(0, str(ROOT / "bench"))  # the benchmark package is not installed
-
-from mlmule_bench.config import PRESETS  # noqa: E402
-from mlmule_bench.run import run_task  # noqa: E402
-from mlmule_bench.training import LocalExecutor, RayExecutor  # noqa: E402
+from mlmule_bench.config import PRESETS
+from mlmule_bench.run import run_task
+from mlmule_bench.training import LocalExecutor, RayExecutor
 
 TINY = PRESETS["tiny"]
 METHODS = ["local", "fedavg", "mlmule"]

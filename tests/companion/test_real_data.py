@@ -7,16 +7,10 @@ import gzip
 import hashlib
 import io
 import pickle
-import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
-
-ROOT = Path(__file__).resolve().parents[2]
-sys.path.insert(0, str(ROOT / "bench"))  # the benchmark package is not installed
-
-from mlmule_bench.real_data import (  # noqa: E402
+from mlmule_bench.real_data import (
     HAPT_ACTIVITIES,
     HAPT_FEATURES,
     HAPT_KIND,
