@@ -24,6 +24,7 @@ from homeassistant.helpers.typing import ConfigType
 from .const import (
     CONF_ACTIVITY_LABEL,
     CONF_ADVANCED,
+    CONF_EXCHANGE_MODE,
     CONF_GATE_EPSILON,
     CONF_HALF_LIFE_HOURS,
     CONF_HISTORY_DAYS,
@@ -34,6 +35,7 @@ from .const import (
     CONF_MAX_SNAPSHOT_MIB,
     CONF_MAX_UNAVAILABLE,
     CONF_MIN_HOLD,
+    CONF_MODEL_SIZE,
     CONF_OCCUPANCY_LABEL,
     CONF_OCCUPANCY_LABEL_STATE,
     CONF_OFF_THRESHOLD,
@@ -48,16 +50,19 @@ from .const import (
     CONF_TASKS,
     CONF_TOPIC_PREFIX,
     DATA_CLOCK,
+    DEFAULT_EXCHANGE_MODE,
     DEFAULT_GATE_EPSILON,
     DEFAULT_HALF_LIFE_HOURS,
     DEFAULT_HISTORY_DAYS,
     DEFAULT_MAX_SNAPSHOT_MIB,
     DEFAULT_MAX_UNAVAILABLE,
+    DEFAULT_MODEL_SIZE,
     DEFAULT_STRATEGY,
     DOMAIN,
     LOGGER,
     SUBENTRY_RELAY,
     SUBENTRY_SPACE,
+    ExchangeMode,
     Sharing,
 )
 from .coordinator import (
@@ -309,6 +314,8 @@ async def _async_create_space(
         ),
         max_unavailable=advanced.get(CONF_MAX_UNAVAILABLE, DEFAULT_MAX_UNAVAILABLE),
         history_days=int(entry.options.get(CONF_HISTORY_DAYS, DEFAULT_HISTORY_DAYS)),
+        model_size=data.get(CONF_MODEL_SIZE, DEFAULT_MODEL_SIZE),
+        exchange_mode=ExchangeMode(data.get(CONF_EXCHANGE_MODE, DEFAULT_EXCHANGE_MODE)),
     )
     inputs = space_inputs(hass, subentry)
     clock = replay_clock(hass)

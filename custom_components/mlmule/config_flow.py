@@ -28,6 +28,7 @@ from .const import (
     CONF_ACTIVITY_LABEL,
     CONF_ADVANCED,
     CONF_AREA,
+    CONF_EXCHANGE_MODE,
     CONF_GATE_EPSILON,
     CONF_HALF_LIFE_HOURS,
     CONF_HISTORY_DAYS,
@@ -38,6 +39,7 @@ from .const import (
     CONF_MAX_SNAPSHOT_MIB,
     CONF_MAX_UNAVAILABLE,
     CONF_MIN_HOLD,
+    CONF_MODEL_SIZE,
     CONF_OCCUPANCY_LABEL,
     CONF_OCCUPANCY_LABEL_STATE,
     CONF_OFF_THRESHOLD,
@@ -51,19 +53,23 @@ from .const import (
     CONF_STRATEGY,
     CONF_TASKS,
     CONF_TOPIC_PREFIX,
+    DEFAULT_EXCHANGE_MODE,
     DEFAULT_GATE_EPSILON,
     DEFAULT_HALF_LIFE_HOURS,
     DEFAULT_HISTORY_DAYS,
     DEFAULT_MAX_SNAPSHOT_MIB,
     DEFAULT_MAX_UNAVAILABLE,
     DEFAULT_MIN_HOLD,
+    DEFAULT_MODEL_SIZE,
     DEFAULT_OFF_THRESHOLD,
     DEFAULT_ON_THRESHOLD,
     DEFAULT_STRATEGY,
     DEFAULT_TOPIC_PREFIX,
     DOMAIN,
+    MODEL_SIZES,
     SUBENTRY_RELAY,
     SUBENTRY_SPACE,
+    ExchangeMode,
     Sharing,
     Task,
 )
@@ -130,6 +136,12 @@ SPACE_SCHEMA = vol.Schema(
         ),
         vol.Required(CONF_SHARING, default=Sharing.OWNERS.value): _choice(
             [s.value for s in Sharing], "sharing"
+        ),
+        vol.Required(CONF_MODEL_SIZE, default=DEFAULT_MODEL_SIZE): _choice(
+            list(MODEL_SIZES), "model_size"
+        ),
+        vol.Required(CONF_EXCHANGE_MODE, default=DEFAULT_EXCHANGE_MODE.value): _choice(
+            [m.value for m in ExchangeMode], "exchange_mode"
         ),
     }
 )

@@ -48,6 +48,8 @@ CONF_ON_THRESHOLD: Final = "on_threshold"
 CONF_OFF_THRESHOLD: Final = "off_threshold"
 CONF_MIN_HOLD: Final = "min_hold_seconds"
 CONF_MAX_UNAVAILABLE: Final = "max_unavailable_fraction"
+CONF_MODEL_SIZE: Final = "model_size"  # which family of its tasks' models the space runs
+CONF_EXCHANGE_MODE: Final = "exchange_mode"  # what the space swaps with phones
 
 # relay subentry data (with name, tasks, sharing and presence as a space's)
 CONF_ROOM_KINDS: Final = "room_kinds"
@@ -64,6 +66,10 @@ DEFAULT_HALF_LIFE_HOURS: Final = Staleness().half_life / HOUR
 DEFAULT_GATE_EPSILON: Final = 0.02
 DEFAULT_MAX_SNAPSHOT_MIB: Final = DEFAULT_LIMITS.max_bytes // 2**20
 
+# the model sizes a space may run (the model zoo's family presets, smallest first)
+MODEL_SIZES: Final = ("compact", "large")
+DEFAULT_MODEL_SIZE: Final = "compact"
+
 # the core's defaults, offered in the options
 DEFAULT_ON_THRESHOLD: Final = HysteresisConfig().on_threshold
 DEFAULT_OFF_THRESHOLD: Final = HysteresisConfig().off_threshold
@@ -74,6 +80,27 @@ DEFAULT_MAX_UNAVAILABLE: Final = 0.5
 class Task(StrEnum):
     OCCUPANCY = "occupancy"
     ACTIVITY = "activity"
+
+
+class ExchangeMode(StrEnum):
+    """What a space swaps with phones: model weights (merged within one family), knowledge (its
+    model's predictions on the shared proxy set, distilled across families), or both."""
+
+    WEIGHTS = "weights"
+    KNOWLEDGE = "knowledge"
+    BOTH = "both"
+
+    @property
+    def weights(self) -> bool:
+        return self is not ExchangeMode.KNOWLEDGE
+
+    @property
+    def knowledge(self) -> bool:
+        return self is not ExchangeMode.WEIGHTS
+
+
+# until the benchmark's heterogeneous setting picks another (bench/results/knowledge.json)
+DEFAULT_EXCHANGE_MODE: Final = ExchangeMode.WEIGHTS
 
 
 class Sharing(StrEnum):

@@ -24,7 +24,14 @@ from homeassistant.helpers.event import async_track_state_change_event
 from homeassistant.helpers.update_coordinator import DataUpdateCoordinator, UpdateFailed
 from homeassistant.util import dt as dt_util
 
-from .const import DOMAIN, LOGGER, Task
+from .const import (
+    DEFAULT_EXCHANGE_MODE,
+    DEFAULT_MODEL_SIZE,
+    DOMAIN,
+    LOGGER,
+    ExchangeMode,
+    Task,
+)
 from .core.clock import ReplayClock
 from .core.errors import MlmuleError
 from .core.host import HostError, ModelHost, Outcome, TrainingJob
@@ -67,6 +74,8 @@ class SpaceSettings:
     hysteresis: HysteresisConfig
     max_unavailable: float
     history_days: int
+    model_size: str = DEFAULT_MODEL_SIZE
+    exchange_mode: ExchangeMode = DEFAULT_EXCHANGE_MODE
 
     def context_key(self, task: str) -> str:
         return f"{task}/{self.room_kind}"

@@ -7,7 +7,7 @@ from typing import Any
 import pytest
 from homeassistant.config_entries import SOURCE_RECONFIGURE, SOURCE_USER
 from homeassistant.core import HomeAssistant
-from homeassistant.data_entry_flow import FlowResultType
+from homeassistant.data_entry_flow import FlowResultType, InvalidData
 from homeassistant.helpers import area_registry as ar
 from homeassistant.helpers import entity_registry as er
 from pytest_homeassistant_custom_component.common import MockConfigEntry
@@ -17,12 +17,14 @@ from custom_components.mlmule.const import (
     CONF_ACTIVITY_LABEL,
     CONF_ADVANCED,
     CONF_AREA,
+    CONF_EXCHANGE_MODE,
     CONF_HOLD_ONLY,
     CONF_HOME_NAME,
     CONF_INPUT_ROLES,
     CONF_INPUTS,
     CONF_MAX_UNAVAILABLE,
     CONF_MIN_HOLD,
+    CONF_MODEL_SIZE,
     CONF_OCCUPANCY_LABEL,
     CONF_OCCUPANCY_LABEL_STATE,
     CONF_OFF_THRESHOLD,
@@ -312,3 +314,62 @@ async def test_presence_step_asks_for_each_paired_phone(
     # the update listener rebuilt the hub with the new space
     await hass.async_block_till_done(wait_background_tasks=True)
     assert subentry.subentry_id in hub.runtime_data.spaces
+
+
+async def test_model_size_and_exchange_mode_default_and_reconfigure(
+    hass: HomeAssistant, hub: MockConfigEntry, bedroom: str
+) -> None:
+    result = await start_space_flow(hass, hub)
+    fields = {str(key): key for key in result["data_schema"].schema}
+    # a new space runs compact models and exchanges weights until told otherwise
+    assert fields[CONF_MODEL_SIZE].default() == "compact"
+    assert fields[CONF_EXCHANGE_MODE].default() == "weights"
+    space = {
+        "name": "Bedroom",
+        CONF_AREA: bedroom,
+        CONF_ROOM_KIND: "bedroom",
+        CONF_TASKS: ["occupancy"],
+        CONF_SHARING: "owners",
+    }
+    inputs = {
+        CONF_INPUTS: ["binary_sensor.bed_motion"],
+        CONF_OCCUPANCY_LABEL: ["sensor.phone_room"],
+        CONF_ADVANCED: ADVANCED,
+    }
+    result = dict(await hass.config_entries.subentries.async_configure(result["flow_id"], space))
+    await hass.config_entries.subentries.async_configure(result["flow_id"], inputs)
+    (subentry_id,) = hub.subentries
+    assert hub.subentries[subentry_id].data[CONF_MODEL_SIZE] == "compact"
+    assert hub.subentries[subentry_id].data[CONF_EXCHANGE_MODE] == "weights"
+
+    result = dict(
+        await hass.config_entries.subentries.async_init(
+            (hub.entry_id, SUBENTRY_SPACE),
+            context={"source": SOURCE_RECONFIGURE, "subentry_id": subentry_id},
+        )
+    )
+    suggested = {
+        str(key): key.description["suggested_value"]
+        for key in result["data_schema"].schema
+        if key.description and "suggested_value" in key.description
+    }
+    assert suggested[CONF_EXCHANGE_MODE] == "weights"
+    result = dict(
+        await hass.config_entries.subentries.async_configure(
+            result["flow_id"], {**space, CONF_MODEL_SIZE: "large", CONF_EXCHANGE_MODE: "both"}
+        )
+    )
+    result = dict(await hass.config_entries.subentries.async_configure(result["flow_id"], inputs))
+    assert result["reason"] == "reconfigure_successful"
+    assert hub.subentries[subentry_id].data[CONF_MODEL_SIZE] == "large"
+    assert hub.subentries[subentry_id].data[CONF_EXCHANGE_MODE] == "both"
+    # a size or mode the selector does not offer is refused by the form
+    result = dict(
+        await hass.config_entries.subentries.async_init(
+            (hub.entry_id, SUBENTRY_SPACE), context={"source": SOURCE_USER}
+        )
+    )
+    with pytest.raises(InvalidData):
+        await hass.config_entries.subentries.async_configure(
+            result["flow_id"], {**space, CONF_EXCHANGE_MODE: "gossip"}
+        )

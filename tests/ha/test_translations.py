@@ -11,6 +11,7 @@ from pathlib import Path
 
 import yaml
 
+from custom_components.mlmule.const import MODEL_SIZES, ExchangeMode
 from custom_components.mlmule.repairs import (
     ISSUE_INPUT_MISSING,
     ISSUE_LABEL_MISSING,
@@ -78,5 +79,7 @@ def test_every_selector_option_is_translated() -> None:
         "relay_task": ["occupancy", "activity", "phone_activity"],
         "sharing": ["owners", "guests"],
         "strategy": ["mlmule", "fedasync", "fedavg"],
+        "model_size": list(MODEL_SIZES),
+        "exchange_mode": [mode.value for mode in ExchangeMode],
     }.items():
         assert set(EN["selector"][key]["options"]) == set(options), key
