@@ -35,6 +35,7 @@ from .wire import (
     Nack,
     Offer,
     OfferEntry,
+    PayloadKind,
     Request,
     Result,
     Signer,
@@ -45,13 +46,16 @@ from .wire import (
 )
 
 Holding = tuple[SnapshotInfo, bytes]
+Kinds = frozenset[PayloadKind]
+WEIGHTS_ONLY: Kinds = frozenset({PayloadKind.WEIGHTS})
 
 
 class WantPolicy(Protocol):
     """Decides which of the peer's offered snapshots to fetch.
 
-    `ours` is what this side offered for the same context key in this session, if anything.
-    The encounter has already skipped what it holds or fetched before, and what is too large.
+    `ours` is the weights this side offered for the same context key in this session, if any.
+    The encounter has already skipped what it holds or fetched before, what is too large, and
+    payload kinds this side does not exchange for the key.
     """
 
     def wants(self, role: PeerKind, entry: OfferEntry, ours: SnapshotInfo | None) -> bool: ...
@@ -63,10 +67,15 @@ class MlMulePolicy:
     The leader (the space in fixed-data mode, the mule in mobile-data mode) fetches the follower's
     snapshot. The follower fetches the leader's answer to its own snapshot, or the leader's
     snapshot outright if it has none for the key. Snapshots of another architecture never merge.
+
+    Knowledge has no leader: each side that exchanges it fetches the other's, whatever its
+    family, caches it and distils from it.
     """
 
     def wants(self, role: PeerKind, entry: OfferEntry, ours: SnapshotInfo | None) -> bool:
         theirs = entry.snapshot
+        if theirs is not None and theirs.kind is PayloadKind.KNOWLEDGE:
+            return True
         if theirs is None or (ours is not None and ours.arch != theirs.arch):
             return False
         if role is leader_of(entry.mode):
@@ -149,7 +158,8 @@ class Encounter:
         role: PeerKind,
         topic_out: str,
         modes: dict[str, Mode],
-        current: Callable[[str], Holding | None],
+        current: Callable[[str, PayloadKind], Holding | None],
+        kinds: Callable[[str], Kinds],
         now: float,
     ) -> None:
         self.ref = ref
@@ -160,6 +170,7 @@ class Encounter:
         self._config = shared.config
         self._topic_out = topic_out
         self._current = current
+        self._kinds = kinds  # the payload kinds this side exchanges for a context key
         self._peer_id = ref.mule if role is PeerKind.SPACE else ref.home
         self._out: list[Action] = []
         self._send_seq = 0
@@ -171,7 +182,8 @@ class Encounter:
         self._offers_sent = 0
         self._unanswered: dict[int, Offer] = {}  # our offers the peer has not answered yet
         self._answers: dict[int, Request] = {}  # our answer to each offer of the peer
-        self._ours: dict[str, SnapshotInfo] = {}  # latest snapshot we offered per context key
+        self._ours: dict[str, SnapshotInfo] = {}  # latest weights we offered per context key
+        self._knowledge_offered: set[str] = set()  # context keys we offered knowledge for
         self._offered: dict[str, tuple[OfferEntry, bytes]] = {}  # by sha256
         self._theirs: dict[str, OfferEntry] = {}  # the peer's offered snapshots, by sha256
         self._answered_from_current: set[str] = set()  # peer sha256 we answered unfetched
@@ -191,17 +203,23 @@ class Encounter:
         self, holdings: Iterable[tuple[OfferEntry, bytes | None]], now: float
     ) -> list[Action]:
         """Offer snapshots (or say we have none, with a payload of None) for context keys."""
+        self._offer(holdings, now)
+        return self._flush()
+
+    def _offer(self, holdings: Iterable[tuple[OfferEntry, bytes | None]], now: float) -> None:
         entries: list[OfferEntry] = []
         for entry, payload in holdings:
             entries.append(entry)
             if entry.snapshot is not None and payload is not None:
                 self._offered[entry.snapshot.sha256] = (entry, payload)
-                self._ours[entry.context_key] = entry.snapshot
+                if entry.kind is PayloadKind.KNOWLEDGE:
+                    self._knowledge_offered.add(entry.context_key)
+                else:
+                    self._ours[entry.context_key] = entry.snapshot
         self._offers_sent += 1
         offer = Offer(self._offers_sent, tuple(entries))
         self._unanswered[offer.number] = offer
         self._send(offer, now)
-        return self._flush()
 
     def reply(
         self, snapshot: SnapshotInfo, payload: bytes, in_reply_to: str | None, now: float
@@ -340,6 +358,29 @@ class Encounter:
         for sha in want:
             self._requested[sha] = _Requested(offer.number, now)
         self._send(answer, now)
+        self._offer_knowledge_back(offer, now)
+
+    def _offer_knowledge_back(self, offer: Offer, now: float) -> None:
+        """Offer our knowledge for the keys the peer offered knowledge for, once a session.
+
+        Knowledge is only ever offered to a peer that offered some first: that proves it reads
+        the `kind` field, which a peer that predates knowledge would refuse whole.
+        """
+        holdings: list[tuple[OfferEntry, bytes | None]] = []
+        for entry in offer.entries:
+            key = entry.context_key
+            if (
+                entry.kind is not PayloadKind.KNOWLEDGE
+                or key in self._knowledge_offered
+                or PayloadKind.KNOWLEDGE not in self._kinds(key)
+            ):
+                continue
+            held = self._current(key, PayloadKind.KNOWLEDGE)
+            if held is not None:
+                snapshot, payload = held
+                holdings.append((OfferEntry(key, entry.mode, snapshot), payload))
+        if holdings:
+            self._offer(holdings, now)
 
     def _decide(self, entry: OfferEntry, now: float) -> bool:
         theirs = entry.snapshot
@@ -353,11 +394,15 @@ class Encounter:
             or sha in self._answered_from_current
             or any(incoming.manifest.sha256 == sha for incoming in self._incoming.values())
         )
-        if seen or theirs.size > self._config.max_payload:
+        if (
+            seen
+            or theirs.size > self._config.max_payload
+            or theirs.kind not in self._kinds(entry.context_key)
+        ):
             return False
         if sha in self._shared.recent:
             # Fetched in an earlier encounter: as the leader, answer with what we hold now.
-            if self.role is leader_of(entry.mode):
+            if self.role is leader_of(entry.mode) and theirs.kind is PayloadKind.WEIGHTS:
                 self._answer_from_current(entry, now)
             return False
         return self._shared.policy.wants(self.role, entry, self._ours.get(entry.context_key))
@@ -365,7 +410,7 @@ class Encounter:
     def _answer_from_current(self, entry: OfferEntry, now: float) -> None:
         assert entry.snapshot is not None
         self._answered_from_current.add(entry.snapshot.sha256)
-        held = self._current(entry.context_key)
+        held = self._current(entry.context_key, PayloadKind.WEIGHTS)
         if held is not None and held[0].sha256 != entry.snapshot.sha256:
             snapshot, payload = held
             answer = OfferEntry(entry.context_key, entry.mode, snapshot, entry.snapshot.sha256)

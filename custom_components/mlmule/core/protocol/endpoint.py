@@ -11,7 +11,8 @@ import hashlib
 import os
 from abc import ABC, abstractmethod
 from collections import OrderedDict
-from collections.abc import Callable
+from collections.abc import Callable, Collection
+from dataclasses import dataclass, replace
 from typing import Protocol
 
 from ..errors import (
@@ -30,6 +31,7 @@ from .encounter import (
     BufferBudget,
     Encounter,
     Holding,
+    Kinds,
     MlMulePolicy,
     RecentHashes,
     Shared,
@@ -42,6 +44,7 @@ from .wire import (
     Mode,
     Offer,
     OfferEntry,
+    PayloadKind,
     Signer,
     SnapshotInfo,
     check_context_key,
@@ -62,6 +65,14 @@ class PeerTrust(Protocol):
         ...
 
     def is_allowed(self, peer_id: str, space_id: str) -> bool: ...
+
+
+def check_kinds(kinds: Collection[PayloadKind]) -> Kinds:
+    """The payload kinds a side exchanges: weights, knowledge or both, never none."""
+    chosen = frozenset(PayloadKind(kind) for kind in kinds)
+    if not chosen:
+        raise ProtocolError("a side exchanges weights, knowledge or both", reason="bad_config")
+    return chosen
 
 
 def check_holding(snapshot: SnapshotInfo, payload: bytes, config: ProtocolConfig) -> Holding:
@@ -90,8 +101,10 @@ class Endpoint(ABC):
         config: ProtocolConfig | None = None,
         policy: WantPolicy | None = None,
         random_bytes: Callable[[int], bytes] = os.urandom,
+        kinds: Collection[PayloadKind] = (PayloadKind.WEIGHTS,),
     ) -> None:
         self.config = config or ProtocolConfig()
+        self.kinds = check_kinds(kinds)  # what it exchanges unless told otherwise per key
         self.topics = self.config.topics
         self.identity_id = check_id(identity.id, "identity id")
         self.stats = EndpointStats()
@@ -197,8 +210,12 @@ class Endpoint(ABC):
         """Handle the first message of a session this endpoint does not know."""
 
     @abstractmethod
-    def _current(self, space: str, context_key: str) -> Holding | None:
-        """What this side holds now for a context key in a space."""
+    def _current(self, space: str, context_key: str, kind: PayloadKind) -> Holding | None:
+        """What this side holds now for a context key in a space, of one payload kind."""
+
+    def _kinds_for(self, space: str, context_key: str) -> Kinds:
+        """The payload kinds this side exchanges for a context key in a space."""
+        return self.kinds
 
     def _receive(self, topic: str, payload: bytes, now: float) -> list[Action]:
         pair = self._peer_of(topic)
@@ -271,7 +288,8 @@ class Endpoint(ABC):
             role=self.role,
             topic_out=topic_out,
             modes=modes,
-            current=lambda context_key: self._current(space, context_key),
+            current=lambda context_key, kind: self._current(space, context_key, kind),
+            kinds=lambda context_key: self._kinds_for(space, context_key),
             now=now,
         )
         self._sessions[session] = encounter
@@ -290,6 +308,34 @@ class Endpoint(ABC):
         return self._random_bytes(_TOKEN_BYTES).hex()
 
 
+@dataclass(frozen=True)
+class _Served:
+    """What a space exchanges for one context key, and what it offers."""
+
+    mode: Mode
+    weights: Holding | None
+    knowledge: Holding | None
+    kinds: Kinds
+
+
+def _checked_holding(
+    context_key: str,
+    kind: PayloadKind,
+    snapshot: SnapshotInfo | None,
+    payload: bytes | None,
+    config: ProtocolConfig,
+) -> Holding | None:
+    check_context_key(context_key)
+    if snapshot is None:
+        return None
+    if payload is None or snapshot.context_key != context_key or snapshot.kind is not kind:
+        raise ProtocolError(
+            f"a served snapshot needs its payload, key and kind ({kind})",
+            reason="payload_mismatch",
+        )
+    return check_holding(snapshot, payload, config)
+
+
 class SpaceEndpoint(Endpoint):
     """The spaces of one home, which share its identity; a space starts each encounter."""
 
@@ -303,13 +349,16 @@ class SpaceEndpoint(Endpoint):
         config: ProtocolConfig | None = None,
         policy: WantPolicy | None = None,
         random_bytes: Callable[[int], bytes] = os.urandom,
+        kinds: Collection[PayloadKind] = (PayloadKind.WEIGHTS,),
     ) -> None:
-        super().__init__(identity, trust, config=config, policy=policy, random_bytes=random_bytes)
+        super().__init__(
+            identity, trust, config=config, policy=policy, random_bytes=random_bytes, kinds=kinds
+        )
         if self.identity_id == RESERVED_HOME_ID:
             raise ProtocolError(
                 f"a home cannot be called {RESERVED_HOME_ID!r}", reason="bad_config"
             )
-        self._served: dict[str, dict[str, tuple[Mode, Holding | None]]] = {}
+        self._served: dict[str, dict[str, _Served]] = {}
 
     def subscriptions(self) -> list[str]:
         return [self.topics.home_filter(self.identity_id)]
@@ -321,19 +370,37 @@ class SpaceEndpoint(Endpoint):
         mode: Mode,
         snapshot: SnapshotInfo | None = None,
         payload: bytes | None = None,
+        *,
+        kinds: Collection[PayloadKind] | None = None,
     ) -> None:
-        """Let `space` exchange `context_key` in `mode`, offering `snapshot` (None: not yet
-        trained). Call again whenever the space's snapshot for the key changes."""
+        """Let `space` exchange `context_key` in `mode`, offering the weights `snapshot` (None:
+        not yet trained). Call again whenever the space's snapshot for the key changes.
+
+        `kinds` is what the space exchanges for the key (default: the endpoint's): without
+        weights it neither offers nor fetches weights; with knowledge it offers what
+        `serve_knowledge` gave it and fetches the mule's knowledge."""
         check_id(space, "space id")
-        check_context_key(context_key)
-        held = None
-        if snapshot is not None:
-            if payload is None or snapshot.context_key != context_key:
-                raise ProtocolError(
-                    "a served snapshot needs its payload and key", reason="payload_mismatch"
-                )
-            held = check_holding(snapshot, payload, self.config)
-        self._served.setdefault(space, {})[context_key] = (Mode(mode), held)
+        held = _checked_holding(context_key, PayloadKind.WEIGHTS, snapshot, payload, self.config)
+        previous = self._served.get(space, {}).get(context_key)
+        self._served.setdefault(space, {})[context_key] = _Served(
+            Mode(mode),
+            held,
+            None if previous is None else previous.knowledge,
+            self.kinds if kinds is None else check_kinds(kinds),
+        )
+
+    def serve_knowledge(
+        self, space: str, context_key: str, snapshot: SnapshotInfo, payload: bytes
+    ) -> None:
+        """Offer `snapshot`, a knowledge snapshot, for a key `space` serves (`serve` first), from
+        the next encounter on; call again whenever it changes."""
+        served = self._served.get(space, {}).get(context_key)
+        if served is None:
+            raise ProtocolError(
+                f"space {space} does not serve {context_key}", reason="unknown_context"
+            )
+        held = _checked_holding(context_key, PayloadKind.KNOWLEDGE, snapshot, payload, self.config)
+        self._served[space][context_key] = replace(served, knowledge=held)
 
     def open(
         self, space: str, mule: str, now: float, context_keys: list[str] | None = None
@@ -348,15 +415,25 @@ class SpaceEndpoint(Endpoint):
         keys = list(served) if context_keys is None else context_keys
         if not keys or any(key not in served for key in keys):
             raise ProtocolError(f"space {space} does not serve {keys}", reason="unknown_context")
-        modes = {key: served[key][0] for key in keys}
+        modes = {key: served[key].mode for key in keys}
         topic_out = self.topics.to_mule(mule, self.identity_id, space)
         encounter, actions = self._start(pair, self._token(), modes, topic_out, now)
         holdings: list[tuple[OfferEntry, bytes | None]] = []
+        knowledge: list[tuple[OfferEntry, bytes | None]] = []
         for key in keys:
-            mode, held = served[key]
-            snapshot, payload = held if held is not None else (None, None)
-            holdings.append((OfferEntry(key, mode, snapshot), payload))
-        return actions + encounter.offer(holdings, now)
+            entry = served[key]
+            weights = self._current(space, key, PayloadKind.WEIGHTS)
+            snapshot, payload = weights if weights is not None else (None, None)
+            holdings.append((OfferEntry(key, entry.mode, snapshot), payload))
+            held = self._current(space, key, PayloadKind.KNOWLEDGE)
+            if held is not None:
+                knowledge.append((OfferEntry(key, entry.mode, held[0]), held[1]))
+        actions += encounter.offer(holdings, now)
+        if knowledge:
+            # an offer of their own: a mule that predates knowledge refuses an offer that names
+            # any, and must still open the session and exchange weights with the first
+            actions += encounter.offer(knowledge, now)
+        return actions
 
     def _peer_of(self, topic: str) -> tuple[str, str, str]:
         space, mule = self.topics.parse_to_space(topic, self.identity_id)
@@ -367,9 +444,15 @@ class SpaceEndpoint(Endpoint):
     ) -> list[Action]:
         raise UnexpectedMessage("mules do not start encounters", reason="unknown_session")
 
-    def _current(self, space: str, context_key: str) -> Holding | None:
+    def _current(self, space: str, context_key: str, kind: PayloadKind) -> Holding | None:
         served = self._served.get(space, {}).get(context_key)
-        return None if served is None else served[1]
+        if served is None or kind not in served.kinds:
+            return None
+        return served.weights if kind is PayloadKind.WEIGHTS else served.knowledge
+
+    def _kinds_for(self, space: str, context_key: str) -> Kinds:
+        served = self._served.get(space, {}).get(context_key)
+        return self.kinds if served is None else served.kinds
 
 
 class MuleEndpoint(Endpoint):
@@ -388,19 +471,26 @@ class MuleEndpoint(Endpoint):
         config: ProtocolConfig | None = None,
         policy: WantPolicy | None = None,
         random_bytes: Callable[[int], bytes] = os.urandom,
+        kinds: Collection[PayloadKind] = (PayloadKind.WEIGHTS,),
     ) -> None:
-        super().__init__(identity, trust, config=config, policy=policy, random_bytes=random_bytes)
-        self._carried: dict[str, Holding] = {}
+        super().__init__(
+            identity, trust, config=config, policy=policy, random_bytes=random_bytes, kinds=kinds
+        )
+        self._carried: dict[tuple[str, PayloadKind], Holding] = {}
 
     def subscriptions(self) -> list[str]:
         return [self.topics.mule_filter(self.identity_id)]
 
     def carry(self, snapshot: SnapshotInfo, payload: bytes) -> None:
-        """Carry `snapshot` for its context key from now on, instead of any earlier one."""
-        self._carried[snapshot.context_key] = check_holding(snapshot, payload, self.config)
+        """Carry `snapshot` for its context key from now on, instead of any earlier one of its
+        kind (weights or knowledge: the mule carries one of each per key)."""
+        held = check_holding(snapshot, payload, self.config)
+        self._carried[(snapshot.context_key, snapshot.kind)] = held
 
-    def carried(self, context_key: str) -> SnapshotInfo | None:
-        held = self._carried.get(context_key)
+    def carried(
+        self, context_key: str, kind: PayloadKind = PayloadKind.WEIGHTS
+    ) -> SnapshotInfo | None:
+        held = self._carried.get((context_key, kind))
         return None if held is None else held[0]
 
     def _peer_of(self, topic: str) -> tuple[str, str, str]:
@@ -421,13 +511,16 @@ class MuleEndpoint(Endpoint):
         modes = {entry.context_key: entry.mode for entry in offer.entries}
         encounter, actions = self._start(pair, envelope.session, modes, topic_out, now)
         holdings: list[tuple[OfferEntry, bytes | None]] = []
-        for entry in offer.entries:
-            held = self._carried.get(entry.context_key)
+        for key, mode in modes.items():
+            held = self._current(space, key, PayloadKind.WEIGHTS)
             snapshot, payload = held if held is not None else (None, None)
-            holdings.append((OfferEntry(entry.context_key, entry.mode, snapshot), payload))
-        # Our offer goes first, so the answer to the space's offer knows what we carry.
+            holdings.append((OfferEntry(key, mode, snapshot), payload))
+        # Our offer goes first, so the answer to the space's offer knows what we carry. Our
+        # knowledge waits until the space has offered its own (`Encounter._offer_knowledge_back`).
         actions += encounter.offer(holdings, now)
         return actions + encounter.receive(envelope, now)
 
-    def _current(self, space: str, context_key: str) -> Holding | None:
-        return self._carried.get(context_key)
+    def _current(self, space: str, context_key: str, kind: PayloadKind) -> Holding | None:
+        if kind not in self.kinds:
+            return None
+        return self._carried.get((context_key, kind))

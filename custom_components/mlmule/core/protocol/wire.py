@@ -134,6 +134,14 @@ class Mode(StrEnum):
     MOBILE = "mobile"
 
 
+class PayloadKind(StrEnum):
+    """What a snapshot carries: a model's weights, or its knowledge (its predictions on the
+    context key's shared proxy set, `core/knowledge.py`), which peers of any family can use."""
+
+    WEIGHTS = "weights"
+    KNOWLEDGE = "knowledge"
+
+
 def leader_of(mode: Mode) -> PeerKind:
     """The side that merges and trains in this mode; the other side sends first."""
     return PeerKind.SPACE if mode is Mode.FIXED else PeerKind.MULE
@@ -154,6 +162,16 @@ class _Reader:
             raise MalformedMessage(f"{self._what} has no field {name!r}")
         self._read.add(name)
         return self._raw[name]
+
+    def optional(self, name: str) -> object | None:
+        """A field that may be absent (an older peer does not send it): None then. A field
+        present with null is malformed, like any other wrong value."""
+        if name not in self._raw:
+            return None
+        value = self.get(name)
+        if value is None:
+            raise MalformedMessage(f"{self._what}.{name} is null")
+        return value
 
     def integer(self, name: str, low: int = 0, high: int = _MAX_JSON_INT) -> int:
         value = self.get(name)
@@ -201,11 +219,16 @@ class SnapshotInfo:
     version: int
     sha256: str  # of the whole snapshot container: its identity for idempotency
     size: int
-    arch: str  # architecture hash: only snapshots with the same one can merge
+    arch: str  # architecture hash: only weights with the same one can merge
     data_time: int  # unix seconds of the newest data it was trained on
+    # weights (the default, and all a peer that predates knowledge sends), or knowledge: then
+    # `arch` is the producer's family, for information, since knowledge crosses families
+    kind: PayloadKind = PayloadKind.WEIGHTS
 
     def __post_init__(self) -> None:
         check_context_key(self.context_key)
+        if not isinstance(self.kind, PayloadKind):
+            raise MalformedMessage(f"snapshot kind {self.kind!r} is not weights or knowledge")
         check_sha256(self.sha256)
         _check_arch(self.arch)
         for name in ("version", "size", "data_time"):
@@ -218,16 +241,23 @@ class SnapshotInfo:
             raise MalformedMessage("a snapshot is never empty")
 
     def to_json(self) -> dict[str, object]:
-        return {
+        fields: dict[str, object] = {
             "version": self.version,
             "sha256": self.sha256,
             "size": self.size,
             "arch": self.arch,
             "data_time": self.data_time,
         }
+        if self.kind is not PayloadKind.WEIGHTS:
+            # weights stay as they always were on the wire: a peer that predates `kind` reads them
+            fields["kind"] = self.kind.value
+        return fields
 
     @classmethod
     def from_json(cls, context_key: str, reader: _Reader) -> SnapshotInfo:
+        kind = reader.optional("kind")
+        if kind is not None and kind not in {k.value for k in PayloadKind}:
+            raise MalformedMessage(f"snapshot kind {kind!r} is not weights or knowledge")
         info = cls(
             context_key=context_key,
             version=reader.integer("version"),
@@ -235,6 +265,7 @@ class SnapshotInfo:
             size=reader.integer("size", 1),
             arch=reader.text("arch", _check_arch),
             data_time=reader.integer("data_time"),
+            kind=PayloadKind.WEIGHTS if kind is None else PayloadKind(kind),
         )
         reader.done()
         return info
@@ -245,7 +276,8 @@ class OfferEntry:
     """One context key in an offer: its mode, the sender's snapshot (if any), and what it answers.
 
     `in_reply_to` is the sha256 of the peer's snapshot this one answers: the leader sets it on the
-    snapshot it made by merging the follower's (see `leader_of`).
+    snapshot it made by merging the follower's (see `leader_of`). An offer may hold two entries
+    for a key: its weights (or null), and its knowledge (never null).
     """
 
     context_key: str
@@ -259,6 +291,11 @@ class OfferEntry:
             raise MalformedMessage("an offered snapshot belongs to another context key")
         if self.in_reply_to is not None:
             check_sha256(self.in_reply_to, "in_reply_to")
+
+    @property
+    def kind(self) -> PayloadKind:
+        """Which payload this entry is about; an entry with no snapshot is about weights."""
+        return PayloadKind.WEIGHTS if self.snapshot is None else self.snapshot.kind
 
     def to_json(self) -> dict[str, object]:
         return {
@@ -313,8 +350,11 @@ class Offer:
     def from_json(cls, reader: _Reader) -> Self:
         number = reader.integer("offer", 1)
         entries = tuple(OfferEntry.from_json(raw) for raw in reader.items("entries"))
-        if len({entry.context_key for entry in entries}) != len(entries):
-            raise MalformedMessage("an offer lists a context key twice")
+        if len({(entry.context_key, entry.kind) for entry in entries}) != len(entries):
+            raise MalformedMessage("an offer lists a context key's weights or knowledge twice")
+        modes = {entry.context_key: entry.mode for entry in entries}
+        if any(modes[entry.context_key] is not entry.mode for entry in entries):
+            raise MalformedMessage("an offer gives a context key two modes")
         return cls(number, entries)
 
 
