@@ -283,3 +283,17 @@ class ReplayClockError(MlmuleError):
     """A replay clock setting is not a finite origin with a scale >= 1."""
 
     reason = "replay_clock"
+
+
+class WrongPayload(IncompatibleSnapshot):
+    """A container that carries something else than the reader expects: knowledge handed to
+    the weights reader (`snapshot.unpack`) or a model handed to the knowledge reader."""
+
+    reason = "wrong_payload"
+
+
+class WrongProxySet(IncompatibleSnapshot):
+    """Knowledge computed on another proxy set than this peer's for the context key, so its
+    predictions cannot be compared row by row with ours."""
+
+    reason = "wrong_proxy_set"

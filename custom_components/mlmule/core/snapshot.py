@@ -91,6 +91,7 @@ from .errors import (
     SnapshotTooLarge,
     StaleSnapshot,
     UnsupportedSnapshotFormat,
+    WrongPayload,
 )
 from .families import META_ARCH_HASH, FamilySpec, from_onnx
 from .features import FeatureSchema
@@ -132,8 +133,19 @@ _HEADER_FIELDS = frozenset(
         "body_sha256",
         "tensors",
         "critical",
+        # knowledge containers (knowledge.py)
+        "payload",
+        "proxy_id",
+        "n_outputs",
+        "proxy_size",
+        "score",
     }
 )
+# What a container carries: a model (this module) or knowledge, predictions on a proxy set
+# (knowledge.py). A header without `payload` carries weights; a knowledge container names
+# `payload` in `critical`, so a reader that predates it refuses the container cleanly.
+Payload = Literal["weights", "knowledge"]
+PAYLOADS: Final[tuple[Payload, ...]] = ("weights", "knowledge")
 _ORIGIN_RE = re.compile(r"[a-z2-7]{16}")
 _TASK_RE = re.compile(r"[a-z0-9_]{1,32}")
 _CONTEXT_RE = re.compile(r"([a-z0-9_]{1,32})/[a-z0-9_]{1,32}")
@@ -321,6 +333,14 @@ def _signed(
     if compression != "none":
         body, tensors = _compress(model, compression)
         header["tensors"] = [tensor.to_json() for tensor in tensors]
+    return signed_container(header, body, identity, limits), parsed
+
+
+def signed_container(
+    header: dict[str, JsonValue], body: bytes, identity: Identity, limits: SnapshotLimits
+) -> bytes:
+    """Frame and sign `header` (completed with `body_sha256`) and `body`: the one container
+    layout of every payload."""
     header["body_sha256"] = hashlib.sha256(body).hexdigest()
     header_bytes = _serialised(header)
     if len(header_bytes) > limits.max_header_bytes:
@@ -338,26 +358,55 @@ def _signed(
         raise SnapshotTooLarge(
             f"snapshot of {len(container)} bytes exceeds the {limits.max_bytes}-byte limit"
         )
-    return container, parsed
+    return container
 
 
 def verify_container(
-    data: bytes, *, trust: Verifier, limits: SnapshotLimits = DEFAULT_LIMITS
+    data: bytes,
+    *,
+    trust: Verifier,
+    limits: SnapshotLimits = DEFAULT_LIMITS,
+    payload: Payload | None = "weights",
 ) -> SnapshotHeader:
-    """Check framing, signer, signature, body hash and header, without decoding the model."""
-    return _verified(data, trust, limits)[0]
+    """Check framing, signer, signature, body hash and header, without decoding the model.
+
+    `payload` is what the container must carry (`WrongPayload` otherwise); None takes either."""
+    return verified_frame(data, trust, limits, payload)[0]
 
 
-def _verified(
-    data: bytes, trust: Verifier, limits: SnapshotLimits
-) -> tuple[SnapshotHeader, _Frame]:
-    frame = _Frame.parse(data, limits)
+def payload_kind(data: bytes, *, limits: SnapshotLimits = DEFAULT_LIMITS) -> Payload:
+    """What a container carries, from its framing and header alone: nothing is verified, so
+    this only routes bytes to `unpack` or `knowledge.unpack_knowledge`, which verify."""
+    return _payload_of(Frame.parse(data, limits).header)
+
+
+def _payload_of(header: Mapping[str, JsonValue]) -> Payload:
+    payload = header.get("payload", "weights")
+    for known in PAYLOADS:
+        if payload == known:
+            return known
+    raise UnsupportedSnapshotFormat(
+        f"payload {payload!r} is not one this peer reads: {PAYLOADS}",
+        supported_versions=SUPPORTED_VERSIONS,
+        unknown_fields=("payload",),
+    )
+
+
+def verified_frame(
+    data: bytes, trust: Verifier, limits: SnapshotLimits, payload: Payload | None
+) -> tuple[SnapshotHeader, Frame]:
+    """The verified header and the raw frame of a container (for the readers of each payload):
+    framing, signer, signature, body hash, common header fields, and the payload kind."""
+    frame = Frame.parse(data, limits)
     origin = frame.header.get("origin")
     if not isinstance(origin, str) or not _ORIGIN_RE.fullmatch(origin):
         raise MalformedSnapshot("the header has no valid origin id")
     verify(trust.public_key_for(origin), data[:-SIGNATURE_BYTES], data[-SIGNATURE_BYTES:])
     if hashlib.sha256(frame.body).hexdigest() != frame.header.get("body_sha256"):
         raise MalformedSnapshot("the body does not match the header's body_sha256")
+    carried = _payload_of(frame.header)
+    if payload is not None and carried != payload:
+        raise WrongPayload(f"this container carries {carried}, not {payload}")
     meta, compression = _meta_from_header(frame.header, limits)
     if (compression == "none") == ("tensors" in frame.header):
         raise MalformedSnapshot("a tensor section goes with fp16 or int8 compression only")
@@ -398,7 +447,7 @@ def unpack(
     With a `replay_guard`, a version not newer than the last one accepted from the same origin
     and context key is refused, and this one is recorded once every check has passed.
     """
-    info, frame = _verified(data, trust, limits)
+    info, frame = verified_frame(data, trust, limits, "weights")
     meta = info.meta
     if expected_arch is not None:
         wanted = expected_arch.get(meta.context_key)
@@ -420,7 +469,7 @@ def unpack(
     if info.compression == "none":
         onnx_bytes = frame.body
     else:
-        onnx_bytes = _decompress(frame.body, _tensor_table(frame.header, limits), limits)
+        onnx_bytes = _decompress(frame.body, tensor_table(frame.header, limits), limits)
     model, canonical = _checked_model(onnx_bytes, meta, limits, canonical=expected_arch is not None)
     if replay_guard is not None:
         replay_guard.record(info.origin, meta.context_key, meta.version)
@@ -439,7 +488,7 @@ def unpack(
 
 def inspect(data: bytes, *, limits: SnapshotLimits = DEFAULT_LIMITS) -> dict[str, JsonValue]:
     """The framing and the header as stored, for display. Nothing here is verified."""
-    frame = _Frame.parse(data, limits)
+    frame = Frame.parse(data, limits)
     return {
         "format_version": frame.version,
         "size": len(data),
@@ -456,14 +505,14 @@ def inspect(data: bytes, *, limits: SnapshotLimits = DEFAULT_LIMITS) -> dict[str
 
 
 @dataclass(frozen=True)
-class _Frame:
+class Frame:
     version: int
     header: dict[str, JsonValue]
     header_length: int
     body: bytes
 
     @classmethod
-    def parse(cls, data: bytes, limits: SnapshotLimits) -> _Frame:
+    def parse(cls, data: bytes, limits: SnapshotLimits) -> Frame:
         if len(data) > limits.max_bytes:
             raise SnapshotTooLarge(
                 f"snapshot of {len(data)} bytes exceeds the {limits.max_bytes}-byte limit"
@@ -611,7 +660,7 @@ def _integer(header: Mapping[str, JsonValue], key: str) -> int:
 
 
 @dataclass(frozen=True)
-class _PackedTensor:
+class PackedTensor:
     name: str
     dtype: Literal["float16", "int8"]
     shape: tuple[int, ...]
@@ -636,7 +685,7 @@ class _PackedTensor:
         return entry
 
     @classmethod
-    def from_json(cls, raw: JsonValue, limits: SnapshotLimits) -> _PackedTensor:
+    def from_json(cls, raw: JsonValue, limits: SnapshotLimits) -> PackedTensor:
         if not isinstance(raw, dict):
             raise MalformedSnapshot("a tensor entry is a JSON object")
         name, dtype, shape, scale = (raw.get(k) for k in ("name", "dtype", "shape", "scale"))
@@ -668,24 +717,24 @@ class _PackedTensor:
         return cls(name, "float16", dims)
 
 
-def _tensor_table(header: Mapping[str, JsonValue], limits: SnapshotLimits) -> list[_PackedTensor]:
+def tensor_table(header: Mapping[str, JsonValue], limits: SnapshotLimits) -> list[PackedTensor]:
     raw = header.get("tensors")
     if not isinstance(raw, list) or len(raw) > limits.max_tensors:
         raise MalformedSnapshot(f"tensors must be a list of at most {limits.max_tensors} entries")
-    tensors = [_PackedTensor.from_json(entry, limits) for entry in raw]
+    tensors = [PackedTensor.from_json(entry, limits) for entry in raw]
     if len({tensor.name for tensor in tensors}) != len(tensors):
         raise MalformedSnapshot("the tensor section names a tensor twice")
     return tensors
 
 
-def _compress(model: OnnxModel, compression: Compression) -> tuple[bytes, list[_PackedTensor]]:
+def _compress(model: OnnxModel, compression: Compression) -> tuple[bytes, list[PackedTensor]]:
     graph_inputs = {value.name for value in model.inputs}
     matrices = {
         name: value
         for name, value in model.initializers.items()
         if value.dtype == np.float32 and value.ndim >= 2 and name not in graph_inputs
     }
-    tensors: list[_PackedTensor] = []
+    tensors: list[PackedTensor] = []
     chunks: list[bytes] = []
     for name, value in matrices.items():
         shape = tuple(int(d) for d in value.shape)
@@ -695,11 +744,11 @@ def _compress(model: OnnxModel, compression: Compression) -> tuple[bytes, list[_
                     f"tensor {name!r} exceeds the float16 range; use int8 or no compression",
                     reason="compression_overflow",
                 )
-            tensors.append(_PackedTensor(name, "float16", shape))
+            tensors.append(PackedTensor(name, "float16", shape))
             chunks.append(value.astype(_PACKED_DTYPES["float16"]).tobytes())
         else:
             scale, quantised = _quantise_int8(value)
-            tensors.append(_PackedTensor(name, "int8", shape, scale))
+            tensors.append(PackedTensor(name, "int8", shape, scale))
             chunks.append(quantised.tobytes())
     stripped = replace(
         model,
@@ -722,7 +771,7 @@ def _quantise_int8(value: npt.NDArray[np.float32]) -> tuple[float, npt.NDArray[n
     return float(scale), quantised
 
 
-def _decompress(body: bytes, tensors: list[_PackedTensor], limits: SnapshotLimits) -> bytes:
+def _decompress(body: bytes, tensors: list[PackedTensor], limits: SnapshotLimits) -> bytes:
     """The float32 ONNX model from a stripped graph and its tensor section."""
     data_bytes = sum(tensor.nbytes for tensor in tensors)
     if data_bytes >= len(body):
