@@ -30,7 +30,8 @@ from .errors import TrainingError
 from .families import (
     FamilySpec,
     check_weights,
-    hidden_activations,
+    forward_pass,
+    gradients,
     logits,
     predict_classes,
     probabilities_from_logits,
@@ -207,8 +208,8 @@ def loss_and_gradients(
     The objective is `weighted_loss + prox_mu/2 * sum |w - reference|^2` over the trainable
     parameters (FedProx); the returned loss is the data term alone, as both trainers report it.
     """
-    activations = hidden_activations(spec, weights, x)
-    raw = activations[-1] @ weights["head.weight"].T + weights["head.bias"]
+    passed = forward_pass(spec, weights, x)
+    raw = passed.logits
     total = float(sample_weight.sum())
     scale = np.float32(1.0 / total) if total > 0 else np.float32(0.0)
     if spec.binary:
@@ -217,16 +218,7 @@ def loss_and_gradients(
         d_raw = probabilities_from_logits(spec, raw)
         d_raw[np.arange(y.size), y] -= 1.0
     d_out = (d_raw * (sample_weight * scale)[:, None]).astype(np.float32)
-    grads: Weights = {
-        "head.weight": d_out.T @ activations[-1],
-        "head.bias": d_out.sum(axis=0),
-    }
-    upstream = d_out @ weights["head.weight"]
-    for index in reversed(range(len(spec.hidden))):
-        d_linear: FloatArray = np.where(activations[index + 1] > 0, upstream, np.float32(0.0))
-        grads[f"body.{index}.weight"] = d_linear.T @ activations[index]
-        grads[f"body.{index}.bias"] = d_linear.sum(axis=0)
-        upstream = d_linear @ weights[f"body.{index}.weight"]
+    grads = gradients(spec, weights, passed, d_out)  # the family's backpropagation
     if prox_mu > 0:
         if reference is None:
             raise TrainingError("FedProx needs reference weights")
