@@ -219,6 +219,34 @@ CASES: list[Any] = [
         1,
         id="BatchNorm-15",
     ),
+    pytest.param("Conv", [floats(5, 7, 4), floats(6, 7, 2), floats(6)], {}, 17, 1, id="Conv-1d"),
+    pytest.param(
+        "Conv",
+        [floats(2, 4, 6, 5), floats(6, 2, 3, 2)],
+        {"group": 2, "strides": [2, 1], "dilations": [1, 2], "pads": [1, 0, 2, 1]},
+        17,
+        1,
+        id="Conv-2d-group",
+    ),
+    pytest.param(
+        "Conv",
+        [floats(2, 3, 7), floats(4, 3, 4), floats(4)],
+        {"auto_pad": "SAME_UPPER", "strides": [2], "kernel_shape": [4]},
+        13,
+        1,
+        id="Conv-same-upper",
+    ),
+    pytest.param(
+        "Conv",
+        [floats(2, 3, 6), floats(4, 3, 4)],
+        {"auto_pad": "SAME_LOWER"},
+        22,
+        1,
+        id="Conv-same-lower-22",
+    ),
+    pytest.param(
+        "Conv", [floats(1, 2, 5), floats(3, 2, 5)], {"auto_pad": "VALID"}, 17, 1, id="Conv-valid"
+    ),
     pytest.param("ReduceMean", [floats(3, 4, 5)], {"axes": [1]}, 17, 1, id="ReduceMean-attr"),
     pytest.param(
         "ReduceMean", [floats(3, 4, 5), ints([0, -1])], {"keepdims": 0}, 18, 1, id="ReduceMean-18"
@@ -367,7 +395,7 @@ def test_implemented_versions_cover_every_specification_version(op_type: str) ->
         assert opset >= versions[0]
 
 
-@pytest.mark.parametrize("op_type", ["Conv", "Hardmax", "NonMaxSuppression"])
+@pytest.mark.parametrize("op_type", ["ConvTranspose", "Hardmax", "NonMaxSuppression"])
 def test_an_unsupported_operator_is_refused_by_name(op_type: str) -> None:
     model, _ = one_node_model("Relu", [floats(2)], {}, 17, 1)
     model.graph.node[0].op_type = op_type

@@ -516,6 +516,111 @@ def _gemm(context: _Context) -> Kernel:
     return kernel
 
 
+_AUTO_PADS = frozenset({"NOTSET", "VALID", "SAME_UPPER", "SAME_LOWER"})
+
+
+def _spatial_attr(name: str, given: list[int] | None, default: int, count: int) -> list[int]:
+    values = [default] * count if given is None else given
+    if len(values) != count:
+        raise ValueError(f"{name} {values} does not have {count} entries")
+    return values
+
+
+def _conv_pads(
+    auto_pad: str,
+    pads: list[int] | None,
+    sizes: Sequence[int],
+    strides: Sequence[int],
+    extents: Sequence[int],
+) -> tuple[list[int], list[int]]:
+    """Padding before and after each spatial axis; SAME keeps ceil(size / stride) outputs,
+    with the odd one at the end (SAME_UPPER) or the beginning (SAME_LOWER), as onnxruntime."""
+    spatial = len(sizes)
+    if auto_pad in {"SAME_UPPER", "SAME_LOWER"}:
+        begins, ends = [], []
+        for size, stride, extent in zip(sizes, strides, extents, strict=True):
+            total = max(0, (-(-size // stride) - 1) * stride + extent - size)
+            begin = total // 2 if auto_pad == "SAME_UPPER" else total - total // 2
+            begins.append(begin)
+            ends.append(total - begin)
+        return begins, ends
+    explicit = [0] * (2 * spatial) if auto_pad == "VALID" else pads
+    chosen = _spatial_attr("pads", explicit, 0, 2 * spatial)
+    if min(chosen) < 0:
+        raise ValueError(f"negative pads {chosen}")
+    return chosen[:spatial], chosen[spatial:]
+
+
+@_register("Conv", 11, 22)
+def _conv(context: _Context) -> Kernel:
+    """N-dimensional convolution (cross-correlation, as ONNX defines it), with groups."""
+    context.arity((2, 3))
+    auto_pad = context.str_attr("auto_pad", "NOTSET")
+    if auto_pad not in _AUTO_PADS:
+        raise context.invalid(f"auto_pad={auto_pad!r} is not one of {sorted(_AUTO_PADS)}")
+    group = context.int_attr("group", 1)
+    if group < 1:
+        raise context.invalid(f"group must be >= 1, got {group}")
+    kernel_attr = context.ints_attr("kernel_shape")
+    strides_attr = context.ints_attr("strides")
+    dilations_attr = context.ints_attr("dilations")
+    pads_attr = context.ints_attr("pads")
+    if auto_pad != "NOTSET" and pads_attr is not None:
+        raise context.invalid("pads and auto_pad are both given")
+    has_bias = context.has_input(2)
+
+    def kernel(inputs: Inputs) -> tuple[Array, ...]:
+        x, w = _required(inputs[0]), _required(inputs[1])
+        spatial = x.ndim - 2
+        if spatial < 1 or w.ndim != x.ndim:
+            raise ValueError(
+                f"Conv needs X [N, C, ...] and W of the same rank, got {x.shape}, {w.shape}"
+            )
+        sizes, kernel_shape = x.shape[2:], w.shape[2:]
+        if kernel_attr is not None and tuple(kernel_attr) != kernel_shape:
+            raise ValueError(f"kernel_shape {kernel_attr} differs from W's {kernel_shape}")
+        strides = _spatial_attr("strides", strides_attr, 1, spatial)
+        dilations = _spatial_attr("dilations", dilations_attr, 1, spatial)
+        if min(strides) < 1 or min(dilations) < 1:
+            raise ValueError("strides and dilations must be >= 1")
+        if x.dtype.kind != "f" or w.dtype != x.dtype:
+            raise ValueError(f"Conv needs X and W of one float type, got {x.dtype}, {w.dtype}")
+        channels, out_channels = x.shape[1], w.shape[0]
+        if channels != w.shape[1] * group or out_channels % group:
+            raise ValueError(f"X {x.shape} and W {w.shape} do not fit group={group}")
+        extents = [(k - 1) * d + 1 for k, d in zip(kernel_shape, dilations, strict=True)]
+        begins, ends = _conv_pads(auto_pad, pads_attr, sizes, strides, extents)
+        padded_sizes = [size + b + e for size, b, e in zip(sizes, begins, ends, strict=True)]
+        outputs = [
+            (padded - extent) // stride + 1
+            for padded, extent, stride in zip(padded_sizes, extents, strides, strict=True)
+        ]
+        if min(outputs) < 1:
+            raise ValueError(f"kernel {kernel_shape} does not fit the padded input {padded_sizes}")
+        context.check_size((*x.shape[:2], *padded_sizes))
+        context.check_size((x.shape[0], out_channels, *outputs))
+        padded = np.pad(x, [(0, 0), (0, 0), *zip(begins, ends, strict=True)])
+        grouped = padded.reshape(x.shape[0], group, channels // group, *padded_sizes)
+        filters = w.reshape(group, out_channels // group, channels // group, *kernel_shape)
+        result = np.zeros((x.shape[0], group, out_channels // group, *outputs), dtype=x.dtype)
+        for offset in np.ndindex(*kernel_shape):
+            window = tuple(
+                slice(o * d, o * d + (n - 1) * s + 1, s)
+                for o, d, n, s in zip(offset, dilations, outputs, strides, strict=True)
+            )
+            taps = filters[(slice(None), slice(None), slice(None), *offset)]
+            result += np.einsum("ngc...,gmc->ngm...", grouped[(..., *window)], taps)
+        result = result.reshape(x.shape[0], out_channels, *outputs)
+        if has_bias:
+            bias = _required(inputs[2])
+            if bias.shape != (out_channels,):
+                raise ValueError(f"B must have shape ({out_channels},), got {bias.shape}")
+            result += bias.reshape(-1, *(1,) * spatial)
+        return (result,)
+
+    return kernel
+
+
 # --------------------------------------------------------------------------- normalisation
 
 
