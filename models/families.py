@@ -48,7 +48,8 @@ class Calibration(nn.Module):
 
 
 class FamilyModule(nn.Module):
-    """An MLP of one family: normalisation, ReLU layers, a linear head, then the output.
+    """A model of one family: normalisation, the convolution of a temporal family, ReLU
+    layers, a linear head, then the output.
 
     `forward` gives probabilities (sigmoid of the calibrated logit, or a softmax), as the
     canonical ONNX graph does; `raw_logits` gives the uncalibrated head output training uses.
@@ -58,7 +59,14 @@ class FamilyModule(nn.Module):
         super().__init__()
         self.spec = spec
         self.input = Normalisation(spec.n_inputs)
-        widths = (spec.n_inputs, *spec.hidden)
+        # Registered between input and body: the state_dict follows the canonical order.
+        self.conv = (
+            nn.Conv1d(spec.n_inputs // spec.conv.lags, spec.conv.channels, spec.conv.kernel)
+            if spec.conv is not None
+            else None
+        )
+        first = spec.n_inputs if spec.conv is None else spec.conv.flat_width
+        widths = (first, *spec.hidden)
         self.body = nn.ModuleList(
             nn.Linear(fan_in, fan_out) for fan_in, fan_out in pairwise(widths)
         )
@@ -67,6 +75,12 @@ class FamilyModule(nn.Module):
 
     def raw_logits(self, x: torch.Tensor) -> torch.Tensor:
         hidden = self.input(x)
+        if self.conv is not None:
+            # The lags as a sequence of F channels; the output flattened channel by channel,
+            # as the canonical graph's Reshape, Transpose, Conv, Relu, Flatten.
+            lags = self.spec.n_inputs // self.conv.in_channels
+            sequence = hidden.reshape(-1, lags, self.conv.in_channels).transpose(1, 2)
+            hidden = torch.relu(self.conv(sequence)).flatten(1)
         for layer in self.body:
             hidden = torch.relu(layer(hidden))
         logits: torch.Tensor = self.head(hidden)
