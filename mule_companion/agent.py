@@ -54,11 +54,13 @@ from mlmule_core.protocol import (
     Failed,
     Mode,
     MuleEndpoint,
+    PayloadKind,
     Publish,
 )
 from mlmule_core.protocol.wire import decode_chunk, is_chunk
 from mlmule_core.starter import starter_index
 from mlmule_core.storage import atomic_write_bytes, atomic_write_text
+from mlmule_core.train_numpy import TrainReport
 from tqdm import tqdm  # type: ignore[import-untyped]  # no stubs in the environment
 
 from .config import (
@@ -76,6 +78,7 @@ from .config import (
 )
 from .datalog import DataStore, TrainingData
 from .errors import AgentRunning, ConfigError, PairingError, UnknownHome
+from .knowledge import PhoneKnowledge
 from .mqtt_link import Event, MqttLink, Verdict
 from .status import ActivityLedger, AgentState
 from .training import PhoneTrainer
@@ -366,6 +369,16 @@ class TrainRequest:
     differs: bool
 
 
+@dataclass(frozen=True)
+class DistilRequest:
+    """Distil the phone's model towards its knowledge cache on the space's data (mobile-data
+    mode: the phone has the labels), and offer the space what it knows then."""
+
+    home: HomeConfig
+    ref: EncounterRef
+    context_key: str
+
+
 class StatusDisplay:
     """A live status line on a terminal; a log line every `interval` seconds otherwise."""
 
@@ -428,7 +441,19 @@ class Agent:
             raise ConfigError(
                 "config.yaml", [("privacy.dp", "DP-SGD needs torch, which is not installed")]
             )
-        self._requests: queue.Queue[TrainRequest | None] = queue.Queue()
+        self._requests: queue.Queue[TrainRequest | DistilRequest | None] = queue.Queue()
+        self.kinds = self._config.exchange_mode.kinds
+        self.knowledge: PhoneKnowledge | None = None
+        if PayloadKind.KNOWLEDGE in self.kinds:
+            self.knowledge = PhoneKnowledge(
+                companion.paths.knowledge,
+                companion.identity,
+                SelfAndHomes(companion.identity, companion.trust),
+                max_entries=self._config.knowledge_max_entries,
+                limits=host.settings.limits,
+                replay=host.replay_guard,
+                max_age=host.settings.max_age_seconds,
+            )
         self._stopping = threading.Event()
         self._worker: threading.Thread | None = None
         self._changed = threading.Event()  # something to record, or a stop to notice
@@ -452,6 +477,7 @@ class Agent:
                 companion.identity,
                 OneHome(companion.trust, home.home_id),
                 config=replace(self._config.protocol, prefix=home.prefix),
+                kinds=self.kinds,
             )
             options = home.broker_options(
                 client_id=f"mlmule-{companion.identity.id}-{home.home_id[:6]}",
@@ -473,6 +499,9 @@ class Agent:
         with self._host_lock:
             for context_key in self.host.context_keys():
                 self._carry(self.host.slot(context_key))
+            if self.knowledge is not None:
+                for context_key in self.knowledge.cache.context_keys():
+                    self._carry_knowledge(context_key)
         self._worker = threading.Thread(target=self._training_loop, name="mlmule-training")
         self._worker.start()
         for home_link in self.links.values():
@@ -571,6 +600,11 @@ class Agent:
             f"sent {human_bytes(sent)}",
             f"received {human_bytes(received)}",
         ]
+        if self.knowledge is not None:
+            with self._host_lock:
+                cache = self.knowledge.cache
+                known = sum(len(cache.entries(key)) for key in cache.context_keys())
+            parts.append(f"{known} knowledge cached")
         if self.training_now is not None:
             parts.append(f"training {self.training_now}")
         return " · ".join(parts)
@@ -609,15 +643,36 @@ class Agent:
     # -- encounters -----------------------------------------------------------------------
 
     def _carry(self, slot: ModelSlot) -> None:
-        """Offer `slot` from now on to every home that asks for its context key."""
+        """Offer `slot` from now on to every home that asks for its context key (and what the
+        phone knows of the key, where it exchanges knowledge)."""
         for home_link in self.links.values():
             try:
                 home_link.link.carry(slot.offer(), slot.container)
             except MlmuleError as err:
                 _LOGGER.warning("cannot offer %s: %s", slot.context_key, err)
+        if self.knowledge is not None:
+            try:
+                self.knowledge.learn_own(slot)
+            except MlmuleError as err:
+                _LOGGER.warning("cannot compute the knowledge of %s: %s", slot.context_key, err)
+            self._carry_knowledge(slot.context_key)
+
+    def _carry_knowledge(self, context_key: str) -> None:
+        """Offer each home the phone's knowledge of `context_key` without that home's own."""
+        assert self.knowledge is not None
+        now = self._scene_now()
+        for home_id, home_link in self.links.items():
+            try:
+                sealed = self.knowledge.offer_for(home_id, context_key, now=now)
+                if sealed is not None:
+                    home_link.link.carry(sealed.info, sealed.container)
+            except MlmuleError as err:
+                _LOGGER.warning("cannot offer knowledge of %s: %s", context_key, err)
 
     def _deliver(self, home: HomeConfig, delivery: Deliver) -> Verdict:
         """A space's snapshot arrived whole: verify it, take or merge it, and decide."""
+        if delivery.snapshot.kind is PayloadKind.KNOWLEDGE:
+            return self._deliver_knowledge(home, delivery)
         ref, key = delivery.ref, delivery.snapshot.context_key
         now = self._scene_now()
         with self._host_lock:
@@ -643,6 +698,42 @@ class Agent:
             self._requests.put(TrainRequest(home, ref, key, delivery.snapshot.sha256, differs))
         if not outcome.accepted:
             return Verdict(accepted=False, reason=outcome.reason)
+        return Verdict(accepted=True)
+
+    def _deliver_knowledge(self, home: HomeConfig, delivery: Deliver) -> Verdict:
+        """A space's knowledge arrived: verify it, cache it, and in mobile-data mode distil."""
+        ref, key = delivery.ref, delivery.snapshot.context_key
+        assert self.knowledge is not None  # the endpoint fetches knowledge only then
+        with self._host_lock:
+            try:
+                snapshot, changed = self.knowledge.receive(delivery.payload, now=self._scene_now())
+            except MlmuleError as err:
+                self.ledger.count(home.home_id, "knowledge_refused")
+                detail = f"refused: {err.reason} ({err})"
+                self.ledger.note(
+                    home.home_id,
+                    "refused knowledge",
+                    space=ref.space,
+                    context_key=key,
+                    detail=detail,
+                )
+                _LOGGER.warning("%s/%s: knowledge of %s %s", home.name, ref.space, key, detail)
+                self._changed.set()
+                return Verdict(accepted=False, reason=err.reason)
+            if changed:
+                self._carry_knowledge(key)
+            distil = changed and delivery.mode is Mode.MOBILE and self.host.has(key)
+        self.ledger.count(home.home_id, "knowledge_received")
+        detail = f"v{snapshot.meta.version} of {snapshot.contributor}" + (
+            "" if changed else " (held as new already)"
+        )
+        self.ledger.note(
+            home.home_id, "cached knowledge", space=ref.space, context_key=key, detail=detail
+        )
+        _LOGGER.info("%s/%s: cached knowledge of %s, %s", home.name, ref.space, key, detail)
+        self._changed.set()
+        if distil:
+            self._requests.put(DistilRequest(home, ref, key))
         return Verdict(accepted=True)
 
     def _record_outcome(self, home: HomeConfig, ref: EncounterRef, outcome: Outcome) -> None:
@@ -675,11 +766,14 @@ class Agent:
         ref = event.ref
         if isinstance(event, Completed):
             key = event.snapshot.context_key
-            self.ledger.count(home.home_id, "sent" if event.accepted else "refused")
+            knowledge = event.snapshot.kind is PayloadKind.KNOWLEDGE
+            counter = "sent" if event.accepted else "refused"
+            self.ledger.count(home.home_id, f"knowledge_{counter}" if knowledge else counter)
+            what = " knowledge" if knowledge else ""
             if event.accepted:
                 self.ledger.note(
                     home.home_id,
-                    "sent",
+                    "sent" + what,
                     space=ref.space,
                     context_key=key,
                     detail=f"v{event.snapshot.version} accepted",
@@ -687,7 +781,7 @@ class Agent:
             else:
                 self.ledger.note(
                     home.home_id,
-                    "refused by home",
+                    "refused by home" + what,
                     space=ref.space,
                     context_key=key,
                     detail=event.reason,
@@ -733,7 +827,10 @@ class Agent:
             if self._stopping.is_set():
                 continue
             try:
-                self._train_and_answer(request)
+                if isinstance(request, DistilRequest):
+                    self._distil(request)
+                else:
+                    self._train_and_answer(request)
             except MlmuleError as err:
                 _LOGGER.warning("training %s failed: %s", request.context_key, err)
                 self.ledger.note(
@@ -796,44 +893,12 @@ class Agent:
         return already + self._trainer.planned_epsilon(samples) <= budget
 
     def _train(self, request: TrainRequest, slot: ModelSlot, data: TrainingData) -> bool:
-        """Train on the space's minutes; True when the promotion rule serves the result.
-
-        The trainer validates on the latest `val_fraction` of the minutes, and the rule judges
-        on the same ones: no gradient step saw them. A phone has too few labelled minutes of
-        one space to set a second share aside for the rule alone."""
+        """Train on the space's minutes; True when the promotion rule serves the result."""
         key = request.context_key
-        window = split_holdout(data.x, data.y, self._config.training.val_fraction)[2]
-        trainer = self._trainer.trainer(slot.spec, slot.weights, data)
-        with self._host_lock:
-            job = TrainingJob(
-                self.host,
-                key,
-                trainer,
-                samples=data.samples,
-                data_time=data.data_time,
-                window=window,
-            )
-        self.training_now = key
-        try:
-            finished = self._trainer.run(
-                job, trainer, samples=data.samples, label=key, stop=self._stopping
-            )
-        finally:
-            self.training_now = None
-        if not finished:
+        ran = self._run_job(key, slot, data, data)
+        if ran is None:
             return False
-        _, report = trainer.result()
-        dp = self._config.dp
-        if report.epsilon is not None and dp is not None:
-            self.ledger.spend(key, report.epsilon, dp.delta)
-        with self._host_lock:
-            try:
-                job.commit(now=self._scene_now())
-            except HostError as err:
-                _LOGGER.info("%s: %s", key, err)
-                return False
-            self._carry(self.host.slot(key))
-        self.ledger.trained(key, report, self._clock())
+        job, report = ran
         if job.decision is not None and not job.decision.served:
             self.ledger.note(
                 request.home.home_id,
@@ -852,6 +917,109 @@ class Agent:
             "" if report.epsilon is None else f", epsilon {report.epsilon:.2f}",
         )
         return True
+
+    def _distil(self, request: DistilRequest) -> None:
+        """Distil the phone's model towards what its visitors knew (DCCL's model over models),
+        on the minutes sensed in this space; the promotion rule decides, as for training."""
+        home, ref, key = request.home, request.ref, request.context_key
+        assert self.knowledge is not None
+        with self._host_lock:
+            slot = self.host.slot(key)
+        if tuple(slot.schema.features) != PHONE_FEATURES:
+            return
+        data = self._space_data(home, ref.space, slot)
+        needed = self._config.training.min_samples
+        if data is None or data.samples < needed:
+            _LOGGER.info("%s: too few labelled minutes here to distil (need %d)", key, needed)
+            return
+        with self._host_lock:
+            built = self.knowledge.distillation_data(
+                key,
+                data,
+                now=self._scene_now(),
+                exclude=frozenset({self.companion.identity.id}),
+            )
+        if built is None:
+            return
+        augmented, contributors = built
+        if not self._within_budget(key, augmented.samples):
+            _LOGGER.info("%s: distilling would exceed the privacy budget", key)
+            return
+        ran = self._run_job(key, slot, augmented, data)
+        if ran is None:
+            return
+        job, report = ran
+        decision = job.decision
+        served = decision is not None and decision.served
+        self.ledger.distilled(
+            key,
+            samples=data.samples,
+            contributors=contributors,
+            seconds=report.seconds,
+            decision=None if decision is None else decision.as_dict(),
+            served=served,
+            now=self._clock(),
+        )
+        self.ledger.note(
+            home.home_id,
+            "distilled" if served else "kept",
+            space=ref.space,
+            context_key=key,
+            detail=f"from {contributors} contributors: "
+            + ("served" if decision is None else decision.describe()),
+        )
+        _LOGGER.info("%s: distilled from %d contributors, %s", key, contributors, served)
+        self._changed.set()
+        if served:  # tell the space at once what the phone knows now
+            with self._host_lock:
+                sealed = self.knowledge.offer_for(home.home_id, key, now=self._scene_now())
+            if sealed is not None:
+                self.links[home.home_id].link.reply(
+                    ref.session, sealed.info, sealed.container, in_reply_to=None
+                )
+
+    def _run_job(
+        self, key: str, slot: ModelSlot, data: TrainingData, real: TrainingData
+    ) -> tuple[TrainingJob, TrainReport] | None:
+        """Train `slot` on `data` and let the promotion rule judge it; None if stopped or
+        superseded. `real` holds the space's own minutes, the latest of which `data` ends with.
+
+        The trainer validates on the latest `val_fraction` of the minutes, and the rule judges
+        on the same ones: no gradient step saw them. A phone has too few labelled minutes of
+        one space to set a second share aside for the rule alone."""
+        window = split_holdout(real.x, real.y, self._config.training.val_fraction)[2]
+        trainer = self._trainer.trainer(slot.spec, slot.weights, data)
+        with self._host_lock:
+            job = TrainingJob(
+                self.host,
+                key,
+                trainer,
+                samples=real.samples,
+                data_time=data.data_time,
+                window=window,
+            )
+        self.training_now = key
+        try:
+            finished = self._trainer.run(
+                job, trainer, samples=data.samples, label=key, stop=self._stopping
+            )
+        finally:
+            self.training_now = None
+        if not finished:
+            return None
+        _, report = trainer.result()
+        dp = self._config.dp
+        if report.epsilon is not None and dp is not None:
+            self.ledger.spend(key, report.epsilon, dp.delta)
+        with self._host_lock:
+            try:
+                job.commit(now=self._scene_now())
+            except HostError as err:
+                _LOGGER.info("%s: %s", key, err)
+                return None
+            self._carry(self.host.slot(key))
+        self.ledger.trained(key, report, self._clock())
+        return job, report
 
 
 @contextlib.contextmanager

@@ -55,7 +55,7 @@ from .config import (
 from .datalog import COLUMNS, RowParser, detect_format, open_text, read_records
 from .errors import CompanionError, ConfigError, DataError, PairingError
 from .mqtt_link import probe
-from .status import carried_models, read_current
+from .status import cached_knowledge, carried_models, read_current
 
 PROG = "mlmule-companion"
 _LOGGER = logging.getLogger(PROG)
@@ -453,6 +453,11 @@ def status_document(companion: Companion, now: float) -> dict[str, Any]:
             for model in carried_models(companion.paths.host, companion.identity)
         ],
         "promotions": promotions,
+        "knowledge": {
+            "exchange_mode": companion.config.exchange_mode.value,
+            "cache": cached_knowledge(companion.paths.knowledge),
+            "distillation": {k: asdict(v) for k, v in sorted(ledger.distillation.items())},
+        },
         "data": asdict(summary),
         "recent": ledger.events[-10:],
     }
@@ -504,6 +509,7 @@ def cmd_status(args: argparse.Namespace) -> int:
     if document["promotions"]:
         counts = ", ".join(f"{n} {reason}" for reason, n in sorted(document["promotions"].items()))
         print(f"Model changes judged: {counts}")
+    _print_knowledge(document["knowledge"], names, now)
     data = document["data"]
     print(f"Sensing data: {data['rows']} rows, {data['labelled']} labelled")
     for place in data["places"]:
@@ -519,6 +525,28 @@ def cmd_status(args: argparse.Namespace) -> int:
             what = f"{event['event']} {event['context_key']} {event['detail']}"
             print(f"  {stamp} {where}: {what.strip()}")
     return 0
+
+
+def _print_knowledge(knowledge: dict[str, Any], names: dict[str, str], now: float) -> None:
+    cache, distillation = knowledge["cache"], knowledge["distillation"]
+    print(f"Knowledge (exchange mode {knowledge['exchange_mode']}): {len(cache)} models cached")
+    for key, entries in cache.items():
+        held = ", ".join(
+            f"{names.get(e['contributor'], e['contributor'])} "
+            f"(trained {_age(e['trained_at'], now)}"
+            + ("" if e["score"] is None else f", score {e['score']:.3f}")
+            + ")"
+            for e in entries
+        )
+        print(f"  {key}: {held}")
+    for key, record in distillation.items():
+        decision = record["last_decision"]
+        print(
+            f"  distilled {key}: {record['runs']} runs, {record['served']} served; last "
+            f"{_age(record['last'], now)} from {record['last_contributors']} contributors on "
+            f"{record['last_samples']} minutes"
+            + ("" if decision is None else f": {_decision_line(decision)}")
+        )
 
 
 # ---------------------------------------------------------------------------------------------

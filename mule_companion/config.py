@@ -10,6 +10,7 @@ Layout of the data directory (`--data-dir`, `$MLMULE_COMPANION_HOME`, or
     credentials.json   broker passwords given at pairing (mode 0600), if any
     host/              the snapshot store: one current model per context key, with history
     data.sqlite        what the phone sensed (`log-data`); raw data never leaves it
+    knowledge.json     the knowledge cache: the latest knowledge of each home, per model
     activity.json      exchanges, bytes moved, privacy spent, and the running agent's state
     agent.lock         held by the process that owns the store (the running agent)
 
@@ -35,7 +36,7 @@ from mlmule_core.clock import ReplayClock
 from mlmule_core.errors import MlmuleError
 from mlmule_core.features import resolve_timezone
 from mlmule_core.identity import TrustRole
-from mlmule_core.protocol import ProtocolConfig
+from mlmule_core.protocol import DEFAULT_EXCHANGE_MODE, ExchangeMode, ProtocolConfig
 from mlmule_core.protocol.wire import check_id
 from mlmule_core.storage import atomic_write_text
 from mlmule_core.strategies import STRATEGIES, make_strategy
@@ -48,6 +49,7 @@ DATA_DIR_ENV: Final = "MLMULE_COMPANION_HOME"
 CONFIG_VERSION: Final = 1
 BACKENDS: Final = ("auto", "torch", "numpy")
 ROLES: Final = tuple(TrustRole)
+EXCHANGE_MODES: Final = tuple(mode.value for mode in ExchangeMode)
 # The protocol settings a user may tune; the prefix is per home (homes.yaml).
 PROTOCOL_KEYS: Final = (
     "max_payload",
@@ -101,6 +103,10 @@ class CompanionPaths:
     @property
     def data(self) -> Path:
         return self.root / "data.sqlite"
+
+    @property
+    def knowledge(self) -> Path:
+        return self.root / "knowledge.json"
 
     @property
     def activity(self) -> Path:
@@ -170,6 +176,10 @@ class CompanionConfig:
     strategy: str = "mlmule"
     strategy_options: Mapping[str, Any] = field(default_factory=dict)
     status_interval: float = 60.0
+    # what the phone swaps with homes: weights, knowledge (predictions on the shared proxy set,
+    # which any model family can distil) or both
+    exchange_mode: ExchangeMode = DEFAULT_EXCHANGE_MODE
+    knowledge_max_entries: int = 32  # contributors kept per context key in the knowledge cache
     # a developer option for replays (the demo): the scene time the phone's data lives in
     replay_clock: ReplayClock = field(default_factory=ReplayClock)
 
@@ -332,6 +342,8 @@ _CONFIG_SCHEMA = vol.Schema(
             }
         ),
         vol.Optional("status_interval"): _number(1.0, 86400.0),
+        vol.Optional("exchange_mode"): _one_of(EXCHANGE_MODES),
+        vol.Optional("knowledge"): _section({vol.Optional("max_entries"): _integer(1, 1024)}),
         # not written by `init`: a replay's scene clock (core/clock.py), for the demo
         vol.Optional("replay_clock"): vol.Schema(
             {vol.Required("origin"): _number(0.0), vol.Required("scale"): _number(1.0, 10_000.0)},
@@ -426,6 +438,8 @@ def _config_from(data: dict[str, Any], source: str) -> CompanionConfig:
         strategy=strategy_name,
         strategy_options=options,
         status_interval=data.get("status_interval", 60.0),
+        exchange_mode=ExchangeMode(data.get("exchange_mode", DEFAULT_EXCHANGE_MODE)),
+        knowledge_max_entries=(data.get("knowledge") or {}).get("max_entries", 32),
         replay_clock=ReplayClock.from_config(data.get("replay_clock")),
     )
 
@@ -485,6 +499,13 @@ network:
 strategy:            # how a space's model is merged into the one the phone carries
   name: mlmule       # mlmule, fedasync or fedavg
   options: {{}}
+
+exchange_mode: {DEFAULT_EXCHANGE_MODE.value}  # weights, knowledge or both: what the phone swaps
+                         # with homes; knowledge (predictions on a shared proxy set, distilled
+                         # into the phone's models) crosses model families
+
+knowledge:           # the knowledge cache: the latest knowledge of each home, per model
+  max_entries: 32    # homes kept per model; the least fresh and least accurate go first
 
 status_interval: 60  # seconds between status lines when not on a terminal
 """

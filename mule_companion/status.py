@@ -46,6 +46,9 @@ class HomeActivity:
     sent: int = 0  # snapshots the home took from the phone
     refused: int = 0  # snapshots refused, either way
     failed: int = 0  # transfers or sessions that failed
+    knowledge_received: int = 0  # knowledge snapshots taken from the home (into the cache)
+    knowledge_sent: int = 0  # knowledge snapshots the home took from the phone
+    knowledge_refused: int = 0  # knowledge snapshots refused, either way
     connections: int = 0
     last_connected: float | None = None
     last_exchange: float | None = None
@@ -72,6 +75,19 @@ class TrainingRecord:
 
 
 @dataclass
+class DistillationRecord:
+    """The phone's distillations of one context key towards its knowledge cache."""
+
+    runs: int = 0
+    served: int = 0  # runs the promotion rule served
+    last: float | None = None
+    last_samples: int = 0  # labelled minutes of the last run
+    last_contributors: int = 0  # cache entries in the ensemble it distilled towards
+    last_seconds: float = 0.0
+    last_decision: dict[str, Any] | None = None  # the promotion rule's (`as_dict`)
+
+
+@dataclass
 class AgentState:
     pid: int | None = None
     started_at: float | None = None
@@ -95,6 +111,7 @@ class ActivityLedger:
         self.homes: dict[str, HomeActivity] = {}
         self.privacy: dict[str, PrivacySpent] = {}
         self.training: dict[str, TrainingRecord] = {}
+        self.distillation: dict[str, DistillationRecord] = {}
         self.events: list[dict[str, Any]] = []
         self.agent = AgentState()
         self._load()
@@ -118,6 +135,10 @@ class ActivityLedger:
         }
         self.training = {
             k: _dataclass_from(TrainingRecord, v) for k, v in document.get("training", {}).items()
+        }
+        self.distillation = {
+            k: _dataclass_from(DistillationRecord, v)
+            for k, v in document.get("distillation", {}).items()
         }
         events = document.get("events", [])
         self.events = [e for e in events if isinstance(e, dict)][-KEPT_EVENTS:]
@@ -186,6 +207,27 @@ class ActivityLedger:
             record.last_stop = report.stop_reason
             record.last_val_macro_f1 = report.val_macro_f1
 
+    def distilled(
+        self,
+        context_key: str,
+        *,
+        samples: int,
+        contributors: int,
+        seconds: float,
+        decision: dict[str, Any] | None,
+        served: bool,
+        now: float,
+    ) -> None:
+        with self._lock:
+            record = self.distillation.setdefault(context_key, DistillationRecord())
+            record.runs += 1
+            record.served += int(served)
+            record.last = now
+            record.last_samples = samples
+            record.last_contributors = contributors
+            record.last_seconds = seconds
+            record.last_decision = decision
+
     def to_json(self) -> dict[str, Any]:
         with self._lock:
             return {
@@ -193,6 +235,7 @@ class ActivityLedger:
                 "homes": {k: asdict(v) for k, v in sorted(self.homes.items())},
                 "privacy": {k: asdict(v) for k, v in sorted(self.privacy.items())},
                 "training": {k: asdict(v) for k, v in sorted(self.training.items())},
+                "distillation": {k: asdict(v) for k, v in sorted(self.distillation.items())},
                 "events": list(self.events),
                 "agent": asdict(self.agent),
             }
@@ -285,3 +328,25 @@ def carried_models(store_root: Path, identity: Verifier) -> list[CarriedModel]:
             )
         )
     return models
+
+
+def cached_knowledge(path: Path) -> dict[str, list[dict[str, Any]]]:
+    """The knowledge cache's entries per context key, without their probabilities, read
+    without opening the cache (which moves a damaged file aside: only the agent may)."""
+    try:
+        document = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        return {}
+    except (OSError, ValueError) as err:
+        raise CompanionError(f"{path} is unreadable: {err}", reason="cache_unreadable") from err
+    keys = document.get("keys") if isinstance(document, dict) else None
+    shown = ("contributor", "family", "samples", "score", "trained_at", "received_at")
+    return {
+        str(key): [
+            {name: entry.get(name) for name in shown}
+            for entry in entries
+            if isinstance(entry, dict)
+        ]
+        for key, entries in sorted(keys.items() if isinstance(keys, dict) else [])
+        if isinstance(entries, list)
+    }

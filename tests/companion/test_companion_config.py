@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 import yaml
 from mlmule_core.features import resolve_timezone
-from mlmule_core.protocol import ProtocolConfig
+from mlmule_core.protocol import ExchangeMode, PayloadKind, ProtocolConfig
 
 from mule_companion.cli import main
 from mule_companion.config import (
@@ -78,6 +78,21 @@ def test_settings_are_read_into_their_places(tmp_path: Path) -> None:
     assert config.strategy == "fedasync"
 
 
+def test_the_exchange_mode_is_weights_until_chosen_and_names_what_the_phone_swaps(
+    tmp_path: Path,
+) -> None:
+    assert CompanionConfig(name="phone", timezone="UTC").exchange_mode is ExchangeMode.WEIGHTS
+    for mode, kinds in (
+        ("weights", {PayloadKind.WEIGHTS}),
+        ("knowledge", {PayloadKind.KNOWLEDGE}),
+        ("both", {PayloadKind.WEIGHTS, PayloadKind.KNOWLEDGE}),
+    ):
+        path = write_config(tmp_path / "config.yaml", exchange_mode=mode, knowledge__max_entries=4)
+        config = load_config(path)
+        assert config.exchange_mode.kinds == kinds
+        assert config.knowledge_max_entries == 4
+
+
 @pytest.mark.parametrize(
     ("changes", "expected"),
     [
@@ -98,6 +113,14 @@ def test_settings_are_read_into_their_places(tmp_path: Path) -> None:
         (
             {"privacy__dp": {"delta": 1e-5}},
             ("privacy.dp.noise_multiplier", "required, but missing"),
+        ),
+        (
+            {"exchange_mode": "gradients"},
+            ("exchange_mode", "expected one of weights, knowledge, both"),
+        ),
+        (
+            {"knowledge__max_entries": 0},
+            ("knowledge.max_entries", "expected an integer >= 1 and <= 1024"),
         ),
     ],
 )

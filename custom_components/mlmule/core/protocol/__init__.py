@@ -14,8 +14,10 @@ from .config import EndpointStats, ProtocolConfig
 from .encounter import MlMulePolicy, WantPolicy
 from .endpoint import Endpoint, MuleEndpoint, PeerTrust, SpaceEndpoint
 from .wire import (
+    DEFAULT_EXCHANGE_MODE,
     MAX_CHUNK_SIZE,
     PROTOCOL_VERSION,
+    ExchangeMode,
     Mode,
     OfferEntry,
     PayloadKind,
@@ -26,6 +28,7 @@ from .wire import (
 )
 
 __all__ = [
+    "DEFAULT_EXCHANGE_MODE",
     "MAX_CHUNK_SIZE",
     "PROTOCOL_VERSION",
     "Action",
@@ -35,6 +38,7 @@ __all__ = [
     "EncounterRef",
     "Endpoint",
     "EndpointStats",
+    "ExchangeMode",
     "Failed",
     "MlMulePolicy",
     "Mode",

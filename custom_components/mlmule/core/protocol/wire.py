@@ -142,6 +142,27 @@ class PayloadKind(StrEnum):
     KNOWLEDGE = "knowledge"
 
 
+class ExchangeMode(StrEnum):
+    """What a side swaps with its peers: weights (merged within one family), knowledge
+    (distilled across families), or both. A space's setting in Home Assistant, a phone's
+    `exchange_mode` in its config.yaml."""
+
+    WEIGHTS = "weights"
+    KNOWLEDGE = "knowledge"
+    BOTH = "both"
+
+    @property
+    def kinds(self) -> frozenset[PayloadKind]:
+        """The payload kinds this mode exchanges (for the endpoints' `kinds`)."""
+        if self is ExchangeMode.BOTH:
+            return frozenset(PayloadKind)
+        return frozenset({PayloadKind(self.value)})
+
+
+# until the benchmark's heterogeneous setting picks another (bench/results/knowledge.json)
+DEFAULT_EXCHANGE_MODE = ExchangeMode.WEIGHTS
+
+
 def leader_of(mode: Mode) -> PeerKind:
     """The side that merges and trains in this mode; the other side sends first."""
     return PeerKind.SPACE if mode is Mode.FIXED else PeerKind.MULE

@@ -1,0 +1,178 @@
+"""What the phone does with knowledge: verify and cache what homes send, offer its own, and
+build the data it distils from (issue 13; `mlmule_core.knowledge` holds the core of it).
+
+- **Receiving.** A knowledge snapshot passes the same checks as a model (a paired home's
+  signature, limits, age, replay) plus the proxy set of its context key, and goes into the
+  phone's `KnowledgeCache` (`knowledge.json`), keyed by its contributor.
+- **Offering.** Per home, the phone offers one knowledge snapshot per context key: the
+  freshness- and score-weighted ensemble of its cache (its own model's knowledge included,
+  as contributor "this phone"), *without* that home's own contribution, which would only echo
+  back. This is how the phone carries what it received: distilled into one snapshot, signed by
+  the phone, so a home needs to trust only the phone.
+- **Distilling** (mobile-data mode, where the phone has the labels): the phone trains its model
+  on the minutes it sensed in the space plus the proxy set labelled by the cache's ensemble
+  (`distillation_data`); the promotion rule judges the result on the latest real minutes, as
+  any training. The proxy rows come first, so the trainer's time-ordered validation split and
+  the rule's window hold real minutes only.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+from collections.abc import Mapping
+from dataclasses import dataclass
+from functools import cache
+from pathlib import Path
+
+import numpy as np
+from mlmule_core.host import ModelSlot
+from mlmule_core.identity import Identity, Verifier
+from mlmule_core.knowledge import (
+    Knowledge,
+    KnowledgeCache,
+    KnowledgeSnapshot,
+    knowledge_of,
+    proxy_id,
+    proxy_set,
+    seal_knowledge,
+    unpack_knowledge,
+)
+from mlmule_core.protocol import PayloadKind, SnapshotInfo
+from mlmule_core.snapshot import ReplayGuard, SnapshotLimits
+from mlmule_core.starter import load_starter, starter_index
+
+from .datalog import TrainingData
+
+_LOGGER = logging.getLogger(__name__)
+# knowledge versions count up apart from the same signer's model versions
+REPLAY_SUFFIX = "#knowledge"
+
+
+@cache
+def expected_proxies() -> Mapping[str, str]:
+    """The proxy set every context key's knowledge must be computed on: its starter's schema's."""
+    return {key: proxy_id(load_starter(key).schema) for key in starter_index()}
+
+
+@dataclass(frozen=True)
+class Sealed:
+    """A knowledge snapshot the phone made, and how an offer names it."""
+
+    info: SnapshotInfo
+    container: bytes
+
+
+class PhoneKnowledge:
+    """The phone's knowledge cache, and the knowledge it offers (thread-safe by its caller's
+    lock: the agent holds its host lock around every call)."""
+
+    def __init__(
+        self,
+        path: Path,
+        identity: Identity,
+        trust: Verifier,
+        *,
+        max_entries: int,
+        limits: SnapshotLimits,
+        replay: ReplayGuard,
+        max_age: float | None,
+    ) -> None:
+        self.cache = KnowledgeCache(path, max_entries=max_entries)
+        self._identity = identity
+        self._trust = trust
+        self._limits = limits
+        self._replay = replay
+        self._max_age = max_age
+        self._version = 0
+
+    def receive(self, container: bytes, *, now: float) -> tuple[KnowledgeSnapshot, bool]:
+        """Verify a knowledge snapshot and cache it; raises the `SnapshotError` that refuses it.
+        Returns it and whether the cache changed (False: it held this contributor's as new)."""
+        snapshot = unpack_knowledge(
+            container,
+            trust=self._trust,
+            expected_proxy=expected_proxies(),
+            limits=self._limits,
+            now=now,
+            max_age=self._max_age,
+        )
+        replay_key = snapshot.meta.context_key + REPLAY_SUFFIX
+        self._replay.check(snapshot.origin, replay_key, snapshot.meta.version)
+        changed = self.cache.add(snapshot.contributor, snapshot.knowledge, received_at=now)
+        # recorded once cached: a crash before must not make the home's next try a replay
+        self._replay.record(snapshot.origin, replay_key, snapshot.meta.version)
+        return snapshot, changed
+
+    def learn_own(self, slot: ModelSlot) -> bool:
+        """Put the knowledge of the model the phone holds into its cache, as its own."""
+        meta = slot.meta
+        own = knowledge_of(
+            slot.spec,
+            slot.weights,
+            slot.schema,
+            slot.context_key,
+            samples=meta.samples,
+            score=None,
+            trained_at=meta.last_trained,
+            data_time=meta.data_time,
+            proxy=proxy_set(load_starter(slot.context_key).schema),
+        )
+        return self.cache.add(self._identity.id, own, received_at=meta.created_at)
+
+    def offer_for(self, home_id: str, context_key: str, *, now: float) -> Sealed | None:
+        """The phone's knowledge of `context_key` for `home_id`: its cache's ensemble without
+        that home's contribution; None when nothing else is known."""
+        entries = [e for e in self.cache.entries(context_key) if e.contributor != home_id]
+        probabilities = self.cache.ensemble(context_key, now=now, exclude=frozenset({home_id}))
+        if probabilities is None or not entries:
+            return None
+        own = [e for e in entries if e.contributor == self._identity.id]
+        base = (own or sorted(entries, key=lambda e: e.knowledge.trained_at))[-1].knowledge
+        scores = [e.knowledge.score for e in entries if e.knowledge.score is not None]
+        knowledge = Knowledge(
+            context_key=context_key,
+            task=base.task,
+            proxy_id=base.proxy_id,
+            family=base.family,
+            probabilities=probabilities,
+            samples=max(e.knowledge.samples for e in entries),
+            score=float(np.mean(scores)) if scores else None,
+            trained_at=max(e.knowledge.trained_at for e in entries),
+            schema_hash=base.schema_hash,
+            data_time=max(e.knowledge.newest_data for e in entries),
+        )
+        # strictly newer than anything sealed before, across restarts too (wall seconds)
+        self._version = max(self._version + 1, int(now))
+        container = seal_knowledge(
+            knowledge, self._identity, version=self._version, created_at=now, limits=self._limits
+        )
+        info = SnapshotInfo(
+            context_key=context_key,
+            version=self._version,
+            sha256=hashlib.sha256(container).hexdigest(),
+            size=len(container),
+            arch=knowledge.family,
+            data_time=int(knowledge.newest_data),
+            kind=PayloadKind.KNOWLEDGE,
+        )
+        return Sealed(info, container)
+
+    def distillation_data(
+        self, context_key: str, data: TrainingData, *, now: float, exclude: frozenset[str]
+    ) -> tuple[TrainingData, int] | None:
+        """The space's minutes with the proxy set in front, labelled by the ensemble of the
+        cache without `exclude` (the phone's own model: distilling towards itself adds nothing);
+        None when no one else's knowledge is cached. Also returns the contributors used."""
+        contributors = [e for e in self.cache.entries(context_key) if e.contributor not in exclude]
+        ensemble = self.cache.ensemble(context_key, now=now, exclude=exclude)
+        if ensemble is None or not contributors:
+            return None
+        proxy = proxy_set(load_starter(context_key).schema)
+        if ensemble.shape[1] == 1:
+            labels = (ensemble[:, 0] >= 0.5).astype(np.int64)
+        else:
+            labels = np.argmax(ensemble, axis=1).astype(np.int64)
+        x = np.concatenate([proxy.x.astype(np.float32), data.x]).astype(np.float32)
+        y = np.concatenate([labels, data.y]).astype(np.int64)
+        return TrainingData(x, y, data.data_time), len(contributors)
