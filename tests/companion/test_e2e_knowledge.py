@@ -45,18 +45,19 @@ from tests.support.space_peer import SpacePeer
 __all__ = ["phone"]  # the fixture
 
 KNOWLEDGE_ONLY = frozenset({PayloadKind.KNOWLEDGE})
+BOTH = frozenset(PayloadKind)
 
 
 class KnowledgeHome:
     """A home's side of knowledge exchanges: it seals its model's knowledge, offers it, and
     verifies and caches what the phone offers (refusing what fails, with the reason)."""
 
-    def __init__(self, home: SpacePeer) -> None:
+    def __init__(self, home: SpacePeer, kinds: frozenset[PayloadKind] = KNOWLEDGE_ONLY) -> None:
         self.home = home
         self.cache = KnowledgeCache()
         self.refused: list[str] = []
         self.sizes: list[int] = []  # bytes of each knowledge snapshot the phone delivered
-        home.endpoint.kinds = KNOWLEDGE_ONLY  # what every space of this home serves from now
+        home.endpoint.kinds = kinds  # what every space of this home exchanges from now
         settle_weights = home._settle
 
         def settle(delivery: Deliver) -> None:
@@ -128,6 +129,15 @@ def forge_info(context_key: str, container: bytes) -> SnapshotInfo:
         arch=str(header["arch_hash"]),
         data_time=int(header["data_time"]),
         kind=PayloadKind.KNOWLEDGE,
+    )
+
+
+def weights_taken(home: SpacePeer) -> int:
+    """Weights snapshots of the home's the phone accepted (`e2e.answers_taken` counts all)."""
+    return sum(
+        1
+        for e in home.events
+        if isinstance(e, Completed) and e.accepted and e.snapshot.kind is PayloadKind.WEIGHTS
     )
 
 
@@ -266,3 +276,58 @@ def test_bad_knowledge_is_refused_like_bad_weights_and_changes_nothing(
     assert {e["contributor"] for e in cached} == {home.identity.id, mule}
     assert carried(phone, BEDROOM)["sha256"] == model["sha256"]
     assert status["knowledge"]["distillation"] == {}  # fixed-data mode: the phone cannot judge
+
+
+def test_in_both_modes_weights_and_knowledge_travel_side_by_side(
+    tmp_path: Path, mosquitto: Broker, phone: CompanionProcess
+) -> None:
+    home = new_home(tmp_path, mosquitto, "home")
+    knowing = KnowledgeHome(home, BOTH)
+    try:
+        mule = home.pair_mule(new_phone(phone, exchange_mode="both"))
+        phone.pair(home.home_code())
+        bedroom_data(home)
+        knowing.offer("bedroom", BEDROOM, knowing.own(BEDROOM, version=1))
+        phone.start()
+        phone.wait_connected()
+        # first visit: the phone, carrying nothing, takes the space's model and its knowledge
+        encounter(
+            home,
+            "bedroom",
+            mule,
+            lambda: (
+                weights_taken(home) == 1
+                and phone.activity()
+                .get("homes", {})
+                .get(home.identity.id, {})
+                .get("knowledge_received")
+                == 1
+            ),
+        )
+        home.train(BEDROOM)  # the space moves on
+        # second visit: the phone brings back the model and offers its knowledge
+        encounter(
+            home,
+            "bedroom",
+            mule,
+            lambda: weights_taken(home) == 2 and bool(knowing.cache.entries(BEDROOM)),
+        )
+        phone.wait_for(lambda: sessions(phone, home) == 2, 10, "the phone did not see the byes")
+        assert phone.stop() == 0
+    finally:
+        home.stop()
+    [received] = home.received  # the weights path, as without knowledge
+    assert received.outcome.accepted, received.outcome
+    assert received.outcome.origin == mule
+    [entry] = knowing.cache.entries(BEDROOM)
+    assert entry.contributor == mule
+    status = phone.status()
+    [activity] = status["homes"]
+    assert (activity["received"], activity["knowledge_received"]) == (2, 1)
+    assert activity["sent"] == 1
+    assert activity["knowledge_sent"] >= 1
+    assert carried(phone, BEDROOM)["version"] == 2
+    assert {e["contributor"] for e in status["knowledge"]["cache"][BEDROOM]} == {
+        home.identity.id,
+        mule,
+    }
