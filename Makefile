@@ -8,7 +8,7 @@ HA_NEWEST_ENV = $$(scripts/ensure-env.sh ha-newest)
 COMPANION_ENV = $$(scripts/ensure-env.sh companion)
 
 .PHONY: help test test-ha test-ha-newest test-companion test-demo coverage lint demo docs-img bench \
-	bench-learning lock envs clean-envs
+	bench-learning bench-knowledge lock envs clean-envs
 
 help:
 	@echo "make test   set up everything on first use, then run every test: tests/ha on the oldest and"
@@ -18,6 +18,7 @@ help:
 	@echo "make docs-img  run the demo test and copy its screenshots into docs/img/"
 	@echo "make bench  run the benchmarks; figures go to bench/results/"
 	@echo "make bench-learning  the ML Mule learning benchmark (about an hour on 2 cores)"
+	@echo "make bench-knowledge  weights against knowledge between different models (about 20 min)"
 
 envs:
 	@echo "HA environment:        $(HA_ENV)"
@@ -103,6 +104,11 @@ bench:
 bench-learning:
 	@env="$(COMPANION_ENV)"; cd bench && "$$env/bin/python" -m mlmule_bench run --jobs 2 && \
 	  "$$env/bin/python" -m mlmule_bench flower && "$$env/bin/python" -m mlmule_bench scaling
+
+# Weights against knowledge between homes of different model sizes and sensor sets
+# (bench/results/README.md, knowledge.json).
+bench-knowledge:
+	@env="$(COMPANION_ENV)"; cd bench && "$$env/bin/python" -m mlmule_bench.knowledge --jobs 2
 
 lock:
 	scripts/lock.sh ha

@@ -1,0 +1,130 @@
+"""The knowledge benchmark end to end on a tiny world: the CLI, knowledge.json, and the pieces
+it stands on (the heterogeneous homes, the soft-target term, what moves between sizes)."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+from typing import Any
+
+import numpy as np
+import pytest
+from mlmule_bench.knowledge import (
+    METHODS,
+    MISSING,
+    SETTINGS,
+    TINY,
+    heterogeneous,
+    main,
+    missing_columns,
+    soft_rows,
+)
+from mlmule_core import families
+from mlmule_core.train_numpy import weighted_loss
+
+
+@pytest.fixture(scope="module")
+def document(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+    out = tmp_path_factory.mktemp("bench") / "knowledge.json"
+    assert main(["--config", "tiny", "--out", str(out)]) == 0
+    loaded: dict[str, Any] = json.loads(out.read_text())
+    return loaded
+
+
+def test_the_document_is_laid_out_like_learning_json(document: dict[str, Any]) -> None:
+    assert document["seeds"] == list(TINY.seeds)
+    assert set(document["per_method"]) == set(METHODS)
+    for method, by_setting in document["per_method"].items():
+        assert set(by_setting) == set(SETTINGS), method
+        for entry in by_setting.values():
+            assert len(entry["final"]["per_seed"]) == len(TINY.seeds)
+            assert 0.0 <= entry["final"]["median"] <= 1.0
+            assert entry["regressions"]["max"] <= entry["model_changes"]["max"]
+            assert {"bytes_per_exchange", "bytes_moved"} <= set(entry)
+
+
+def test_local_moves_nothing_and_every_exchange_mode_moves_something(
+    document: dict[str, Any],
+) -> None:
+    for setting in SETTINGS:
+        assert document["per_method"]["local"][setting]["bytes_moved"]["max"] == 0
+        assert document["per_method"]["local"][setting]["rounds"]["distil"]["max"] == 0
+        for method in METHODS[1:]:
+            entry = document["per_method"][method][setting]
+            assert entry["bytes_moved"]["min"] > 0, (method, setting)
+            assert entry["exchanges"]["min"] > 0, (method, setting)
+            # knowledge is distilled; weights alone never are
+            distilled = entry["rounds"]["distil"]["min"] > 0
+            assert distilled == (method != "mlmule_weights"), (method, setting)
+
+
+def test_knowledge_snapshots_are_smaller_than_weight_snapshots(document: dict[str, Any]) -> None:
+    for setting in SETTINGS:
+        sizes = document["per_method"]["mlmule_both"][setting]["container_bytes"]
+        assert 0 < sizes["knowledge"] < sizes["weights"], setting
+        sizes = document["snapshot_bytes"][setting]
+        assert sizes["knowledge"]["int8"] < sizes["knowledge"]["fp16"] < sizes["large"]["weights"]
+    # occupancy's largest family: a knowledge snapshot is over 10 times smaller than its weights
+    sizes = document["snapshot_bytes"]["occupancy"]
+    assert sizes["large"]["weights"] > 10 * sizes["knowledge"]["fp16"]
+    assert document["headline"]["occupancy"]["bytes_per_exchange_ratio"] > 1
+
+
+def test_weights_move_only_within_a_model_size(document: dict[str, Any]) -> None:
+    for setting in SETTINGS:
+        rejected = document["per_method"]["mlmule_weights"][setting]["rejected"]
+        assert not {"arch_mismatch", "incompatible"} & set(rejected), rejected
+
+
+def test_distillation_time_is_measured_on_both_sides(document: dict[str, Any]) -> None:
+    times = document["distillation_seconds"]
+    assert times["torch_available"] == (importlib.util.find_spec("torch") is not None)
+    for setting in SETTINGS:
+        for size in families.MODEL_SIZES:
+            entry = times[f"{setting}/{size}"]
+            assert entry["numpy"] > 0
+            assert (entry["torch"] is not None) == times["torch_available"]
+
+
+def test_homes_differ_in_model_size_and_sensor_set() -> None:
+    setting, visits, _ = heterogeneous(TINY, "occupancy", 0)
+    assert visits
+    hashes = {families.arch_hash(a.spec, a.schema) for a in setting.arch_of_home.values()}
+    assert len(hashes) == 2
+    columns = missing_columns(setting.schema, MISSING["occupancy"])
+    missing = np.asarray(list(columns.values()), dtype=np.float32)
+    lacking = {
+        unit.home: bool(np.all(unit.x[:, list(columns)] == missing)) for unit in setting.data.units
+    }
+    assert {home for home, lacks in lacking.items() if lacks} >= setting.reduced_homes
+    # the world's full sensor sets have some of those sensors
+    assert not all(lacking.values())
+
+
+@pytest.mark.parametrize("binary", [True, False])
+def test_soft_rows_give_the_cross_entropy_to_the_soft_targets(binary: bool) -> None:
+    rng = np.random.default_rng(3)
+    k = 1 if binary else 4
+    raw = rng.normal(size=(5, k)).astype(np.float32)
+    if binary:
+        targets = rng.uniform(0.05, 0.95, size=(5, 1)).astype(np.float32)
+        p = 1 / (1 + np.exp(-raw[:, 0]))
+        expected = -np.mean(targets[:, 0] * np.log(p) + (1 - targets[:, 0]) * np.log(1 - p))
+    else:
+        targets = rng.dirichlet(np.ones(k), size=5).astype(np.float32)
+        log_p = raw - np.log(np.exp(raw).sum(axis=1, keepdims=True))
+        expected = -np.mean((targets * log_p).sum(axis=1))
+    index = np.arange(5, dtype=np.float32)[:, None]
+    rows, labels, weights = soft_rows(binary, index, targets)
+    spec = families.FamilySpec(
+        family=families.OCCUPANCY_MLP if binary else families.ACTIVITY_MLP,
+        task="occupancy" if binary else "activity",
+        n_inputs=1,
+        hidden=(2,),
+        n_classes=k,
+        labels=("vacant", "occupied") if binary else tuple("abcd"),
+    )
+    # every row's logits are its source row's; the weighted loss is the mean soft-target loss
+    # (weights of a row sum to 1)
+    loss = weighted_loss(spec, raw[rows[:, 0].astype(int)], labels, weights)
+    assert loss == pytest.approx(expected, rel=1e-4)
