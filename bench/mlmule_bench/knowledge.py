@@ -74,6 +74,7 @@ from mlmule_core.features import FeatureSchema  # noqa: E402
 from mlmule_core.host import ModelHost, TrainingJob, score  # noqa: E402
 from mlmule_core.identity import TrustStore  # noqa: E402
 from mlmule_core.knowledge import (  # noqa: E402
+    DEFAULT_PROXY_SIZE,
     Knowledge,
     KnowledgeCache,
     knowledge_of,
@@ -95,14 +96,32 @@ from .simulate import MethodRun, Simulation  # noqa: E402
 from .training import LocalExecutor, Outcome  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parents[1] / "results"
-SETTINGS = ("occupancy", "phone_activity")
-METHODS = ("local", "mlmule_weights", "mlmule_knowledge", "mlmule_both", "fedcache_real")
+TASKS = ("occupancy", "phone_activity")
+# setting -> (task, heterogeneous): the heterogeneous homes under the task's name, and the
+# control where every home runs the default size on the world's own sensors
+SETTINGS = {
+    "occupancy": ("occupancy", True),
+    "phone_activity": ("phone_activity", True),
+    "occupancy_uniform": ("occupancy", False),
+    "phone_activity_uniform": ("phone_activity", False),
+}
+METHODS = (
+    "local",
+    "mlmule_weights",
+    "mlmule_knowledge",
+    "mlmule_both",
+    "mlmule_knowledge_int8",
+    "fedcache_real",
+)
 MODES = {
     "mlmule_weights": ("weights",),
     "mlmule_knowledge": ("knowledge",),
     "mlmule_both": ("weights", "knowledge"),
+    "mlmule_knowledge_int8": ("knowledge",),
     "fedcache_real": ("real",),
 }
+# method -> (proxy rows, compression) of its knowledge snapshots, where not the defaults
+SMALL_KNOWLEDGE = {"mlmule_knowledge_int8": (128, "int8")}
 DISTILL_WEIGHT = 0.5  # the distillation term's mass against the labelled term's
 REAL_ROWS = 256  # fedcache_real: the real samples a producer's knowledge covers (= proxy size)
 REAL_CONTRIBUTORS = 4  # fedcache_real: the freshest contributors a peer keeps samples of
@@ -168,7 +187,11 @@ class Setting:
     reduced_homes: frozenset[str]
 
 
-def heterogeneous(config: BenchConfig, task: str, seed: int) -> tuple[Setting, list[Visit], Any]:
+def heterogeneous(
+    config: BenchConfig, task: str, seed: int, *, mixed: bool = True
+) -> tuple[Setting, list[Visit], Any]:
+    """The task's homes with their sizes and sensor sets (`mixed`), or all of the default size
+    on the world's own sensors."""
     world = build_world(config, seed)
     data = build_task(config, world, task, seed)
     (key,) = data.context_keys
@@ -179,8 +202,13 @@ def heterogeneous(config: BenchConfig, task: str, seed: int) -> tuple[Setting, l
         spec = families.preset_spec(size, task, schema, base.spec.labels)
         initial = families.init_weights(spec, stream(seed, "init", key, size), schema)
         archs[size] = Architecture(spec, schema, initial)
-    sizes = {home.home_id: model_size_of_home(home.index) for home in world.homes}
-    reduced = frozenset(home.home_id for home in world.homes if reduced_sensors(home.index))
+    sizes = {
+        home.home_id: model_size_of_home(home.index) if mixed else families.DEFAULT_MODEL_SIZE
+        for home in world.homes
+    }
+    reduced = frozenset(
+        home.home_id for home in world.homes if mixed and reduced_sensors(home.index)
+    )
     columns = missing_columns(schema, MISSING[task])
     units = tuple(mask(unit, columns) if unit.home in reduced else unit for unit in data.units)
     data = replace(data, units=units)
@@ -375,7 +403,8 @@ class HeteroMethod(PeerMethod):
             arch_of_home=setting.arch_of_home,
         )
         (self.key,) = sim.data.context_keys
-        self.proxy = proxy_set(setting.schema)
+        rows, self.compression = SMALL_KNOWLEDGE.get(self.name, (DEFAULT_PROXY_SIZE, "fp16"))
+        self.proxy = proxy_set(setting.schema, size=rows)
         self.units = {unit.learner: unit for unit in sim.data.units}
         self.learners = self.build_learners()
         # mobile-data mode: the spaces relay (and, with weights, merge) what phones bring
@@ -526,7 +555,7 @@ class HeteroMethod(PeerMethod):
         ensemble = carried.cache.ensemble(self.key, now=now, exclude=frozenset({own}))
         assert ensemble is not None
         newest = max(e.knowledge.trained_at for e in entries)
-        knowledge = ensemble_knowledge(self.setting.schema, self.key, other, ensemble, newest)
+        knowledge = ensemble_knowledge(self.setting.schema, self.proxy.id, other, ensemble, newest)
         container = self.seal(other, knowledge, now)
         self._moved(container, self.knowledge_bytes)
         snapshot = unpack_knowledge(
@@ -586,7 +615,13 @@ class HeteroMethod(PeerMethod):
     def seal(self, peer: Peer, knowledge: Knowledge, now: float) -> bytes:
         version = self.versions.get(peer.name, 0) + 1
         self.versions[peer.name] = version
-        return seal_knowledge(knowledge, peer.host.identity, version=version, created_at=now)
+        return seal_knowledge(
+            knowledge,
+            peer.host.identity,
+            version=version,
+            created_at=now,
+            compression=self.compression,  # type: ignore[arg-type]
+        )
 
     # -- distillation
 
@@ -630,14 +665,19 @@ def real_bytes(x: FloatArray, p: FloatArray) -> int:
 
 
 def ensemble_knowledge(
-    schema: FeatureSchema, key: str, relay: Peer, probabilities: FloatArray, trained_at: float
+    schema: FeatureSchema,
+    proxy_id: str,
+    relay: Peer,
+    probabilities: FloatArray,
+    trained_at: float,
 ) -> Knowledge:
     """A relay's cache ensemble as one knowledge snapshot: its family field names the
     relay's own size (informational), nothing of it is scored."""
+    (key,) = relay.host.known_arch
     return Knowledge(
         context_key=key,
         task=key.split("/", 1)[0],
-        proxy_id=proxy_set(schema).id,
+        proxy_id=proxy_id,
         family=relay.host.expected_arch()[key],
         probabilities=np.ascontiguousarray(probabilities, dtype=np.float32),
         samples=0,
@@ -659,10 +699,11 @@ def method_class(name: str) -> type[HeteroMethod]:
 
 
 def run_setting(
-    config: BenchConfig, task: str, seed: int, methods: Sequence[str]
+    config: BenchConfig, name: str, seed: int, methods: Sequence[str]
 ) -> dict[str, Any]:
-    """Every method on one task and seed, from the same world, homes and contacts."""
-    setting, visit_list, world = heterogeneous(config, task, seed)
+    """Every method on one setting and seed, from the same world, homes and contacts."""
+    task, mixed = SETTINGS[name]
+    setting, visit_list, world = heterogeneous(config, task, seed, mixed=mixed)
     executor = KnowledgeExecutor()
     simulation = Simulation(
         config,
@@ -678,10 +719,10 @@ def run_setting(
     )
     simulation.setting = setting  # type: ignore[attr-defined]
     runs = {}
-    for name in methods:
+    for method in methods:
         executor.seconds = {"train": [], "distil": []}
-        run: MethodRun = simulation.run(method_class(name))
-        runs[name] = {
+        run: MethodRun = simulation.run(method_class(method))
+        runs[method] = {
             "final": run.final,
             "regressions": run.regressions,
             "model_changes": run.model_changes,
@@ -691,19 +732,18 @@ def run_setting(
             "details": run.details,
             "wall_seconds": run.wall_seconds,
             "final_by_size": {
-                size: float(
-                    np.mean(
-                        [
-                            v
-                            for unit_id, v in run.final_units.items()
-                            if setting.size_of_home[unit_home(setting, unit_id)] == size
-                        ]
-                    )
-                )
+                size: float(np.mean(scores))
                 for size in families.MODEL_SIZES
+                if (
+                    scores := [
+                        v
+                        for unit_id, v in run.final_units.items()
+                        if setting.size_of_home[unit_home(setting, unit_id)] == size
+                    ]
+                )
             },
         }
-    return {"task": task, "seed": seed, "units": len(setting.data.units), "runs": runs}
+    return {"setting": name, "seed": seed, "units": len(setting.data.units), "runs": runs}
 
 
 def unit_home(setting: Setting, unit_id: str) -> str:
@@ -712,8 +752,8 @@ def unit_home(setting: Setting, unit_id: str) -> str:
 
 def _run_pair(args: tuple[dict[str, Any], str, int, tuple[str, ...]]) -> dict[str, Any]:
     logging.getLogger("mlmule_core").setLevel(logging.ERROR)
-    document, task, seed, methods = args
-    return run_setting(BenchConfig.from_json(document), task, seed, methods)
+    document, name, seed, methods = args
+    return run_setting(BenchConfig.from_json(document), name, seed, methods)
 
 
 # --- distillation time, HA side (numpy) and phone side (torch) ---------------------------------
@@ -728,7 +768,7 @@ def distillation_times(config: BenchConfig, seed: int, repeats: int = 3) -> dict
     except ImportError:
         TorchBackend = None  # noqa: N806
     times: dict[str, Any] = {"torch_available": TorchBackend is not None}
-    for task in SETTINGS:
+    for task in TASKS:
         setting, _, world = heterogeneous(config, task, seed)
         unit = max(setting.data.units, key=lambda u: u.y.size)
         x, y, _ = unit.window(held_out_start(config, world), config.budget.history_days * DAY)
@@ -772,7 +812,7 @@ def snapshot_sizes(config: BenchConfig, seed: int) -> dict[str, Any]:
     snapshot (fp16, the default, and int8) on the key's proxy set."""
     sizes: dict[str, Any] = {}
     identity = seeded_identity(seed, "space", "sizes")
-    for task in SETTINGS:
+    for task in TASKS:
         setting, _, world = heterogeneous(config, task, seed)
         (key,) = setting.data.context_keys
         entry: dict[str, Any] = {}
@@ -847,7 +887,7 @@ def summarise(
     for method in methods:
         per_method[method] = {}
         for task in SETTINGS:
-            runs = [p["runs"][method] for p in pairs if p["task"] == task]
+            runs = [p["runs"][method] for p in pairs if p["setting"] == task]
             if not runs:
                 continue
             exchanges = [r["ledger"]["exchanges"] for r in runs]
@@ -857,6 +897,7 @@ def summarise(
                 "final_by_size": {
                     size: spread([r["final_by_size"][size] for r in runs])
                     for size in families.MODEL_SIZES
+                    if size in runs[0]["final_by_size"]
                 },
                 "regressions": spread([r["regressions"] for r in runs]),
                 "model_changes": spread([r["model_changes"] for r in runs]),
@@ -889,11 +930,15 @@ def summarise(
         "setting": {
             "model_size": "compact in even homes, large in odd ones (families.FAMILY_PRESETS)",
             "reduced_sensors": "homes with index % 4 in {2, 3}",
-            "missing_features": {task: sorted(MISSING[task]) for task in SETTINGS},
+            "missing_features": {task: sorted(MISSING[task]) for task in TASKS},
+            "uniform": "<task>_uniform: every home compact, the world's own sensors (control)",
             "distill_weight": DISTILL_WEIGHT,
         },
         "seeds": list(config.seeds),
-        "metric": {"occupancy": "balanced accuracy", "phone_activity": "macro F1"},
+        "metric": {
+            name: {"occupancy": "balanced accuracy", "phone_activity": "macro F1"}[task]
+            for name, (task, _) in SETTINGS.items()
+        },
         "per_method": per_method,
         "headline": headline(per_method),
     }
@@ -930,6 +975,42 @@ def headline(per_method: Mapping[str, Mapping[str, Any]]) -> dict[str, Any]:
     return out
 
 
+def markdown_tables(document: Mapping[str, Any]) -> str:
+    """The README's tables of a knowledge.json."""
+    lines: list[str] = []
+    for task in SETTINGS:
+        if not any(task in by_setting for by_setting in document["per_method"].values()):
+            continue
+        metric = document["metric"][task]
+        lines += [
+            f"| {task} ({metric}) | final | compact homes | large homes | regressions "
+            "| bytes per exchange | MB moved | distilling rounds |",
+            "|---|---|---|---|---|---|---|---|",
+        ]
+        for method, by_setting in document["per_method"].items():
+            entry = by_setting.get(task)
+            if entry is None:
+                continue
+            final = entry["final"]
+            sizes = {
+                size: f"{entry['final_by_size'][size]['median']:.3f}"
+                if size in entry["final_by_size"]
+                else "-"
+                for size in families.MODEL_SIZES
+            }
+            lines.append(
+                f"| {method} | {final['median']:.3f} [{final['min']:.3f}-{final['max']:.3f}] "
+                f"| {sizes['compact']} | {sizes['large']} "
+                f"| {entry['regressions']['median']:.0f} of "
+                f"{entry['model_changes']['median']:.0f} "
+                f"| {entry['bytes_per_exchange']['median']:.0f} "
+                f"| {entry['bytes_moved']['median'] / 1e6:.2f} "
+                f"| {entry['rounds']['distil']['median']:.0f} |"
+            )
+        lines.append("")
+    return "\n".join(lines)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     logging.getLogger("mlmule_core").setLevel(logging.ERROR)
     parser = argparse.ArgumentParser(
@@ -939,19 +1020,23 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     parser.add_argument("--config", default="default", choices=sorted(PRESETS))
     parser.add_argument("--seed", type=int, action="append", dest="seeds")
-    parser.add_argument("--tasks", default=",".join(SETTINGS))
+    parser.add_argument("--settings", default=",".join(SETTINGS), help=", ".join(SETTINGS))
     parser.add_argument("--methods", default=",".join(METHODS))
     parser.add_argument("--jobs", type=int, default=1)
     parser.add_argument("--out", type=Path, default=RESULTS / "knowledge.json")
+    parser.add_argument("--table", action="store_true", help="print --out's tables, run nothing")
     args = parser.parse_args(argv)
+    if args.table:
+        print(markdown_tables(json.loads(args.out.read_text(encoding="utf-8"))))
+        return 0
     config = PRESETS[args.config]
     if args.seeds:
         config = replace(config, seeds=tuple(args.seeds))
-    tasks = [t for t in args.tasks.split(",") if t]
+    tasks = [t for t in args.settings.split(",") if t]
     methods = tuple(m for m in args.methods.split(",") if m)
     unknown = sorted({*tasks} - set(SETTINGS)) + sorted({*methods} - set(METHODS))
     if unknown:
-        parser.error(f"unknown tasks or methods {unknown}")
+        parser.error(f"unknown settings or methods {unknown}")
     began = time.perf_counter()
     jobs = [(config.to_json(), task, seed, methods) for task in tasks for seed in config.seeds]
     if args.jobs > 1 and len(jobs) > 1:

@@ -13,6 +13,7 @@ from mlmule_bench.knowledge import (
     METHODS,
     MISSING,
     SETTINGS,
+    TASKS,
     TINY,
     heterogeneous,
     main,
@@ -62,7 +63,11 @@ def test_knowledge_snapshots_are_smaller_than_weight_snapshots(document: dict[st
     for setting in SETTINGS:
         sizes = document["per_method"]["mlmule_both"][setting]["container_bytes"]
         assert 0 < sizes["knowledge"] < sizes["weights"], setting
-        sizes = document["snapshot_bytes"][setting]
+        # int8 on 128 proxy rows is smaller still
+        small = document["per_method"]["mlmule_knowledge_int8"][setting]["container_bytes"]
+        assert small["knowledge"] < sizes["knowledge"], setting
+    for task in TASKS:
+        sizes = document["snapshot_bytes"][task]
         assert sizes["knowledge"]["int8"] < sizes["knowledge"]["fp16"] < sizes["large"]["weights"]
     # occupancy's largest family: a knowledge snapshot is over 10 times smaller than its weights
     sizes = document["snapshot_bytes"]["occupancy"]
@@ -79,9 +84,9 @@ def test_weights_move_only_within_a_model_size(document: dict[str, Any]) -> None
 def test_distillation_time_is_measured_on_both_sides(document: dict[str, Any]) -> None:
     times = document["distillation_seconds"]
     assert times["torch_available"] == (importlib.util.find_spec("torch") is not None)
-    for setting in SETTINGS:
+    for task in TASKS:
         for size in families.MODEL_SIZES:
-            entry = times[f"{setting}/{size}"]
+            entry = times[f"{task}/{size}"]
             assert entry["numpy"] > 0
             assert (entry["torch"] is not None) == times["torch_available"]
 
@@ -99,6 +104,12 @@ def test_homes_differ_in_model_size_and_sensor_set() -> None:
     assert {home for home, lacks in lacking.items() if lacks} >= setting.reduced_homes
     # the world's full sensor sets have some of those sensors
     assert not all(lacking.values())
+
+
+def test_the_uniform_control_has_one_size_and_the_worlds_sensors() -> None:
+    setting, _, _ = heterogeneous(TINY, "phone_activity", 0, mixed=False)
+    assert set(setting.size_of_home.values()) == {families.DEFAULT_MODEL_SIZE}
+    assert not setting.reduced_homes
 
 
 @pytest.mark.parametrize("binary", [True, False])
