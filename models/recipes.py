@@ -9,12 +9,18 @@ same data access for its local-training comparison. Nothing here needs torch.
 from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 import numpy.typing as npt
 from mlmule_core.context import ROOMS
-from mlmule_core.families import ACTIVITY_MLP, OCCUPANCY_MLP, FamilySpec
+from mlmule_core.families import (
+    DEFAULT_MODEL_SIZE,
+    MODEL_SIZES,
+    FamilySpec,
+    ModelSize,
+    preset_spec,
+)
 from mlmule_core.features import (
     ACTIVITIES,
     ChangeSeries,
@@ -53,13 +59,12 @@ HELD_OUT_WORLD = WorldRecipe(WorldConfig(n_homes=10, days=7), seed=7002)
 class TaskRecipe:
     """How one task's starters are built.
 
-    `window` lists the lags (in minutes) stacked into one input; `subsample` keeps every n-th
-    minute, since neighbouring minutes are nearly identical and cost time, not information.
+    The architecture is the model size's preset (`families.FAMILY_PRESETS`). `window` lists the
+    lags (in minutes) stacked into one input; `subsample` keeps every n-th minute, since
+    neighbouring minutes are nearly identical and cost time, not information.
     """
 
     task: str
-    family: str
-    hidden: tuple[int, ...]
     window: tuple[int, ...]
     subsample: int
     train: TrainConfig
@@ -70,29 +75,18 @@ class TaskRecipe:
             return phone_schema(window=self.window)
         return room_schema(window=self.window)
 
-    def spec(self, schema: FeatureSchema) -> FamilySpec:
-        binary = self.family == OCCUPANCY_MLP
-        return FamilySpec(
-            family=self.family,
-            task=self.task,
-            n_inputs=schema.n_inputs,
-            hidden=self.hidden,
-            n_classes=1 if binary else len(ACTIVITIES),
-            labels=OCCUPANCY_LABELS if binary else ACTIVITIES,
-        )
+    def spec(self, schema: FeatureSchema, model_size: ModelSize = DEFAULT_MODEL_SIZE) -> FamilySpec:
+        labels = OCCUPANCY_LABELS if self.task == "occupancy" else ACTIVITIES
+        return preset_spec(model_size, self.task, schema, labels)
 
 
 _STARTER_TRAINING = TrainConfig(
     learning_rate=3e-3, batch_size=256, max_epochs=15, patience=3, val_fraction=0.2, seed=0
 )
 TASK_RECIPES: dict[str, TaskRecipe] = {
-    "occupancy": TaskRecipe("occupancy", OCCUPANCY_MLP, (32, 16), (0, 5, 15), 6, _STARTER_TRAINING),
-    "activity": TaskRecipe(
-        "activity", ACTIVITY_MLP, (64, 32), (0, 5, 15, 30), 6, _STARTER_TRAINING
-    ),
-    "phone_activity": TaskRecipe(
-        "phone_activity", ACTIVITY_MLP, (32, 16), (0, 1, 2, 5, 10), 10, _STARTER_TRAINING
-    ),
+    "occupancy": TaskRecipe("occupancy", (0, 5, 15), 6, _STARTER_TRAINING),
+    "activity": TaskRecipe("activity", (0, 5, 15, 30), 6, _STARTER_TRAINING),
+    "phone_activity": TaskRecipe("phone_activity", (0, 1, 2, 5, 10), 10, _STARTER_TRAINING),
 }
 
 
@@ -104,6 +98,7 @@ class Starter:
     task: str
     kind: str | None  # None: trained on every kind (the phone model)
     context_keys: tuple[str, ...]
+    model_size: ModelSize = DEFAULT_MODEL_SIZE
 
     @property
     def recipe(self) -> TaskRecipe:
@@ -118,7 +113,19 @@ def starters() -> tuple[Starter, ...]:
     none. Phone activity: one model shared by every kind, because its inputs are the phone's own
     motion, which does not depend on the room, and each kind's snapshot then specialises through
     in-house training; seven copies of one model would only make the integration bigger.
+    Every model size has this set; the default size's files keep their names, the others'
+    have the size as a suffix (`activity-kitchen-large`).
     """
+    return tuple(
+        replace(starter, name=f"{starter.name}-{size}", model_size=size)
+        if size != DEFAULT_MODEL_SIZE
+        else starter
+        for size in MODEL_SIZES
+        for starter in _default_size_starters()
+    )
+
+
+def _default_size_starters() -> list[Starter]:
     found = [
         Starter(f"occupancy-{kind}", "occupancy", kind, (f"occupancy/{kind}",))
         for kind in (*ROOM_KINDS, HOME_KIND)
@@ -128,7 +135,7 @@ def starters() -> tuple[Starter, ...]:
     ]
     phone_keys = tuple(f"phone_activity/{kind}" for kind in (*ROOM_KINDS, HOME_KIND))
     found.append(Starter("phone-activity", "phone_activity", None, phone_keys))
-    return tuple(found)
+    return found
 
 
 # --- data from the world ----------------------------------------------------------------------

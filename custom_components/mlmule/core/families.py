@@ -766,37 +766,42 @@ FAMILY_PRESETS: Mapping[ModelSize, Mapping[str, FamilyPreset]] = {
         "phone_activity": FamilyPreset(ACTIVITY_MLP, (32, 16)),
     },
     "large": {
-        "occupancy": FamilyPreset(OCCUPANCY_MLP, (128, 64)),
+        "occupancy": FamilyPreset(OCCUPANCY_MLP, (64, 32)),
         "activity": FamilyPreset(ACTIVITY_TCN, (64,), conv=(64, 2)),
         "phone_activity": FamilyPreset(ACTIVITY_TCN, (32,), conv=(32, 3)),
     },
 }
 
 
-def family_preset(model_size: str, task: str) -> FamilyPreset:
-    """The preset of a size for a task; `FamilyError` for an unknown size or task."""
-    sizes = [size for size in MODEL_SIZES if size == model_size]
-    if not sizes:
-        raise FamilyError(
-            f"unknown model size {model_size!r}, expected one of {list(MODEL_SIZES)}",
-            reason="unknown_model_size",
-        )
-    preset = FAMILY_PRESETS[sizes[0]].get(task)
+def model_size(value: object) -> ModelSize:
+    """`value` as a model size; `FamilyError` (reason "unknown_model_size") if it is none."""
+    for size in MODEL_SIZES:
+        if value == size:
+            return size
+    raise FamilyError(
+        f"unknown model size {value!r}, expected one of {list(MODEL_SIZES)}",
+        reason="unknown_model_size",
+    )
+
+
+def family_preset(size: str, task: str) -> FamilyPreset:
+    """The preset of a model size for a task; `FamilyError` for an unknown size or task."""
+    preset = FAMILY_PRESETS[model_size(size)].get(task)
     if preset is None:
-        raise FamilyError(f"model size {model_size} has no family for task {task!r}")
+        raise FamilyError(f"model size {size} has no family for task {task!r}")
     return preset
 
 
 def preset_spec(
-    model_size: str,
+    size: str,
     task: str,
     schema: FeatureSchema,
     labels: tuple[str, ...],
     *,
     personal_head: bool = False,
 ) -> FamilySpec:
-    """The spec a space of `model_size` runs for `task` on `schema`."""
-    return family_preset(model_size, task).spec(task, schema, labels, personal_head=personal_head)
+    """The spec a space of model size `size` runs for `task` on `schema`."""
+    return family_preset(size, task).spec(task, schema, labels, personal_head=personal_head)
 
 
 def model_size_of(spec: FamilySpec) -> ModelSize | None:

@@ -4,6 +4,10 @@ The files, a model card each and `index.json` live in this folder (HACS installs
 `custom_components/mlmule/`). `python -m mlmule_models.starter` regenerates all of them; the
 index maps every supported context key to its file, the file's SHA-256 and its architecture
 hash, which is the architecture every snapshot for that key must have.
+
+Each model size (`families.FAMILY_PRESETS`) has its own starters: the default size's under
+`models`, the others' under `model_sizes[<size>]`, so a reader that knows only `models` sees
+exactly the default size.
 """
 
 from __future__ import annotations
@@ -16,7 +20,16 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import FamilyError
-from ..families import FamilySpec, arch_hash, from_onnx
+from ..families import (
+    DEFAULT_MODEL_SIZE,
+    MODEL_SIZES,
+    FamilySpec,
+    ModelSize,
+    arch_hash,
+    family_preset,
+    from_onnx,
+)
+from ..families import model_size as checked_size
 from ..features import FeatureSchema
 from ..onnx import load_model
 from ..weights import Weights
@@ -57,11 +70,20 @@ def _read(name: str, directory: Path | None) -> bytes:
         ) from err
 
 
-def parse_index(text: str | bytes) -> dict[str, StarterEntry]:
-    """The context keys of an index document; `FamilyError` when it is malformed."""
+def parse_index(
+    text: str | bytes, *, model_size: ModelSize = DEFAULT_MODEL_SIZE
+) -> dict[str, StarterEntry]:
+    """The context keys of an index document with a starter of `model_size`; `FamilyError`
+    when it is malformed."""
+    model_size = checked_size(model_size)
     try:
         document: Any = json.loads(text)
         version = document["format"]
+        models = (
+            document["models"]
+            if model_size == DEFAULT_MODEL_SIZE
+            else document.get("model_sizes", {}).get(model_size, {})
+        )
         entries = {
             key: StarterEntry(
                 context_key=key,
@@ -70,7 +92,7 @@ def parse_index(text: str | bytes) -> dict[str, StarterEntry]:
                 sha256=str(entry["sha256"]),
                 arch_hash=str(entry["arch_hash"]),
             )
-            for key, entry in document["models"].items()
+            for key, entry in models.items()
         }
     except (ValueError, KeyError, TypeError, AttributeError) as err:
         raise FamilyError(f"starter index is malformed: {err}", reason="starter_index") from err
@@ -88,16 +110,31 @@ def parse_index(text: str | bytes) -> dict[str, StarterEntry]:
     return entries
 
 
-def starter_index(directory: Path | None = None) -> dict[str, StarterEntry]:
-    """Every context key with a starter, from the shipped folder unless `directory` is given."""
-    return parse_index(_read(INDEX_FILE, directory))
+def starter_index(
+    directory: Path | None = None, *, model_size: ModelSize = DEFAULT_MODEL_SIZE
+) -> dict[str, StarterEntry]:
+    """Every context key with a starter of `model_size`, from the shipped folder unless
+    `directory` is given."""
+    return parse_index(_read(INDEX_FILE, directory), model_size=model_size)
 
 
-def load_starter(context_key: str, directory: Path | None = None) -> StarterModel:
-    """The starter of `context_key`, checked against the index (hash and architecture)."""
-    entry = starter_index(directory).get(context_key)
+def model_sizes(context_key: str, directory: Path | None = None) -> tuple[ModelSize, ...]:
+    """The model sizes with a starter for `context_key`, in `MODEL_SIZES` order."""
+    text = _read(INDEX_FILE, directory)
+    return tuple(size for size in MODEL_SIZES if context_key in parse_index(text, model_size=size))
+
+
+def load_starter(
+    context_key: str,
+    directory: Path | None = None,
+    *,
+    model_size: ModelSize = DEFAULT_MODEL_SIZE,
+) -> StarterModel:
+    """The starter of `context_key` in `model_size`, checked against the index (hash,
+    architecture, and that it is the size's family)."""
+    entry = starter_index(directory, model_size=model_size).get(context_key)
     if entry is None:
-        raise FamilyError(f"no starter model for {context_key!r}", reason="no_starter")
+        raise FamilyError(f"no {model_size} starter model for {context_key!r}", reason="no_starter")
     data = _read(entry.file, directory)
     if hashlib.sha256(data).hexdigest() != entry.sha256:
         raise FamilyError(f"starter file {entry.file} is corrupt", reason="starter_corrupt")
@@ -107,4 +144,6 @@ def load_starter(context_key: str, directory: Path | None = None) -> StarterMode
         raise FamilyError(f"starter {entry.file} serves {spec.task}, not {task}")
     if arch_hash(spec, schema) != entry.arch_hash:
         raise FamilyError(f"starter {entry.file} has another architecture than its index entry")
+    if not family_preset(model_size, task).describes(spec):
+        raise FamilyError(f"starter {entry.file} is not a {model_size} model of {task}")
     return StarterModel(context_key, spec, schema, weights, entry.arch_hash, data)
