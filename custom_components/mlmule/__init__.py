@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from datetime import datetime, timedelta
+from functools import partial
 from pathlib import Path
 from typing import Any, cast
 
@@ -56,7 +57,6 @@ from .const import (
     DEFAULT_HISTORY_DAYS,
     DEFAULT_MAX_SNAPSHOT_MIB,
     DEFAULT_MAX_UNAVAILABLE,
-    DEFAULT_MODEL_SIZE,
     DEFAULT_STRATEGY,
     DOMAIN,
     LOGGER,
@@ -74,6 +74,7 @@ from .coordinator import (
 )
 from .core.clock import ReplayClock
 from .core.errors import MlmuleError
+from .core.families import DEFAULT_MODEL_SIZE, MODEL_SIZES, ModelSize
 from .core.features import SensorRole
 from .core.host import HostSettings, ModelHost
 from .core.hysteresis import HysteresisConfig
@@ -86,6 +87,7 @@ from .core.starter import load_starter, starter_index
 from .data import HubData, MlmuleConfigEntry, MlmuleData, PresenceData, RelayData, SpaceData
 from .exchange import Exchange
 from .inputs import input_role
+from .knowledge import SpaceKnowledge
 from .relay import RelayCoordinator, RelaySettings, relay_keys
 from .repairs import (
     ISSUE_MQTT,
@@ -314,28 +316,27 @@ async def _async_create_space(
         ),
         max_unavailable=advanced.get(CONF_MAX_UNAVAILABLE, DEFAULT_MAX_UNAVAILABLE),
         history_days=int(entry.options.get(CONF_HISTORY_DAYS, DEFAULT_HISTORY_DAYS)),
-        model_size=data.get(CONF_MODEL_SIZE, DEFAULT_MODEL_SIZE),
+        model_size=model_size(data.get(CONF_MODEL_SIZE)),
         exchange_mode=ExchangeMode(data.get(CONF_EXCHANGE_MODE, DEFAULT_EXCHANGE_MODE)),
     )
     inputs = space_inputs(hass, subentry)
     clock = replay_clock(hass)
     shipped = await hass.async_add_executor_job(starter_index)
-    keys = [settings.context_key(task) for task in settings.tasks]
+    # the space's own tasks in its chosen size; the phones' model in the size phones run
+    sizes: dict[str, ModelSize] = {
+        settings.context_key(task): settings.model_size for task in settings.tasks
+    }
     mobile = settings.context_key(PHONE_ACTIVITY)
-    host = await _async_open_host(
-        hass,
-        entry,
-        subentry,
-        [*keys, *([mobile] if mobile in shipped else [])],
-        root=root,
-        clock=clock,
-    )
+    if mobile in shipped:
+        sizes[mobile] = DEFAULT_MODEL_SIZE
+    host = await _async_open_host(hass, entry, subentry, sizes, root=root, clock=clock)
     return SpaceCoordinator(
         hass,
         entry,
         settings,
         inputs=inputs,
         host=host,
+        knowledge=await _async_open_knowledge(hass, subentry, host, relay=False),
         rejections=entry.runtime_data.rejections,
         clock=clock,
         presence=presence_triggers(data.get(CONF_PRESENCE, {})),
@@ -346,13 +347,13 @@ async def _async_open_host(
     hass: HomeAssistant,
     entry: MlmuleConfigEntry,
     subentry: ConfigSubentry,
-    context_keys: list[str],
+    sizes: Mapping[str, ModelSize],
     *,
     root: Path,
     clock: ReplayClock,
 ) -> ModelHost:
-    """The models of a space or relay space, starting from the starter model of each key it
-    serves and does not hold yet."""
+    """The models of a space or relay space, starting from the starter model (in the size
+    `sizes` gives) of each key it serves and does not hold yet."""
     data = entry.runtime_data
 
     def open_host() -> ModelHost:
@@ -362,9 +363,9 @@ async def _async_open_host(
             data.trust,
             host_settings(entry.options, source=subentry.subentry_id, clock=clock),
         )
-        for context_key in context_keys:
+        for context_key, model_size in sizes.items():
             if not host.has(context_key):
-                starter = load_starter(context_key)
+                starter = load_starter(context_key, model_size=model_size)
                 # the starter is this space's knowledge as of now: installed fresh, so that
                 # phones do not refuse it as stale before the space has trained
                 now = clock.now()
@@ -375,6 +376,20 @@ async def _async_open_host(
 
     try:
         return await hass.async_add_executor_job(open_host)
+    except MlmuleError as err:
+        raise ConfigEntryNotReady(
+            translation_domain=DOMAIN,
+            translation_key="space_unloadable",
+            translation_placeholders={"space": subentry.title, "error": str(err)},
+        ) from err
+
+
+async def _async_open_knowledge(
+    hass: HomeAssistant, subentry: ConfigSubentry, host: ModelHost, *, relay: bool
+) -> SpaceKnowledge:
+    """The knowledge cache beside a space's or relay's models (read in an executor)."""
+    try:
+        return await hass.async_add_executor_job(partial(SpaceKnowledge, host, relay=relay))
     except MlmuleError as err:
         raise ConfigEntryNotReady(
             translation_domain=DOMAIN,
@@ -395,20 +410,32 @@ async def _async_create_relay(
         guests_allowed=data.get(CONF_SHARING) == Sharing.GUESTS,
     )
     clock = replay_clock(hass)
+    # a relay relays whatever size phones carry; it keeps the size every key starts in
     host = await _async_open_host(
-        hass, entry, subentry, list(settings.context_keys), root=root, clock=clock
+        hass,
+        entry,
+        subentry,
+        dict.fromkeys(settings.context_keys, DEFAULT_MODEL_SIZE),
+        root=root,
+        clock=clock,
     )
     relay = RelayCoordinator(
         hass,
         entry,
         settings,
         host=host,
+        knowledge=await _async_open_knowledge(hass, subentry, host, relay=True),
         rejections=entry.runtime_data.rejections,
         clock=clock,
         presence=presence_triggers(data.get(CONF_PRESENCE, {})),
     )
     await relay.async_load_phones()
     return relay
+
+
+def model_size(configured: str | None) -> ModelSize:
+    """A space's model size as its subentry stores it (the default if it predates the choice)."""
+    return next((size for size in MODEL_SIZES if size == configured), DEFAULT_MODEL_SIZE)
 
 
 def presence_triggers(configured: Mapping[str, PresenceData]) -> dict[str, PresenceTrigger]:

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
+from functools import partial
 from typing import Any
 
 import voluptuous as vol
@@ -60,13 +61,11 @@ from .const import (
     DEFAULT_MAX_SNAPSHOT_MIB,
     DEFAULT_MAX_UNAVAILABLE,
     DEFAULT_MIN_HOLD,
-    DEFAULT_MODEL_SIZE,
     DEFAULT_OFF_THRESHOLD,
     DEFAULT_ON_THRESHOLD,
     DEFAULT_STRATEGY,
     DEFAULT_TOPIC_PREFIX,
     DOMAIN,
-    MODEL_SIZES,
     SUBENTRY_RELAY,
     SUBENTRY_SPACE,
     ExchangeMode,
@@ -75,6 +74,7 @@ from .const import (
 )
 from .coordinator import PHONE_ACTIVITY
 from .core.context import RoomKind
+from .core.families import DEFAULT_MODEL_SIZE, MODEL_SIZES
 from .core.identity import TrustEntry, TrustRole
 from .core.starter import starter_index
 from .data import HubData
@@ -469,7 +469,9 @@ class SpaceSubentryFlow(PairedPhonesFlow):
         )
 
     async def _async_tasks_without_starter(self, user_input: Mapping[str, Any]) -> list[str]:
-        shipped = await self.hass.async_add_executor_job(starter_index)
+        shipped = await self.hass.async_add_executor_job(
+            partial(starter_index, model_size=user_input[CONF_MODEL_SIZE])
+        )
         kind = user_input[CONF_ROOM_KIND]
         return [task for task in user_input[CONF_TASKS] if f"{task}/{kind}" not in shipped]
 

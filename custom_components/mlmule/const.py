@@ -66,10 +66,6 @@ DEFAULT_HALF_LIFE_HOURS: Final = Staleness().half_life / HOUR
 DEFAULT_GATE_EPSILON: Final = 0.02
 DEFAULT_MAX_SNAPSHOT_MIB: Final = DEFAULT_LIMITS.max_bytes // 2**20
 
-# the model sizes a space may run (the model zoo's family presets, smallest first)
-MODEL_SIZES: Final = ("compact", "large")
-DEFAULT_MODEL_SIZE: Final = "compact"
-
 # the core's defaults, offered in the options
 DEFAULT_ON_THRESHOLD: Final = HysteresisConfig().on_threshold
 DEFAULT_OFF_THRESHOLD: Final = HysteresisConfig().off_threshold

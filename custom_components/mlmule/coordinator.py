@@ -26,7 +26,6 @@ from homeassistant.util import dt as dt_util
 
 from .const import (
     DEFAULT_EXCHANGE_MODE,
-    DEFAULT_MODEL_SIZE,
     DOMAIN,
     LOGGER,
     ExchangeMode,
@@ -34,10 +33,11 @@ from .const import (
 )
 from .core.clock import ReplayClock
 from .core.errors import MlmuleError
+from .core.families import DEFAULT_MODEL_SIZE, ModelSize
 from .core.host import HostError, ModelHost, Outcome, TrainingJob
 from .core.hysteresis import Hysteresis, HysteresisConfig
 from .core.promotion import PromotionDecision
-from .core.protocol import Mode
+from .core.protocol import Mode, PayloadKind
 from .core.space import (
     LOOKBACK_SECONDS,
     SpaceInputs,
@@ -49,6 +49,7 @@ from .core.space import (
 )
 from .core.train_numpy import TrainConfig, TrainReport
 from .history import async_state_changes
+from .knowledge import KnowledgeOutcome, Sealed, SpaceKnowledge
 from .repairs import RejectionWatch, async_check_space_entities
 
 if TYPE_CHECKING:
@@ -74,7 +75,7 @@ class SpaceSettings:
     hysteresis: HysteresisConfig
     max_unavailable: float
     history_days: int
-    model_size: str = DEFAULT_MODEL_SIZE
+    model_size: ModelSize = DEFAULT_MODEL_SIZE  # of its tasks' models (not the phones')
     exchange_mode: ExchangeMode = DEFAULT_EXCHANGE_MODE
 
     def context_key(self, task: str) -> str:
@@ -130,11 +131,34 @@ class TrainingSummary:
         }
 
 
+@dataclass(frozen=True)
+class DistillationSummary:
+    """The last distillation of one context key from the knowledge cache."""
+
+    context_key: str
+    contributors: int  # cache entries the ensemble was made of
+    seconds: float
+    finished_at: float
+    version: int  # served afterwards
+    # the promotion rule's verdict on the distilled model: served, or the current one kept
+    decision: PromotionDecision | None
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "contributors": self.contributors,
+            "seconds": round(self.seconds, 3),
+            "finished_at": dt_util.utc_from_timestamp(self.finished_at).isoformat(),
+            "version": self.version,
+            "promotion": None if self.decision is None else self.decision.as_dict(),
+        }
+
+
 @dataclass
 class SpaceState:
     """Mutable learning state of a space that outlives single predictions."""
 
     training: dict[str, TrainingSummary] = field(default_factory=dict)
+    distillation: dict[str, DistillationSummary] = field(default_factory=dict)  # by context key
     training_now: str | None = None  # the context key being trained right now
 
 
@@ -173,6 +197,7 @@ class ExchangingCoordinator[DataT, SettingsT: PeerSettings](DataUpdateCoordinato
         settings: SettingsT,
         *,
         host: ModelHost,
+        knowledge: SpaceKnowledge,
         rejections: RejectionWatch,
         presence: dict[str, PresenceTrigger] | None = None,
         clock: ReplayClock | None = None,
@@ -187,6 +212,7 @@ class ExchangingCoordinator[DataT, SettingsT: PeerSettings](DataUpdateCoordinato
         )
         self.settings = settings
         self.host = host
+        self.knowledge = knowledge
         self.rejections = rejections
         self.presence = presence or {}
         # "now" for features, labels, training windows and snapshot times
@@ -267,6 +293,59 @@ class ExchangingCoordinator[DataT, SettingsT: PeerSettings](DataUpdateCoordinato
         self.async_models_changed()
         return outcome
 
+    def exchange_kinds(self, context_key: str) -> frozenset[PayloadKind]:
+        """What this space swaps with phones for `context_key`: weights, knowledge or both."""
+        return frozenset(PayloadKind)
+
+    def knowledge_score(self, context_key: str) -> float | None:
+        """The held-out score its knowledge is offered with (none: a relay has no labels)."""
+        return None
+
+    async def async_knowledge_offer(self, context_key: str) -> Sealed:
+        """This space's knowledge of `context_key`, signed (in an executor: it runs the model
+        on the key's proxy set)."""
+        return await self.async_job(
+            partial(
+                self.knowledge.offer,
+                context_key,
+                now=self.clock.now(),
+                score=self.knowledge_score(context_key),
+            )
+        )
+
+    async def async_receive_knowledge(
+        self, container: bytes, *, mule: str | None = None
+    ) -> KnowledgeOutcome:
+        """Verify a knowledge snapshot from a mule and keep it in the knowledge cache (in an
+        executor); logs and counts the result. Distilling from it is `async_after_knowledge`."""
+        outcome = await self.async_job(
+            partial(self.knowledge.receive, container, now=self.clock.now())
+        )
+        if outcome.accepted:
+            LOGGER.info(
+                "%s: knowledge of %s from %s: %s (%s)",
+                self.settings.name,
+                outcome.context_key,
+                outcome.contributor,
+                outcome.reason,
+                outcome.detail,
+            )
+        else:
+            LOGGER.warning(
+                "%s: rejected a knowledge snapshot (%s): %s",
+                self.settings.name,
+                outcome.reason,
+                outcome.detail,
+            )
+        self.rejections.record(
+            mule or outcome.contributor or "unknown", outcome.accepted, outcome.reason
+        )
+        self.async_models_changed()
+        return outcome
+
+    async def async_after_knowledge(self, context_key: str) -> None:
+        """A phone's knowledge of `context_key` entered the cache."""
+
 
 class SpaceCoordinator(ExchangingCoordinator[SpacePrediction, SpaceSettings]):
     """Predictions and learning for one space."""
@@ -279,6 +358,7 @@ class SpaceCoordinator(ExchangingCoordinator[SpacePrediction, SpaceSettings]):
         *,
         inputs: SpaceInputs,
         host: ModelHost,
+        knowledge: SpaceKnowledge,
         rejections: RejectionWatch,
         presence: dict[str, PresenceTrigger] | None = None,
         clock: ReplayClock | None = None,
@@ -288,6 +368,7 @@ class SpaceCoordinator(ExchangingCoordinator[SpacePrediction, SpaceSettings]):
             entry,
             settings,
             host=host,
+            knowledge=knowledge,
             rejections=rejections,
             presence=presence,
             clock=clock,
@@ -475,6 +556,72 @@ class SpaceCoordinator(ExchangingCoordinator[SpacePrediction, SpaceSettings]):
     async def async_after_merge(self, context_key: str) -> None:
         """Train the merged model on this space's own history, as fixed-data mode does."""
         await self.async_train_key(context_key, reason="exchange")
+
+    def exchange_kinds(self, context_key: str) -> frozenset[PayloadKind]:
+        """As the space's exchange mode says, for every key it serves."""
+        mode = self.settings.exchange_mode
+        return frozenset(
+            kind
+            for kind, wanted in (
+                (PayloadKind.WEIGHTS, mode.weights),
+                (PayloadKind.KNOWLEDGE, mode.knowledge),
+            )
+            if wanted
+        )
+
+    def knowledge_score(self, context_key: str) -> float | None:
+        """The last training's held-out score of the key's task, if it trained since start."""
+        task = context_key.partition("/")[0]
+        summary = self.state.training.get(task)
+        if summary is None:
+            return None
+        report = summary.report
+        return report.val_balanced_accuracy if task == Task.OCCUPANCY else report.val_macro_f1
+
+    async def async_after_knowledge(self, context_key: str) -> None:
+        """Distil the cache's knowledge into the space's own model (model over models)."""
+        await self.async_distil(context_key)
+
+    async def async_distil(self, context_key: str) -> DistillationSummary | None:
+        """Train the model of `context_key` on the space's labelled data of its last training
+        plus a term towards the knowledge cache's ensemble on the proxy set, in short executor
+        chunks; the promotion rule serves the result only if it scores at least as well.
+        None when there is nothing to distil from or no labelled data to judge by."""
+        async with self._train_lock:
+            now = self.clock.now()
+            job: TrainingJob | None = await self.async_job(
+                partial(self.knowledge.start_distillation, context_key, now=now)
+            )
+            if job is None:
+                LOGGER.debug("%s: nothing to distil into %s", self.settings.name, context_key)
+                return None
+            started = time.monotonic()
+            self.state.training_now = context_key
+            try:
+                done = False
+                while not done:  # each chunk is one executor job; the loop runs between them
+                    done = await self.async_job(partial(job.run, max_seconds=TRAIN_CHUNK_SECONDS))
+                await self.async_job(job.commit)
+            except HostError as err:
+                if err.reason != "superseded":
+                    raise
+                LOGGER.info("%s: %s", self.settings.name, err)
+                return None
+            finally:
+                self.state.training_now = None
+            summary = DistillationSummary(
+                context_key=context_key,
+                contributors=len(self.knowledge.cache.entries(context_key)),
+                seconds=time.monotonic() - started,
+                finished_at=time.time(),
+                version=self.host.slot(context_key).version,
+                decision=job.decision,
+            )
+            self.state.distillation[context_key] = summary
+            LOGGER.info("%s: distilled %s: %s", self.settings.name, context_key, summary.as_dict())
+        await self.async_request_refresh()
+        self.async_update_listeners()
+        return summary
 
     async def _async_train(self, tasks: list[str], *, reason: str) -> dict[str, TrainingSummary]:
         self.async_check_entities()

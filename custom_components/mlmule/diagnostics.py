@@ -17,8 +17,10 @@ from .const import (
     CONF_OCCUPANCY_LABEL_STATE,
     CONF_PRESENCE,
 )
+from .coordinator import SpaceCoordinator
 from .core.onnx import runtime_diagnostics
 from .data import MlmuleConfigEntry
+from .relay import RelayCoordinator
 
 # key ids and hashes identify homes and phones; names, label sources and presence triggers
 # name people, rooms and their phones
@@ -38,7 +40,22 @@ TO_REDACT = {
     "public_key",
     "label",
     "title",
+    "contributor",
 }
+
+
+async def _async_knowledge(coordinator: SpaceCoordinator | RelayCoordinator) -> dict[str, Any]:
+    """The knowledge cache per key (contributors as entries, so that their ids are redacted)
+    and the counters."""
+    status = await coordinator.async_job(coordinator.knowledge.status)
+    cache: dict[str, dict[str, Any]] = status.pop("cache")
+    return {
+        **status,
+        "cache": {
+            key: [{"contributor": name, **entry} for name, entry in entries.items()]
+            for key, entries in cache.items()
+        },
+    }
 
 
 async def async_get_config_entry_diagnostics(
@@ -71,6 +88,12 @@ async def async_get_config_entry_diagnostics(
                 "why": [list(item) for item in prediction.why],
             },
             "training": {task: s.as_dict() for task, s in coordinator.state.training.items()},
+            "knowledge": {
+                **await _async_knowledge(coordinator),
+                "last_distillation": {
+                    key: d.as_dict() for key, d in coordinator.state.distillation.items()
+                },
+            },
             "host": host_status,
             "recent_outcomes": [
                 {"accepted": o.accepted, "reason": o.reason, "context_key": o.context_key}
@@ -85,6 +108,7 @@ async def async_get_config_entry_diagnostics(
                 "guests_allowed": relay.settings.guests_allowed,
             },
             "phones_seen": len(relay.phones),
+            "knowledge": await _async_knowledge(relay),
             "host": await relay.async_job(relay.host.status),
             "recent_outcomes": [
                 {"accepted": o.accepted, "reason": o.reason, "context_key": o.context_key}

@@ -38,6 +38,7 @@ from .core.protocol import (
     Deliver,
     Failed,
     Mode,
+    PayloadKind,
     ProtocolConfig,
     Publish,
     SpaceEndpoint,
@@ -46,6 +47,7 @@ from .core.protocol import (
 if TYPE_CHECKING:
     from .coordinator import SpaceCoordinator
     from .data import MlmuleConfigEntry
+    from .knowledge import Sealed
     from .relay import RelayCoordinator
 
     type ExchangeSpace = SpaceCoordinator | RelayCoordinator
@@ -118,16 +120,28 @@ class Exchange:
                 LOGGER.debug("could not say goodbye to the phones: %s", err)
 
     async def async_serve(self, space: ExchangeSpace) -> None:
-        """Offer the space's current models (call again whenever one changes)."""
-        offers = [
-            (context_key, mode, slot.offer(), slot.container)
-            for context_key, mode in space.exchanged_keys().items()
-            for slot in (space.host.slot(context_key),)
-        ]
+        """Offer the space's current models, and its knowledge where it exchanges knowledge
+        (call again whenever one changes)."""
+        served: list[tuple[str, Mode, frozenset[PayloadKind], Any, bytes, Sealed | None]] = []
+        for context_key, mode in space.exchanged_keys().items():
+            slot = space.host.slot(context_key)
+            kinds = space.exchange_kinds(context_key)
+            knowledge = (
+                await space.async_knowledge_offer(context_key)
+                if PayloadKind.KNOWLEDGE in kinds
+                else None
+            )
+            served.append((context_key, mode, kinds, slot.offer(), slot.container, knowledge))
 
         def serve() -> list[Action]:
-            for context_key, mode, offer, container in offers:  # hashes every container
-                self.endpoint.serve(space.settings.space_id, context_key, mode, offer, container)
+            space_id = space.settings.space_id
+            for context_key, mode, kinds, offer, container, knowledge in served:
+                # hashes every container
+                self.endpoint.serve(space_id, context_key, mode, offer, container, kinds=kinds)
+                if knowledge is not None:
+                    self.endpoint.serve_knowledge(
+                        space_id, context_key, knowledge.info, knowledge.container
+                    )
             return []
 
         await self._async_call(serve)
@@ -294,6 +308,9 @@ class Exchange:
         if space is None:
             await self._async_settle(action, accepted=False, reason="unknown_space")
             return
+        if action.snapshot.kind is PayloadKind.KNOWLEDGE:
+            await self._async_deliver_knowledge(space, action)
+            return
         entry = self.trust.get(action.ref.mule)
         guest = entry is not None and entry.role is TrustRole.GUEST
         try:
@@ -331,3 +348,26 @@ class Exchange:
                     now=time.time(),
                 )
             )
+
+    async def _async_deliver_knowledge(self, space: ExchangeSpace, action: Deliver) -> None:
+        """Verify and cache a phone's knowledge, answer, then distil from the cache and offer
+        what the space knows now. Knowledge has no leader: nothing is sent back in reply."""
+        try:
+            await space.async_phone_exchanged(action.ref.mule)
+            outcome = await space.async_receive_knowledge(action.payload, mule=action.ref.mule)
+        except SpaceClosed:
+            return
+        except OSError as err:  # the cache could not be written: refuse, change nothing
+            LOGGER.error("%s: could not store knowledge: %s", space.settings.name, err)
+            await self._async_settle(action, accepted=False, reason="storage_error")
+            return
+        await self._async_settle(action, accepted=outcome.accepted, reason=outcome.reason)
+        if not (outcome.accepted and outcome.changed and outcome.context_key is not None):
+            return
+        try:
+            await space.async_after_knowledge(outcome.context_key)
+        except SpaceClosed:
+            return
+        except (MlmuleError, OSError) as err:
+            LOGGER.warning("%s: distilling failed: %s", space.settings.name, err)
+        await self.async_serve(space)

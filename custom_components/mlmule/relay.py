@@ -26,6 +26,7 @@ from .core.clock import ReplayClock
 from .core.host import ModelHost
 from .core.protocol import Mode
 from .core.storage import atomic_write_text
+from .knowledge import SpaceKnowledge
 from .repairs import RejectionWatch
 
 if TYPE_CHECKING:
@@ -98,6 +99,7 @@ class RelayCoordinator(ExchangingCoordinator[RelayStatus, RelaySettings]):
         settings: RelaySettings,
         *,
         host: ModelHost,
+        knowledge: SpaceKnowledge,
         rejections: RejectionWatch,
         presence: dict[str, PresenceTrigger],
         clock: ReplayClock,
@@ -108,6 +110,7 @@ class RelayCoordinator(ExchangingCoordinator[RelayStatus, RelaySettings]):
             entry,
             settings,
             host=host,
+            knowledge=knowledge,
             rejections=rejections,
             presence=presence,
             clock=clock,

@@ -3,7 +3,7 @@ space (what it merged and rejected, and how many phones it has seen)."""
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -71,6 +71,53 @@ def _lineage(coordinator: SpaceCoordinator, task: str) -> dict[str, Any]:
     return {"model_version": slot.version, "lineage": list(slot.meta.lineage[-5:])}
 
 
+def knowledge_cache(
+    coordinator: SpaceCoordinator | RelayCoordinator, context_keys: Iterable[str]
+) -> dict[str, list[dict[str, Any]]]:
+    """Per context key, whose knowledge the cache holds and how fresh it is: the contributor
+    (a paired phone's label, else its id), its model's family, samples and own score, when it
+    was trained and when it arrived. Each key's contributors are weighed by freshness and score
+    when the space distils."""
+    trust = coordinator.config_entry.runtime_data.trust
+    return {
+        key: [
+            {
+                "contributor": entry.label
+                if (entry := trust.get(e.contributor))
+                else e.contributor,
+                "family": e.knowledge.family[:12],
+                "samples": e.knowledge.samples,
+                "score": e.knowledge.score,
+                "trained_at": dt_util.utc_from_timestamp(e.knowledge.trained_at).isoformat(),
+                "received_at": dt_util.utc_from_timestamp(e.received_at).isoformat(),
+            }
+            for e in entries
+        ]
+        for key in context_keys
+        if (entries := coordinator.knowledge.cache.entries(key))
+    }
+
+
+def _contributors(coordinator: SpaceCoordinator | RelayCoordinator) -> int:
+    return sum(
+        len(coordinator.knowledge.cache.entries(key)) for key in coordinator.exchanged_keys()
+    )
+
+
+def _space_knowledge(coordinator: SpaceCoordinator, _task: str) -> dict[str, Any]:
+    return {
+        "contributors": knowledge_cache(coordinator, coordinator.exchanged_keys()),
+        # the promotion rule's verdict on each key's last distillation, with both scores
+        "last_distillation": {
+            key: summary.as_dict() for key, summary in coordinator.state.distillation.items()
+        },
+    }
+
+
+def _knowledge_rejected(coordinator: SpaceCoordinator | RelayCoordinator) -> dict[str, Any]:
+    return {"reasons": dict(coordinator.knowledge.rejections)}
+
+
 def _activity_labels(coordinator: SpaceCoordinator) -> list[str]:
     slot = coordinator.host.slot(coordinator.settings.context_key(Task.ACTIVITY))
     return list(slot.spec.labels)
@@ -131,6 +178,24 @@ SENSORS: tuple[MlmuleSensorDescription, ...] = (
     ),
 )
 
+# a space that exchanges knowledge (exchange mode knowledge or both) has these too
+KNOWLEDGE_SENSORS: tuple[MlmuleSensorDescription, ...] = (
+    MlmuleSensorDescription(
+        key="knowledge_cache",
+        state_class=SensorStateClass.MEASUREMENT,
+        entity_category=EntityCategory.DIAGNOSTIC,
+        value_fn=lambda c, _: _contributors(c),
+        attributes_fn=_space_knowledge,
+    ),
+    MlmuleSensorDescription(
+        key="knowledge_rejected",
+        state_class=SensorStateClass.TOTAL_INCREASING,
+        entity_category=EntityCategory.DIAGNOSTIC,
+        value_fn=lambda c, _: sum(c.knowledge.rejections.values()),
+        attributes_fn=lambda c, _: _knowledge_rejected(c),
+    ),
+)
+
 
 @dataclass(frozen=True, kw_only=True)
 class RelaySensorDescription(SensorEntityDescription):
@@ -172,6 +237,20 @@ RELAY_SENSORS: tuple[RelaySensorDescription, ...] = (
         state_class=SensorStateClass.MEASUREMENT,
         value_fn=lambda relay: relay.data.phones_seen,
     ),
+    RelaySensorDescription(
+        key="knowledge_cache",
+        state_class=SensorStateClass.MEASUREMENT,
+        value_fn=_contributors,
+        attributes_fn=lambda relay: {
+            "contributors": knowledge_cache(relay, relay.settings.context_keys)
+        },
+    ),
+    RelaySensorDescription(
+        key="knowledge_rejected",
+        state_class=SensorStateClass.TOTAL_INCREASING,
+        value_fn=lambda relay: sum(relay.knowledge.rejections.values()),
+        attributes_fn=_knowledge_rejected,
+    ),
 )
 
 
@@ -184,7 +263,10 @@ async def async_setup_entry(
         async_add_entities(
             [
                 MlmuleSensor(coordinator, description)
-                for description in SENSORS
+                for description in (
+                    *SENSORS,
+                    *(KNOWLEDGE_SENSORS if coordinator.settings.exchange_mode.knowledge else ()),
+                )
                 if description.task is None or description.task in coordinator.settings.tasks
             ],
             config_subentry_id=subentry_id,

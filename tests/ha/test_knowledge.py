@@ -4,9 +4,13 @@ refuses it and changes nothing."""
 
 from __future__ import annotations
 
+import hashlib
+import json
 import time
 from pathlib import Path
+from typing import Any
 
+import numpy as np
 import pytest
 from homeassistant.config_entries import ConfigSubentry
 from homeassistant.core import HomeAssistant
@@ -28,12 +32,27 @@ from custom_components.mlmule.const import (
     DOMAIN,
     SUBENTRY_SPACE,
 )
+from custom_components.mlmule.core import families
 from custom_components.mlmule.core.host import ModelHost
 from custom_components.mlmule.core.identity import Identity, PairingCode, TrustEntry, TrustStore
+from custom_components.mlmule.core.knowledge import (
+    knowledge_of,
+    proxy_set,
+    seal_knowledge,
+    unpack_knowledge,
+)
 from custom_components.mlmule.core.onnx import load_model
-from custom_components.mlmule.core.protocol import MuleEndpoint, ProtocolConfig
+from custom_components.mlmule.core.protocol import (
+    Deliver,
+    MuleEndpoint,
+    PayloadKind,
+    ProtocolConfig,
+    SnapshotInfo,
+)
+from custom_components.mlmule.core.snapshot import inspect, signed_container
 from custom_components.mlmule.core.starter import load_starter
-from tests.ha.broker_phone import BrokerPhone, mqtt_broker
+from custom_components.mlmule.core.train_numpy import TrainConfig
+from tests.ha.broker_phone import BrokerPhone, adopt, mqtt_broker
 from tests.support.broker import Broker
 from tests.support.models import learned_elsewhere
 
@@ -81,8 +100,11 @@ def space_subentry(mule_id: str, exchange_mode: str) -> ConfigSubentry:
     )
 
 
-def make_phone(tmp_path: Path, home: Identity, broker: Broker) -> BrokerPhone:
-    """A phone that trusts the home and carries a model learned elsewhere."""
+def make_phone(
+    tmp_path: Path, home: Identity, broker: Broker, *, model_size: str = "compact"
+) -> BrokerPhone:
+    """A phone that trusts the home and carries a model of `model_size` learned elsewhere; it
+    exchanges weights and knowledge, and verifies the knowledge it is given."""
     identity = Identity.generate(kind="mule", name="alice-phone")
     trust = TrustStore()
     trust.add(
@@ -92,24 +114,111 @@ def make_phone(tmp_path: Path, home: Identity, broker: Broker) -> BrokerPhone:
     )
     host = ModelHost(tmp_path / "phone", identity, trust)
     host.install(
-        learned_elsewhere(load_model(load_starter(KEY).onnx_bytes)),
+        learned_elsewhere(load_model(load_starter(KEY, model_size=model_size).onnx_bytes)),  # type: ignore[arg-type]
         context_key=KEY,
         samples=400,
         data_time=time.time(),
     )
-    endpoint = MuleEndpoint(identity, trust, config=ProtocolConfig(prefix="mlmule"))
+    endpoint = MuleEndpoint(
+        identity,
+        trust,
+        config=ProtocolConfig(prefix="mlmule"),
+        kinds=(PayloadKind.WEIGHTS, PayloadKind.KNOWLEDGE),
+    )
     slot = host.slot(KEY)
     endpoint.carry(slot.offer(), slot.container)
-    return BrokerPhone(identity, host, endpoint, broker)
+    return BrokerPhone(identity, host, endpoint, broker, on_deliver=take_knowledge)
+
+
+def take_knowledge(phone: BrokerPhone, action: Deliver) -> tuple[bool, str]:
+    """Verify the space's knowledge (signed by the paired home, on the key's proxy set)."""
+    if action.snapshot.kind is not PayloadKind.KNOWLEDGE:
+        return adopt(phone, action)
+    snapshot = unpack_knowledge(action.payload, trust=phone.host.trust, expected_proxy=None)
+    return snapshot.meta.context_key == action.snapshot.context_key, "cached"
+
+
+def phone_knowledge(phone: BrokerPhone, *, version: int, proxy_seed: str = "") -> bytes:
+    """The phone's model's knowledge of KEY, sealed by the phone."""
+    slot = phone.host.slot(KEY)
+    knowledge = knowledge_of(
+        slot.spec,
+        slot.weights,
+        slot.schema,
+        KEY,
+        samples=400,
+        score=0.8,
+        trained_at=time.time(),
+        proxy=proxy_set(slot.schema, seed=proxy_seed),
+    )
+    return seal_knowledge(knowledge, phone.identity, version=version, created_at=time.time())
+
+
+def carry_knowledge(phone: BrokerPhone, container: bytes) -> None:
+    """Offer `container` as the phone's knowledge of KEY (its header read, nothing verified)."""
+    header = inspect(container)["header"]
+    assert isinstance(header, dict)
+    info = SnapshotInfo(
+        context_key=KEY,
+        version=int(header["version"]),  # type: ignore[arg-type]
+        sha256=hashlib.sha256(container).hexdigest(),
+        size=len(container),
+        arch=str(header["arch_hash"]),
+        data_time=int(header["data_time"]),  # type: ignore[arg-type]
+        kind=PayloadKind.KNOWLEDGE,
+    )
+    with phone.lock:
+        phone.endpoint.carry(info, container)
+
+
+def forged(phone: BrokerPhone, **changes: Any) -> bytes:
+    """The phone's knowledge with header fields changed or removed (None), signed again."""
+    container = phone_knowledge(phone, version=5)
+    frame = inspect(container)
+    header = dict(frame["header"])  # type: ignore[arg-type]
+    body = container[-int(frame["body_bytes"]) :]  # type: ignore[call-overload]
+    for name, value in changes.items():
+        if value is None:
+            header.pop(name)
+        else:
+            header[name] = value
+    if "proxy_size" in changes:
+        body = bytes(2 * int(changes["proxy_size"]))  # fp16 zeros: a row per proxy input
+        header["tensors"] = [{**header["tensors"][0], "shape": [changes["proxy_size"], 1]}]  # type: ignore[index,dict-item]
+    header.pop("body_sha256")
+    return signed_container(header, body, phone.identity, phone.host.settings.limits)
+
+
+async def trained(hass: HomeAssistant, hub: MockConfigEntry) -> None:
+    """The space has trained on labelled minutes (seeded, drawn around the schema's mean):
+    what its distillations are judged on."""
+    space = hub.runtime_data.spaces[SPACE_ID]
+    schema = space.host.slot(KEY).schema
+    rng = np.random.default_rng(3)
+    z = rng.normal(size=(1500, schema.n_inputs)).astype(np.float32)
+    mean, std = families.input_normalisation(schema)  # per input, every lag
+    x = mean + z * std
+    y = (z[:, 0] + 0.5 * z[:, 1] > 0).astype(np.int64)
+
+    def train() -> None:
+        space.host.train(KEY, x, y, config=TrainConfig(max_epochs=3, seed=0), data_time=time.time())
+
+    await hass.async_add_executor_job(train)
 
 
 async def start(
-    hass: HomeAssistant, hub: MockConfigEntry, tmp_path: Path, broker: Broker, exchange_mode: str
+    hass: HomeAssistant,
+    hub: MockConfigEntry,
+    tmp_path: Path,
+    broker: Broker,
+    exchange_mode: str,
+    *,
+    model_size: str = "compact",
 ) -> BrokerPhone:
     """Set up the hub, pair the phone, add the space with the phone's presence, connect it."""
     assert await hass.config_entries.async_setup(hub.entry_id)
     await hass.async_block_till_done()
-    phone = make_phone(tmp_path, hub.runtime_data.identity, broker)
+    phone = make_phone(tmp_path, hub.runtime_data.identity, broker, model_size=model_size)
     await hass.services.async_call(
         DOMAIN,
         "pair_mule",
@@ -149,3 +258,140 @@ async def test_weights_travel_over_a_real_broker(
     delivery, accepted, reason = taken[KEY]
     assert accepted, reason
     assert delivery.snapshot.sha256 == space.host.slot(KEY).snapshot.sha256
+
+
+async def walk_out(hass: HomeAssistant) -> None:
+    hass.states.async_set("sensor.alice_room", "kitchen")
+    await hass.async_block_till_done(wait_background_tasks=True)
+
+
+def knowledge_verdicts(phone: BrokerPhone) -> list[tuple[bool, str]]:
+    with phone.lock:
+        return [
+            (c.accepted, c.reason)
+            for c in phone.completed
+            if c.snapshot.kind is PayloadKind.KNOWLEDGE and c.snapshot.context_key == KEY
+        ]
+
+
+def state(hass: HomeAssistant, entity_id: str) -> Any:
+    current = hass.states.get(entity_id)
+    assert current is not None, entity_id
+    return current
+
+
+async def test_a_larger_phones_knowledge_is_cached_and_distilled(
+    hass: HomeAssistant, hub: MockConfigEntry, tmp_path: Path, mqtt_broker: Broker
+) -> None:
+    # the space runs compact models and exchanges knowledge only; the phone carries a large
+    # model, whose weights the space could never merge
+    phone = await start(hass, hub, tmp_path, mqtt_broker, "knowledge", model_size="large")
+    space = hub.runtime_data.spaces[SPACE_ID]
+    try:
+        await trained(hass, hub)
+        before = space.host.slot(KEY)
+        assert phone.host.slot(KEY).meta.arch_hash != before.meta.arch_hash
+        carry_knowledge(phone, phone_knowledge(phone, version=1))
+        await walk_in(
+            hass,
+            phone,
+            lambda: (
+                bool(knowledge_verdicts(phone))
+                and any(d.snapshot.context_key == KEY for d, _, _ in phone.delivered)
+            ),
+        )
+        await hass.async_block_till_done(wait_background_tasks=True)
+    finally:
+        await hass.async_add_executor_job(phone.stop)
+
+    # the phone's knowledge was verified and cached under its contributor, on disk too (an
+    # accepted verdict reaches the phone as "ok")
+    assert knowledge_verdicts(phone) == [(True, "ok")]
+    (entry,) = space.knowledge.cache.entries(KEY)
+    assert entry.contributor == phone.identity.id
+    assert entry.knowledge.family == phone.host.slot(KEY).meta.arch_hash
+    saved = json.loads((space.host.root / "knowledge.json").read_text())
+    assert [e["contributor"] for e in saved["keys"][KEY]] == [phone.identity.id]
+    # no weights travelled either way: this space exchanges knowledge only
+    assert space.host.counters["received"] == 0
+    assert all(d.snapshot.kind is PayloadKind.KNOWLEDGE for d, _, _ in phone.delivered)
+    # the phone got the space's knowledge of its compact model, and it verified
+    taken = [(d, ok) for d, ok, _ in phone.delivered if d.snapshot.context_key == KEY]
+    assert [(d.snapshot.arch, ok) for d, ok in taken] == [(before.meta.arch_hash, True)]
+
+    # distilled in chunks, and judged by the promotion rule with both scores
+    summary = space.state.distillation[KEY]
+    assert summary.contributors == 1
+    decision = summary.decision
+    assert decision is not None
+    assert decision.current_score is not None
+    assert decision.challenger_score is not None
+    after = space.host.slot(KEY)
+    if decision.served:
+        assert after.version == before.version + 1
+    else:
+        assert after.container == before.container
+
+    cache = state(hass, "sensor.bedroom_knowledge_cache")
+    assert cache.state == "1"
+    (shown,) = cache.attributes["contributors"][KEY]
+    assert shown["contributor"] == "alice-phone"
+    assert shown["score"] == pytest.approx(0.8)
+    promotion = cache.attributes["last_distillation"][KEY]["promotion"]
+    assert promotion["reason"] == decision.verdict.value
+    assert promotion["challenger_score"] == pytest.approx(decision.challenger_score, abs=1e-6)
+    assert state(hass, "sensor.bedroom_knowledge_snapshots_rejected").state == "0"
+
+
+@pytest.mark.parametrize(
+    "attack", ["malformed", "wrong_proxy_set", "unknown_signer", "too_large", "replayed"]
+)
+async def test_bad_knowledge_is_refused_and_changes_nothing(
+    hass: HomeAssistant, hub: MockConfigEntry, tmp_path: Path, mqtt_broker: Broker, attack: str
+) -> None:
+    phone = await start(hass, hub, tmp_path, mqtt_broker, "both")
+    space = hub.runtime_data.spaces[SPACE_ID]
+    try:
+        await trained(hass, hub)
+        if attack == "replayed":
+            # a first snapshot is cached; another one signed with its version is a replay
+            carry_knowledge(phone, phone_knowledge(phone, version=7))
+            await walk_in(hass, phone, lambda: bool(knowledge_verdicts(phone)))
+            await walk_out(hass)
+            assert knowledge_verdicts(phone) == [(True, "ok")]
+            with phone.lock:
+                phone.completed.clear()
+            bad = phone_knowledge(phone, version=7)
+        elif attack == "malformed":
+            bad = forged(phone, proxy_id=None)
+        elif attack == "wrong_proxy_set":
+            bad = phone_knowledge(phone, version=5, proxy_seed="another set")
+        elif attack == "unknown_signer":
+            mallory = Identity.generate(kind="mule", name="mallory")
+            slot = phone.host.slot(KEY)
+            knowledge = knowledge_of(
+                slot.spec,
+                slot.weights,
+                slot.schema,
+                KEY,
+                samples=1,
+                score=None,
+                trained_at=time.time(),
+            )
+            bad = seal_knowledge(knowledge, mallory, version=5, created_at=time.time())
+        else:  # more proxy rows than any proxy set has: refused before anything is decoded
+            bad = forged(phone, proxy_size=5000)
+        cached_before = [e.knowledge.trained_at for e in space.knowledge.cache.entries(KEY)]
+        model_before = space.host.slot(KEY).container
+        carry_knowledge(phone, bad)
+        await walk_in(hass, phone, lambda: bool(knowledge_verdicts(phone)))
+    finally:
+        await hass.async_add_executor_job(phone.stop)
+
+    assert knowledge_verdicts(phone) == [(False, attack)]
+    assert [e.knowledge.trained_at for e in space.knowledge.cache.entries(KEY)] == cached_before
+    assert space.host.slot(KEY).container == model_before
+    assert space.knowledge.rejections == {attack: 1}
+    rejected = state(hass, "sensor.bedroom_knowledge_snapshots_rejected")
+    assert rejected.state == "1"
+    assert rejected.attributes["reasons"] == {attack: 1}

@@ -254,6 +254,8 @@ async def test_flow_creates_a_relay_with_its_keys_sharing_and_presence(
     assert device.model == "Relay space"
     entities = er.async_entries_for_device(entity_registry, device.id)
     assert sorted(entity.translation_key or "" for entity in entities) == [
+        "knowledge_cache",
+        "knowledge_rejected",
         "phones_seen",
         "snapshots_merged",
         "snapshots_rejected",

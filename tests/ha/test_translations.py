@@ -11,14 +11,15 @@ from pathlib import Path
 
 import yaml
 
-from custom_components.mlmule.const import MODEL_SIZES, ExchangeMode
+from custom_components.mlmule.const import ExchangeMode
+from custom_components.mlmule.core.families import MODEL_SIZES
 from custom_components.mlmule.repairs import (
     ISSUE_INPUT_MISSING,
     ISSUE_LABEL_MISSING,
     ISSUE_MQTT,
     ISSUE_REJECTED,
 )
-from custom_components.mlmule.sensor import RELAY_SENSORS, SENSORS
+from custom_components.mlmule.sensor import KNOWLEDGE_SENSORS, RELAY_SENSORS, SENSORS
 
 INTEGRATION = Path(__file__).resolve().parents[2] / "custom_components" / "mlmule"
 EN = json.loads((INTEGRATION / "translations" / "en.json").read_text())
@@ -34,7 +35,7 @@ def test_every_action_and_field_is_translated_and_has_an_icon() -> None:
 
 
 def test_every_entity_has_a_name_and_an_icon() -> None:
-    sensors = {description.key for description in (*SENSORS, *RELAY_SENSORS)}
+    sensors = {description.key for description in (*SENSORS, *KNOWLEDGE_SENSORS, *RELAY_SENSORS)}
     assert set(EN["entity"]["sensor"]) == sensors == set(ICONS["entity"]["sensor"])
     assert (
         set(EN["entity"]["binary_sensor"]) == {"occupancy"} == set(ICONS["entity"]["binary_sensor"])
