@@ -20,7 +20,7 @@ from dataclasses import dataclass
 
 from mlmule_core.families import FamilySpec
 from mlmule_core.host import TrainingJob
-from mlmule_core.train_numpy import DPConfig, TrainConfig, Trainer
+from mlmule_core.train_numpy import Distillation, DPConfig, TrainConfig, Trainer
 from mlmule_core.weights import Weights
 from tqdm import tqdm  # type: ignore[import-untyped]  # no stubs in the environment
 
@@ -66,21 +66,38 @@ class PhoneTrainer:
             seed=secrets.randbelow(2**31),
         )
 
-    def trainer(self, spec: FamilySpec, weights: Weights, data: TrainingData) -> Trainer:
+    def trainer(
+        self,
+        spec: FamilySpec,
+        weights: Weights,
+        data: TrainingData,
+        *,
+        distill: Distillation | None = None,
+    ) -> Trainer:
+        """A training run on the phone's data; with `distill`, towards the knowledge cache's
+        ensemble on the proxy set too (mobile-data mode's distillation)."""
         config = self.config()
         if self.backend == "numpy":
             if self.dp is not None:
                 raise CompanionError(
                     "DP-SGD needs torch, which is not installed", reason="no_torch"
                 )
-            return Trainer(spec, weights, data.x, data.y, config)
+            return Trainer(spec, weights, data.x, data.y, config, distill=distill)
         if not torch_available():
             raise CompanionError("training.backend is torch, but torch is not installed")
+        if distill is not None and self.dp is not None:
+            # DP-SGD clips per sample; a proxy term beside it is not accounted for yet
+            raise CompanionError(
+                "distillation is not available with DP-SGD", reason="dp_distillation"
+            )
         import torch  # noqa: PLC0415 - torch is heavy and only needed once training starts
-        from mlmule_models.train import torch_trainer  # noqa: PLC0415
+
+        from .distill_torch import DistillingTorchBackend  # noqa: PLC0415 - imports torch
 
         torch.set_num_threads(self.settings.threads)
-        return torch_trainer(spec, weights, data.x, data.y, config)
+        return Trainer(
+            spec, weights, data.x, data.y, config, backend=DistillingTorchBackend, distill=distill
+        )
 
     def training_rows(self, samples: int) -> int:
         """Rows of the training split; the latest `val_fraction` validate."""
