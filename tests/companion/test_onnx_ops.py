@@ -28,8 +28,11 @@ from mlmule_core.onnx import (
     MIN_OPSET,
     OP_VERSIONS,
     SUPPORTED_OPS,
+    Node,
     NumpyExecutor,
     OnnxLimits,
+    OnnxModel,
+    ValueInfo,
     load_model,
 )
 from onnx import helper
@@ -453,6 +456,26 @@ def test_operators_refuse_to_allocate_past_the_limit() -> None:
     with pytest.raises(OnnxRunError) as caught:
         executor.run({**feeds, "in1": ints([64, 2**20])})
     assert caught.value.reason == "onnx_too_large"
+
+
+def test_conv_refuses_to_allocate_past_the_limit_and_bad_operands() -> None:
+    model, feeds = one_node_model("Conv", [floats(2, 3, 8), floats(4, 3, 2)], {}, 17, 1)
+    limited = NumpyExecutor(
+        load_model(model.SerializeToString()), OnnxLimits(max_value_elements=50)
+    )
+    with pytest.raises(OnnxRunError) as caught:
+        limited.run(feeds)
+    assert caught.value.reason == "onnx_too_large"
+    for w_shape in [(4, 3, 9), (4, 2, 2)]:  # a kernel longer than the input; other channels
+        bad = OnnxModel(
+            nodes=(Node("Conv", ("x", "w"), ("y",), {}),),
+            inputs=(ValueInfo("x", shape=(2, 3, 8)),),
+            outputs=(ValueInfo("y", shape=("n", "c", "l")),),
+            initializers={"w": floats(*w_shape)},
+            opset=17,
+        )
+        with pytest.raises(OnnxRunError, match="Conv"):
+            NumpyExecutor(bad).run({"x": feeds["in0"]})
 
 
 def test_erf_is_accurate_to_float32() -> None:

@@ -551,6 +551,17 @@ def _conv_pads(
     return chosen[:spatial], chosen[spatial:]
 
 
+def _check_conv_operands(x: Array, w: Array, group: int, kernel_attr: list[int] | None) -> None:
+    if x.ndim < 3 or w.ndim != x.ndim:
+        raise ValueError(f"Conv needs X [N, C, ...] and W of its rank, got {x.shape}, {w.shape}")
+    if x.dtype.kind != "f" or w.dtype != x.dtype:
+        raise ValueError(f"Conv needs X and W of one float type, got {x.dtype}, {w.dtype}")
+    if kernel_attr is not None and tuple(kernel_attr) != w.shape[2:]:
+        raise ValueError(f"kernel_shape {kernel_attr} differs from W's {w.shape[2:]}")
+    if x.shape[1] != w.shape[1] * group or w.shape[0] % group:
+        raise ValueError(f"X {x.shape} and W {w.shape} do not fit group={group}")
+
+
 @_register("Conv", 11, 22)
 def _conv(context: _Context) -> Kernel:
     """N-dimensional convolution (cross-correlation, as ONNX defines it), with groups."""
@@ -571,23 +582,13 @@ def _conv(context: _Context) -> Kernel:
 
     def kernel(inputs: Inputs) -> tuple[Array, ...]:
         x, w = _required(inputs[0]), _required(inputs[1])
-        spatial = x.ndim - 2
-        if spatial < 1 or w.ndim != x.ndim:
-            raise ValueError(
-                f"Conv needs X [N, C, ...] and W of the same rank, got {x.shape}, {w.shape}"
-            )
-        sizes, kernel_shape = x.shape[2:], w.shape[2:]
-        if kernel_attr is not None and tuple(kernel_attr) != kernel_shape:
-            raise ValueError(f"kernel_shape {kernel_attr} differs from W's {kernel_shape}")
+        _check_conv_operands(x, w, group, kernel_attr)
+        spatial, sizes, kernel_shape = x.ndim - 2, x.shape[2:], w.shape[2:]
         strides = _spatial_attr("strides", strides_attr, 1, spatial)
         dilations = _spatial_attr("dilations", dilations_attr, 1, spatial)
         if min(strides) < 1 or min(dilations) < 1:
             raise ValueError("strides and dilations must be >= 1")
-        if x.dtype.kind != "f" or w.dtype != x.dtype:
-            raise ValueError(f"Conv needs X and W of one float type, got {x.dtype}, {w.dtype}")
         channels, out_channels = x.shape[1], w.shape[0]
-        if channels != w.shape[1] * group or out_channels % group:
-            raise ValueError(f"X {x.shape} and W {w.shape} do not fit group={group}")
         extents = [(k - 1) * d + 1 for k, d in zip(kernel_shape, dilations, strict=True)]
         begins, ends = _conv_pads(auto_pad, pads_attr, sizes, strides, extents)
         padded_sizes = [size + b + e for size, b, e in zip(sizes, begins, ends, strict=True)]
@@ -604,12 +605,12 @@ def _conv(context: _Context) -> Kernel:
         filters = w.reshape(group, out_channels // group, channels // group, *kernel_shape)
         result = np.zeros((x.shape[0], group, out_channels // group, *outputs), dtype=x.dtype)
         for offset in np.ndindex(*kernel_shape):
-            window = tuple(
+            window: tuple[slice, ...] = (slice(None),) * 3 + tuple(
                 slice(o * d, o * d + (n - 1) * s + 1, s)
                 for o, d, n, s in zip(offset, dilations, outputs, strides, strict=True)
             )
             taps = filters[(slice(None), slice(None), slice(None), *offset)]
-            result += np.einsum("ngc...,gmc->ngm...", grouped[(..., *window)], taps)
+            result += np.einsum("ngc...,gmc->ngm...", grouped[window], taps)
         result = result.reshape(x.shape[0], out_channels, *outputs)
         if has_bias:
             bias = _required(inputs[2])
