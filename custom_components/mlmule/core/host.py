@@ -42,6 +42,15 @@ from .errors import MlmuleError, SnapshotError
 from .families import FamilySpec
 from .features import FeatureSchema
 from .identity import Identity, Verifier
+from .knowledge import (
+    KnowledgeCache,
+    KnowledgeCompression,
+    KnowledgeSnapshot,
+    knowledge_of,
+    proxy_set,
+    seal_knowledge,
+    unpack_knowledge,
+)
 from .metrics import balanced_accuracy, macro_f1
 from .onnx import OnnxModel, Session, create_session
 from .promotion import Change, HeldOut, PromotionDecision, PromotionRule, split_holdout
@@ -51,6 +60,7 @@ from .snapshot import (
     Compression,
     ReplayGuard,
     Snapshot,
+    SnapshotHeader,
     SnapshotLimits,
     SnapshotMeta,
     pack,
@@ -67,17 +77,23 @@ from .strategies import (
     make_strategy,
     merged_state,
 )
-from .train_numpy import TrainConfig, Trainer, TrainReport
+from .train_numpy import Distillation, TrainConfig, Trainer, TrainReport
 from .weights import FloatArray, Weights, weights_digest
 
 _LOGGER = logging.getLogger(__name__)
 HOST_STATE_FILE = "host.json"
 HOST_STATE_VERSION = 1
+KNOWLEDGE_FILE = "knowledge.json"
+# Outcomes of received knowledge that changes no model: kept in the cache for later
+# distillations (no labels here, or the caller distils in chunks), or not newer than the cached.
+CACHED = "cached"
 # How many of its own past models per context key a host recognises when they come back.
 HELD_DIGESTS = 32
 # Outcomes of a host's own model coming back: its current one, or one it has since replaced.
 UNCHANGED = "unchanged"
 HELD_BEFORE = "held_before"
+# the distillation term's weight against the labelled loss (train_numpy.Distillation)
+DISTILL_WEIGHT = 1.0
 
 
 class HostError(MlmuleError):
@@ -236,6 +252,12 @@ def _replay_key(meta: SnapshotMeta) -> str:
     )
 
 
+def _knowledge_replay_key(received: KnowledgeSnapshot) -> str:
+    """What a signer's knowledge versions count up within: per context key and contributor
+    (a relay passes on several contributors' knowledge, each with its own versions)."""
+    return f"knowledge:{received.meta.context_key}@{received.contributor}"
+
+
 def predicted(
     spec: FamilySpec, weights: Mapping[str, FloatArray], x: FloatArray
 ) -> npt.NDArray[np.int64]:
@@ -264,12 +286,14 @@ class TrainingJob:
         data_time: float,
         window: HeldOut | None = None,
         labelled: HeldOut | None = None,
+        change: Change = Change.TRAINING,
     ) -> None:
         """`window`: the latest labelled samples, kept out of `trainer`'s data, on which the
         promotion rule judges the result (`promotion.split_holdout`); `labelled`: every
         labelled sample of the run, window included, on which later merges are judged (see
-        `ModelHost.hold_out`)."""
+        `ModelHost.hold_out`). `change`: training, or distillation (`start_distillation`)."""
         self._host = host
+        self.change = change
         self.context_key = context_key
         self._trainer = trainer
         self._samples = samples
@@ -300,8 +324,8 @@ class TrainingJob:
             now = host.settings.clock() if now is None else now
             if self._window is not None:
                 host.hold_out(self.context_key, self._window, labelled=self._labelled)
-            self.decision = host.judge(self.context_key, Change.TRAINING, weights, now=now)
-            host.counters["trained"] += 1
+            self.decision = host.judge(self.context_key, self.change, weights, now=now)
+            host.counters["distilled" if self.change is Change.DISTILL else "trained"] += 1
             if self.decision.served:
                 local = slot.state()
                 host.commit(
@@ -365,7 +389,11 @@ class ModelHost:
         self._strategy_state: dict[str, object] = {}
         # digests of the models this host held lately, per context key, the current one last
         self._held: dict[str, deque[str]] = {}
+        # the latest knowledge of each contributor per context key (receive_knowledge)
+        self.knowledge = KnowledgeCache(root / KNOWLEDGE_FILE)
         self._load_state()
+        if self.knowledge.corrupt is not None:
+            self.counters["knowledge_cache_corrupt"] += 1
         for context_key in self.store.context_keys():
             self._load_slot(context_key)
 
@@ -466,7 +494,8 @@ class ModelHost:
 
     def window(self, context_key: str, change: Change = Change.TRAINING) -> HeldOut | None:
         """Where a `change` of `context_key` is judged (see `hold_out`); None: nowhere yet."""
-        windows = self._windows if change is Change.TRAINING else self._labelled
+        own = change in {Change.TRAINING, Change.DISTILL}  # trained on the rest of the labels
+        windows = self._windows if own else self._labelled
         return windows.get(context_key)
 
     def judge(
@@ -805,6 +834,208 @@ class ModelHost:
                 raise HostError(str(err), reason="rollback") from err
             return self._load_slot(context_key)
 
+    # ---- knowledge (knowledge.py): predictions on a proxy set instead of weights
+
+    def expected_proxy(self) -> dict[str, str]:
+        """The proxy set id of each served context key: knowledge on another one is refused."""
+        with self.lock:
+            return {key: proxy_set(slot.schema).id for key, slot in self._slots.items()}
+
+    def knowledge_snapshot(
+        self,
+        context_key: str,
+        *,
+        now: float | None = None,
+        compression: KnowledgeCompression = "fp16",
+    ) -> bytes:
+        """The current model's knowledge of `context_key`, signed by this host. Its version is
+        the model's, so knowledge of one model is accepted once by each receiver."""
+        with self.lock:
+            slot = self.slot(context_key)
+            window = self.window(context_key, Change.TRAINING)
+            own_score = (
+                score(slot.spec, slot.weights, window.x, window.y)
+                if window is not None and self.settings.promotion.decisive(window)
+                else None
+            )
+            self.counters["knowledge_exported"] += 1
+        meta = slot.meta
+        now = self.settings.clock() if now is None else now
+        knowledge = knowledge_of(
+            slot.spec,
+            slot.weights,
+            slot.schema,
+            context_key,
+            samples=meta.samples,
+            score=own_score,
+            trained_at=meta.last_trained,
+            data_time=meta.data_time,
+        )
+        return seal_knowledge(
+            knowledge,
+            self.identity,
+            version=slot.version,
+            created_at=max(now, meta.last_trained),
+            compression=compression,
+            limits=self.settings.limits,
+        )
+
+    def relayed_knowledge(
+        self,
+        context_key: str,
+        *,
+        now: float | None = None,
+        compression: KnowledgeCompression = "fp16",
+    ) -> list[bytes]:
+        """The cached knowledge of other contributors for `context_key`, re-signed by this host
+        with the contributor first in the lineage (a relay space or a mule passing it on)."""
+        now = self.settings.clock() if now is None else now
+        with self.lock:
+            entries = self.knowledge.entries(context_key)
+        return [
+            seal_knowledge(
+                entry.knowledge,
+                self.identity,
+                version=entry.version,
+                created_at=max(now, entry.knowledge.trained_at),
+                lineage=(entry.contributor,),
+                compression=compression,
+                limits=self.settings.limits,
+            )
+            for entry in entries
+            if entry.contributor != self.identity.id
+        ]
+
+    def receive_knowledge(
+        self,
+        data: bytes,
+        *,
+        now: float | None = None,
+        distill: bool = True,
+        config: TrainConfig | None = None,
+    ) -> Outcome:
+        """Verify a knowledge container and cache it; with `distill` and labelled data, distil
+        the current model towards the cache's ensemble at once, and let the promotion rule
+        judge the result (`Change.DISTILL`); never raises for bad input.
+
+        Outcomes: refused with the snapshot error's reason; `held_before` (the cache holds
+        knowledge of that contributor as recent, or it is this host's own); `cached` (kept, no
+        model changed: no labels here, or `distill` is False and the caller runs
+        `start_distillation` in chunks); `distilled` (the distilled model is served); refused
+        with the verdict (`kept_current`) when the rule keeps the current model, the knowledge
+        staying cached. In Home Assistant, pass `distill=False` and run the chunked job."""
+        with self.lock:
+            now = self.settings.clock() if now is None else now
+            self.counters["knowledge_received"] += 1
+            try:
+                received = unpack_knowledge(
+                    data,
+                    trust=self.trust,
+                    expected_proxy=self.expected_proxy(),
+                    limits=self.settings.limits,
+                    now=now,
+                    max_age=self.settings.max_age_seconds,
+                )
+                replay_key = _knowledge_replay_key(received)
+                self.replay_guard.check(received.origin, replay_key, received.meta.version)
+            except SnapshotError as err:
+                return self._reject(err.reason, str(err))
+            self.replay_guard.record(received.origin, replay_key, received.meta.version)
+            key = received.meta.context_key
+            contributor = received.contributor
+            added = contributor != self.identity.id and self.knowledge.add(
+                contributor, received.knowledge, received_at=now, version=received.meta.version
+            )
+            if not added:
+                return self._knowledge_outcome(received, HELD_BEFORE, "nothing newer")
+            self.counters["knowledge_cached"] += 1
+            job = self.start_distillation(key, now=now, config=config) if distill else None
+            if job is None:
+                return self._knowledge_outcome(received, CACHED, "kept for distillation")
+            job.commit(now=now)
+            decision = job.decision
+            assert decision is not None
+            if not decision.served:
+                return self._reject(
+                    decision.verdict.value, decision.describe(), received, decision=decision
+                )
+            return self._knowledge_outcome(received, "distilled", "", decision=decision)
+
+    def _knowledge_outcome(
+        self,
+        received: KnowledgeSnapshot,
+        reason: str,
+        detail: str,
+        *,
+        decision: PromotionDecision | None = None,
+    ) -> Outcome:
+        key = received.meta.context_key
+        self.counters[f"knowledge_{reason}"] += 1
+        outcome = Outcome(
+            accepted=True,
+            reason=reason,
+            context_key=key,
+            origin=received.origin,
+            received_version=received.meta.version,
+            version=self._slots[key].version,
+            sha256=received.sha256,
+            detail=detail,
+            decision=decision,
+        )
+        self._remember(outcome)
+        self.save_state()
+        return outcome
+
+    def start_distillation(
+        self,
+        context_key: str,
+        *,
+        now: float | None = None,
+        config: TrainConfig | None = None,
+        weight: float = DISTILL_WEIGHT,
+    ) -> TrainingJob | None:
+        """A chunked job (like `start_training`) that trains the current model on the labelled
+        samples of its last training, less the held-out window, plus the distillation term
+        towards the knowledge cache's ensemble on the proxy set (freshness and score weighted,
+        this host's own knowledge left out). Its commit is judged by the promotion rule as
+        `Change.DISTILL` on the window. None when there is nothing to distil: no labelled
+        samples, or no cached knowledge on the key's proxy set."""
+        with self.lock:
+            slot = self.slot(context_key)
+            labelled = self._labelled.get(context_key)
+            window = self._windows.get(context_key)
+            if labelled is None or window is None or labelled.samples <= window.samples:
+                return None
+            proxy = proxy_set(slot.schema)
+            entries = self.knowledge.entries(context_key)
+            if not entries or entries[0].knowledge.proxy_id != proxy.id:
+                return None
+            now = self.settings.clock() if now is None else now
+            targets = self.knowledge.ensemble(
+                context_key, now=now, exclude=frozenset({self.identity.id})
+            )
+            if targets is None:
+                return None
+            cut = labelled.samples - window.samples
+            trainer = Trainer(
+                slot.spec,
+                slot.weights,
+                labelled.x[:cut],
+                labelled.y[:cut],
+                config,
+                distill=Distillation(proxy.x, targets, weight),
+            )
+            return TrainingJob(
+                self,
+                context_key,
+                trainer,
+                samples=cut,
+                data_time=slot.meta.data_time,
+                window=window,
+                labelled=labelled,
+                change=Change.DISTILL,
+            )
+
     # ---- writing versions
 
     def commit(self, context_key: str, state: ModelState) -> ModelSlot:
@@ -888,7 +1119,7 @@ class ModelHost:
         self,
         reason: str,
         message: str,
-        snapshot: Snapshot | None = None,
+        snapshot: SnapshotHeader | None = None,
         *,
         decision: PromotionDecision | None = None,
     ) -> Outcome:
@@ -923,6 +1154,7 @@ class ModelHost:
             "rejections": dict(self.rejections),
             "promotions": dict(self.promotions),
             "decisions": {key: d.as_dict() for key, d in sorted(self.decisions.items())},
+            "knowledge": self.knowledge.as_dict(),
             "models": {
                 key: {
                     "version": slot.version,
@@ -951,7 +1183,9 @@ class ModelHost:
                 "held": {key: list(digests) for key, digests in self._held.items()},
             }
             atomic_write_text(
-                self.root / HOST_STATE_FILE, json.dumps(document, indent=1, sort_keys=True)
+                # compact: written after every change (indenting costs more than the write)
+                self.root / HOST_STATE_FILE,
+                json.dumps(document, sort_keys=True),
             )
 
     def _load_state(self) -> None:

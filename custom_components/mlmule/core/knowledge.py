@@ -570,6 +570,7 @@ class CacheEntry:
     contributor: str
     knowledge: Knowledge
     received_at: float
+    version: int = 0  # the contributor's version of it, kept so that a relay can pass it on
 
     def weight(self, now: float, half_life: float = DEFAULT_HALF_LIFE) -> float:
         """Freshness (`(1 + age / half_life) ** -1` on the age since training, as ML Mule's
@@ -586,6 +587,7 @@ class CacheEntry:
         return {
             "contributor": self.contributor,
             "received_at": self.received_at,
+            "version": self.version,
             "context_key": k.context_key,
             "task": k.task,
             "proxy_id": k.proxy_id,
@@ -617,7 +619,12 @@ class CacheEntry:
                 schema_hash=str(raw["schema_hash"]),
                 data_time=None if data_time is None else float(data_time),
             )
-            return cls(str(raw["contributor"]), knowledge, float(raw["received_at"]))
+            return cls(
+                str(raw["contributor"]),
+                knowledge,
+                float(raw["received_at"]),
+                int(raw.get("version", 0)),
+            )
         except (KeyError, TypeError, ValueError, PoisonedSnapshot, MalformedSnapshot) as err:
             raise CorruptStateFile(f"a knowledge cache entry is unusable: {err}") from err
 
@@ -666,7 +673,9 @@ class KnowledgeCache:
                 _LOGGER.warning("Knowledge cache %s is corrupt (%s); starting empty", path, err)
                 path.replace(path.with_name(path.name + ".corrupt"))
 
-    def add(self, contributor: str, knowledge: Knowledge, *, received_at: float) -> bool:
+    def add(
+        self, contributor: str, knowledge: Knowledge, *, received_at: float, version: int = 0
+    ) -> bool:
         """Keep `knowledge` as `contributor`'s latest for its key; False (nothing changes) when
         the cache holds knowledge of that contributor trained as recently or later."""
         key = knowledge.context_key
@@ -676,7 +685,10 @@ class KnowledgeCache:
             return False
         if any(e.knowledge.proxy_id != knowledge.proxy_id for e in entries.values()):
             entries = {}
-        entries = {**entries, contributor: CacheEntry(contributor, knowledge, received_at)}
+        entries = {
+            **entries,
+            contributor: CacheEntry(contributor, knowledge, received_at, version),
+        }
         while len(entries) > self.max_entries:
             weakest = min(
                 entries.values(),

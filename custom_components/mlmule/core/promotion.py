@@ -70,6 +70,9 @@ class Change(StrEnum):
     MERGE = "merge"
     ADOPT = "adopt"
     IMPORT = "import"
+    # training on the host's labelled data towards the knowledge cache's ensemble (knowledge.py),
+    # judged like training on the held-out window it did not train on
+    DISTILL = "distill"
 
 
 class Verdict(StrEnum):
