@@ -39,7 +39,7 @@ from mlmule_core.identity import Identity, PeerKind
 from mlmule_core.onnx import NumpyExecutor, OnnxModel, create_session, load_model, save_model
 from mlmule_core.snapshot import SnapshotMeta, pack, unpack
 from mlmule_core.strategies import AggregationContext, FedAvg, ModelState, Reason
-from mlmule_core.train_numpy import TrainConfig, loss_and_gradients, train
+from mlmule_core.train_numpy import DPConfig, TrainConfig, loss_and_gradients, train
 from mlmule_models import train as torch_train
 from mlmule_models.export import torch_export
 from mlmule_models.families import FamilyModule
@@ -512,3 +512,15 @@ def test_unknown_sizes_and_custom_specs() -> None:
         preset_spec("large", "garage_door", ROOM, ACTIVITIES)
     assert model_size_of(dataclasses.replace(MLP, hidden=(7,))) is None
     assert model_size_of(dataclasses.replace(TCN, conv=TemporalConv(4, 64, 3))) is None
+
+
+def test_dp_sgd_trains_the_temporal_family() -> None:
+    """Opacus's per-sample gradients cover the convolution too (the phone's DP training)."""
+    spec = preset_spec("large", "activity", ROOM, ("a", "b", "c", "d"))
+    x, y = temporal_dataset(300, seed=4)
+    start = init_weights(spec, np.random.default_rng(1), ROOM)
+    config = TrainConfig(max_epochs=2, batch_size=32, dp=DPConfig(noise_multiplier=1.0))
+    weights, report = torch_train.train(spec, start, x, y, config)
+    assert report.epsilon is not None
+    assert report.epsilon > 0
+    assert not np.array_equal(weights["conv.weight"], start["conv.weight"])
