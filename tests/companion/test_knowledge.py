@@ -410,3 +410,33 @@ def test_the_cache_persists_atomically_and_survives_a_corrupt_file(tmp_path: Pat
         assert broken.context_keys() == []
         assert (tmp_path / "knowledge.json.corrupt").read_text() == damage
         assert not path.exists()
+
+
+SPEC = Path(__file__).resolve().parents[2] / "docs" / "protocol.md"
+
+
+def test_the_specifications_knowledge_test_vector_is_what_the_code_seals() -> None:
+    spec = SPEC.read_text(encoding="utf-8")
+    key = Identity.from_private_bytes(bytes(range(32)), kind="space", name="test vector")
+    probabilities = np.array([[0.75, 0.25, 0.0], [0.125, 0.5, 0.375]], np.float32)
+    vector = Knowledge(
+        "activity/kitchen",
+        "activity",
+        "00112233445566778899aabbccddeeff",
+        "5f1c2a9e0b7d4c31",
+        probabilities,
+        480,
+        0.8125,
+        1732262400.0,
+        schema_hash="9e3d1b7a20c4f658",
+        data_time=1732258800.0,
+    )
+    container = seal_knowledge(vector, key, version=12, created_at=1732266000.0)
+    _, header, body, _ = split(container)
+    assert len(container) == 681
+    assert f"\n`{hashlib.sha256(container).hexdigest()}`." in spec
+    assert "\n" + json.dumps(header, sort_keys=True, separators=(",", ":")) + "\n" in spec
+    assert f"body `{body.hex()}`" in spec
+    assert container[:12].hex() == "4d4c4d554c4500010000024d"
+    trusted = unpack_knowledge(container, trust=key, expected_proxy=None, now=1732266000.0)
+    np.testing.assert_array_equal(trusted.knowledge.probabilities, probabilities)
