@@ -74,7 +74,7 @@ from .coordinator import (
 )
 from .core.clock import ReplayClock
 from .core.errors import MlmuleError
-from .core.families import DEFAULT_MODEL_SIZE, MODEL_SIZES, ModelSize
+from .core.families import DEFAULT_MODEL_SIZE, MODEL_SIZES, ModelSize, model_size_of
 from .core.features import SensorRole
 from .core.host import HostSettings, ModelHost
 from .core.hysteresis import HysteresisConfig
@@ -364,13 +364,32 @@ async def _async_open_host(
             host_settings(entry.options, source=subentry.subentry_id, clock=clock),
         )
         for context_key, model_size in sizes.items():
-            if not host.has(context_key):
-                starter = load_starter(context_key, model_size=model_size)
-                # the starter is this space's knowledge as of now: installed fresh, so that
-                # phones do not refuse it as stale before the space has trained
-                now = clock.now()
-                host.install(
-                    load_model(starter.onnx_bytes), context_key=context_key, data_time=now, now=now
+            held = host.slot(context_key).spec if host.has(context_key) else None
+            # a model of the chosen size (or of no preset: an import) stays; another size is
+            # replaced by the chosen size's starter: weights cannot cross sizes, the knowledge
+            # cache (distilled after the next training) does
+            if held is not None and model_size_of(held) in {model_size, None}:
+                continue
+            starter = load_starter(context_key, model_size=model_size)
+            # the starter is this space's knowledge as of now: installed fresh, so that
+            # phones do not refuse it as stale before the space has trained
+            now = clock.now()
+            installed = host.install(
+                load_model(starter.onnx_bytes),
+                context_key=context_key,
+                data_time=now,
+                now=now,
+                replace=held is not None,
+            )
+            if held is not None:
+                # a host just opened holds no labelled window: the promotion rule cannot
+                # refuse the owner's choice (undecided_no_window)
+                LOGGER.info(
+                    "%s: %s now runs the %s starter model (v%s)",
+                    subentry.title,
+                    context_key,
+                    model_size,
+                    installed.version,
                 )
         return host
 

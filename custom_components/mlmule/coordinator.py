@@ -49,7 +49,7 @@ from .core.space import (
 )
 from .core.train_numpy import TrainConfig, TrainReport
 from .history import async_state_changes
-from .knowledge import KnowledgeOutcome, Sealed, SpaceKnowledge
+from .knowledge import Sealed, SpaceKnowledge
 from .repairs import RejectionWatch, async_check_space_entities
 
 if TYPE_CHECKING:
@@ -297,38 +297,33 @@ class ExchangingCoordinator[DataT, SettingsT: PeerSettings](DataUpdateCoordinato
         """What this space swaps with phones for `context_key`: weights, knowledge or both."""
         return frozenset(PayloadKind)
 
-    def knowledge_score(self, context_key: str) -> float | None:
-        """The held-out score its knowledge is offered with (none: a relay has no labels)."""
-        return None
-
     async def async_knowledge_offer(self, context_key: str) -> Sealed:
         """This space's knowledge of `context_key`, signed (in an executor: it runs the model
         on the key's proxy set)."""
         return await self.async_job(
-            partial(
-                self.knowledge.offer,
-                context_key,
-                now=self.clock.now(),
-                score=self.knowledge_score(context_key),
-            )
+            partial(self.knowledge.offer, context_key, now=self.clock.now())
         )
 
     async def async_receive_knowledge(
         self, container: bytes, *, mule: str | None = None
-    ) -> KnowledgeOutcome:
+    ) -> Outcome:
         """Verify a knowledge snapshot from a mule and keep it in the knowledge cache (in an
         executor); logs and counts the result. Distilling from it is `async_after_knowledge`."""
-        outcome = await self.async_job(
-            partial(self.knowledge.receive, container, now=self.clock.now())
-        )
+
+        def receive() -> Outcome:
+            outcome = self.host.receive_knowledge(container, now=self.clock.now(), distill=False)
+            if not outcome.accepted:
+                self.knowledge.count_refusal(outcome.reason)
+            return outcome
+
+        outcome = await self.async_job(receive)
         if outcome.accepted:
             LOGGER.info(
-                "%s: knowledge of %s from %s: %s (%s)",
+                "%s: knowledge of %s from %s: %s",
                 self.settings.name,
                 outcome.context_key,
-                outcome.contributor,
+                outcome.origin,
                 outcome.reason,
-                outcome.detail,
             )
         else:
             LOGGER.warning(
@@ -338,7 +333,7 @@ class ExchangingCoordinator[DataT, SettingsT: PeerSettings](DataUpdateCoordinato
                 outcome.detail,
             )
         self.rejections.record(
-            mule or outcome.contributor or "unknown", outcome.accepted, outcome.reason
+            mule or outcome.origin or "unknown", outcome.accepted, outcome.reason
         )
         self.async_models_changed()
         return outcome
@@ -569,15 +564,6 @@ class SpaceCoordinator(ExchangingCoordinator[SpacePrediction, SpaceSettings]):
             if wanted
         )
 
-    def knowledge_score(self, context_key: str) -> float | None:
-        """The last training's held-out score of the key's task, if it trained since start."""
-        task = context_key.partition("/")[0]
-        summary = self.state.training.get(task)
-        if summary is None:
-            return None
-        report = summary.report
-        return report.val_balanced_accuracy if task == Task.OCCUPANCY else report.val_macro_f1
-
     async def async_after_knowledge(self, context_key: str) -> None:
         """Distil the cache's knowledge into the space's own model (model over models)."""
         await self.async_distil(context_key)
@@ -590,7 +576,7 @@ class SpaceCoordinator(ExchangingCoordinator[SpacePrediction, SpaceSettings]):
         async with self._train_lock:
             now = self.clock.now()
             job: TrainingJob | None = await self.async_job(
-                partial(self.knowledge.start_distillation, context_key, now=now)
+                partial(self.host.start_distillation, context_key, now=now)
             )
             if job is None:
                 LOGGER.debug("%s: nothing to distil into %s", self.settings.name, context_key)
@@ -611,7 +597,7 @@ class SpaceCoordinator(ExchangingCoordinator[SpacePrediction, SpaceSettings]):
                 self.state.training_now = None
             summary = DistillationSummary(
                 context_key=context_key,
-                contributors=len(self.knowledge.cache.entries(context_key)),
+                contributors=len(self.host.knowledge.entries(context_key)),
                 seconds=time.monotonic() - started,
                 finished_at=time.time(),
                 version=self.host.slot(context_key).version,
@@ -648,6 +634,12 @@ class SpaceCoordinator(ExchangingCoordinator[SpacePrediction, SpaceSettings]):
         await self.async_request_refresh()
         # the model-health entities show the training, even when the prediction is unchanged
         self.async_update_listeners()
+        if self.settings.exchange_mode.knowledge:
+            # the labelled window is new: the cache's knowledge is distilled into the trained
+            # model (and, after a change of model size, into the new size's model)
+            for task in summaries:
+                if self.host.knowledge.entries(self.settings.context_key(task)):
+                    await self.async_distil(self.settings.context_key(task))
         return summaries
 
     async def _async_train_task(

@@ -44,13 +44,14 @@ TO_REDACT = {
 }
 
 
-async def _async_knowledge(coordinator: SpaceCoordinator | RelayCoordinator) -> dict[str, Any]:
-    """The knowledge cache per key (contributors as entries, so that their ids are redacted)
-    and the counters."""
-    status = await coordinator.async_job(coordinator.knowledge.status)
-    cache: dict[str, dict[str, Any]] = status.pop("cache")
+def _knowledge(
+    coordinator: SpaceCoordinator | RelayCoordinator, host_status: dict[str, Any]
+) -> dict[str, Any]:
+    """The knowledge cache per key, taken out of the host's status (contributors as entries,
+    so that their ids are redacted), and the knowledge refusals by reason."""
+    cache: dict[str, dict[str, Any]] = host_status.pop("knowledge")
     return {
-        **status,
+        "rejections": dict(coordinator.knowledge.rejections),
         "cache": {
             key: [{"contributor": name, **entry} for name, entry in entries.items()]
             for key, entries in cache.items()
@@ -75,6 +76,8 @@ async def async_get_config_entry_diagnostics(
                 "room_kind": coordinator.settings.room_kind,
                 "tasks": list(coordinator.settings.tasks),
                 "guests_allowed": coordinator.settings.guests_allowed,
+                "model_size": coordinator.settings.model_size,
+                "exchange_mode": coordinator.settings.exchange_mode.value,
             },
             "inputs": {entity: role.value for entity, role in coordinator.inputs.roles.items()},
             "prediction": None
@@ -89,7 +92,7 @@ async def async_get_config_entry_diagnostics(
             },
             "training": {task: s.as_dict() for task, s in coordinator.state.training.items()},
             "knowledge": {
-                **await _async_knowledge(coordinator),
+                **_knowledge(coordinator, host_status),
                 "last_distillation": {
                     key: d.as_dict() for key, d in coordinator.state.distillation.items()
                 },
@@ -102,14 +105,15 @@ async def async_get_config_entry_diagnostics(
         }
     relays: dict[str, Any] = {}
     for relay_id, relay in data.relays.items():
+        relay_status = await relay.async_job(relay.host.status)
         relays[relay_id] = {
             "settings": {
                 "context_keys": list(relay.settings.context_keys),
                 "guests_allowed": relay.settings.guests_allowed,
             },
             "phones_seen": len(relay.phones),
-            "knowledge": await _async_knowledge(relay),
-            "host": await relay.async_job(relay.host.status),
+            "knowledge": _knowledge(relay, relay_status),
+            "host": relay_status,
             "recent_outcomes": [
                 {"accepted": o.accepted, "reason": o.reason, "context_key": o.context_key}
                 for o in relay.host.last_outcomes

@@ -94,14 +94,12 @@ def knowledge_cache(
             for e in entries
         ]
         for key in context_keys
-        if (entries := coordinator.knowledge.cache.entries(key))
+        if (entries := coordinator.host.knowledge.entries(key))
     }
 
 
 def _contributors(coordinator: SpaceCoordinator | RelayCoordinator) -> int:
-    return sum(
-        len(coordinator.knowledge.cache.entries(key)) for key in coordinator.exchanged_keys()
-    )
+    return sum(len(coordinator.host.knowledge.entries(key)) for key in coordinator.exchanged_keys())
 
 
 def _space_knowledge(coordinator: SpaceCoordinator, _task: str) -> dict[str, Any]:

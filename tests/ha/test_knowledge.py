@@ -26,10 +26,12 @@ from custom_components.mlmule.const import (
     CONF_OCCUPANCY_LABEL_STATE,
     CONF_PRESENCE,
     CONF_ROOM_KIND,
+    CONF_ROOM_KINDS,
     CONF_SHARING,
     CONF_TASKS,
     CONF_TOPIC_PREFIX,
     DOMAIN,
+    SUBENTRY_RELAY,
     SUBENTRY_SPACE,
 )
 from custom_components.mlmule.core import families
@@ -307,7 +309,7 @@ async def test_a_larger_phones_knowledge_is_cached_and_distilled(
     # the phone's knowledge was verified and cached under its contributor, on disk too (an
     # accepted verdict reaches the phone as "ok")
     assert knowledge_verdicts(phone) == [(True, "ok")]
-    (entry,) = space.knowledge.cache.entries(KEY)
+    (entry,) = space.host.knowledge.entries(KEY)
     assert entry.contributor == phone.identity.id
     assert entry.knowledge.family == phone.host.slot(KEY).meta.arch_hash
     saved = json.loads((space.host.root / "knowledge.json").read_text())
@@ -324,6 +326,7 @@ async def test_a_larger_phones_knowledge_is_cached_and_distilled(
     assert summary.contributors == 1
     decision = summary.decision
     assert decision is not None
+    assert decision.change == "distill"
     assert decision.current_score is not None
     assert decision.challenger_score is not None
     after = space.host.slot(KEY)
@@ -381,7 +384,7 @@ async def test_bad_knowledge_is_refused_and_changes_nothing(
             bad = seal_knowledge(knowledge, mallory, version=5, created_at=time.time())
         else:  # more proxy rows than any proxy set has: refused before anything is decoded
             bad = forged(phone, proxy_size=5000)
-        cached_before = [e.knowledge.trained_at for e in space.knowledge.cache.entries(KEY)]
+        cached_before = [e.knowledge.trained_at for e in space.host.knowledge.entries(KEY)]
         model_before = space.host.slot(KEY).container
         carry_knowledge(phone, bad)
         await walk_in(hass, phone, lambda: bool(knowledge_verdicts(phone)))
@@ -389,9 +392,93 @@ async def test_bad_knowledge_is_refused_and_changes_nothing(
         await hass.async_add_executor_job(phone.stop)
 
     assert knowledge_verdicts(phone) == [(False, attack)]
-    assert [e.knowledge.trained_at for e in space.knowledge.cache.entries(KEY)] == cached_before
+    assert [e.knowledge.trained_at for e in space.host.knowledge.entries(KEY)] == cached_before
     assert space.host.slot(KEY).container == model_before
     assert space.knowledge.rejections == {attack: 1}
     rejected = state(hass, "sensor.bedroom_knowledge_snapshots_rejected")
     assert rejected.state == "1"
     assert rejected.attributes["reasons"] == {attack: 1}
+
+
+async def test_changing_the_model_size_starts_from_that_sizes_starter(
+    hass: HomeAssistant, hub: MockConfigEntry, tmp_path: Path, mqtt_broker: Broker
+) -> None:
+    phone = await start(hass, hub, tmp_path, mqtt_broker, "knowledge")
+    await hass.async_add_executor_job(phone.stop)
+    space = hub.runtime_data.spaces[SPACE_ID]
+    assert space.host.slot(KEY).meta.arch_hash == load_starter(KEY).arch_hash
+    subentry = hub.subentries[SPACE_ID]
+    hass.config_entries.async_update_subentry(
+        hub, subentry, data={**subentry.data, CONF_MODEL_SIZE: "large"}
+    )
+    await hass.async_block_till_done(wait_background_tasks=True)
+    space = hub.runtime_data.spaces[SPACE_ID]
+    slot = space.host.slot(KEY)
+    assert space.settings.model_size == "large"
+    assert slot.meta.arch_hash == load_starter(KEY, model_size="large").arch_hash
+    assert slot.version == 2  # versions never go back
+    # the phones' own model stays in the size phones run
+    mobile = space.host.slot("phone_activity/bedroom")
+    assert mobile.meta.arch_hash == load_starter("phone_activity/bedroom").arch_hash
+
+
+async def test_a_relay_keeps_knowledge_and_hands_it_back(
+    hass: HomeAssistant, hub: MockConfigEntry, tmp_path: Path, mqtt_broker: Broker
+) -> None:
+    assert await hass.config_entries.async_setup(hub.entry_id)
+    await hass.async_block_till_done()
+    phone = make_phone(tmp_path, hub.runtime_data.identity, mqtt_broker, model_size="large")
+    await hass.services.async_call(
+        DOMAIN,
+        "pair_mule",
+        {"code": PairingCode.for_identity(phone.identity).encode(), "role": "guest"},
+        blocking=True,
+        return_response=True,
+    )
+    hass.config_entries.async_add_subentry(
+        hub,
+        ConfigSubentry(
+            data={
+                "name": "Office",
+                CONF_TASKS: ["occupancy"],
+                CONF_ROOM_KINDS: ["bedroom"],
+                CONF_SHARING: "guests",
+                CONF_PRESENCE: {
+                    phone.identity.id: {"entity": "sensor.alice_room", "state": "bedroom"}
+                },
+            },
+            subentry_type=SUBENTRY_RELAY,
+            title="Office",
+            unique_id=None,
+            subentry_id="office01",
+        ),
+    )
+    await hass.async_block_till_done(wait_background_tasks=True)
+    relay = hub.runtime_data.relays["office01"]
+    own = phone_knowledge(phone, version=1)
+    carry_knowledge(phone, own)
+    await hass.async_add_executor_job(phone.connect)
+    try:
+        await walk_in(hass, phone, lambda: bool(knowledge_verdicts(phone)))
+        await walk_out(hass)
+        with phone.lock:
+            phone.delivered.clear()
+        await walk_in(hass, phone, lambda: any(ok for _, ok, _ in phone.delivered))
+    finally:
+        await hass.async_add_executor_job(phone.stop)
+
+    assert knowledge_verdicts(phone) == [(True, "ok")]
+    (entry,) = relay.host.knowledge.entries(KEY)
+    assert entry.contributor == phone.identity.id
+    assert relay.host.start_distillation(KEY) is None  # no labels to distil with
+    # on its next visit the phone is handed the relay's cache: its own knowledge, signed by
+    # the relay's home, not the relay's starter model's predictions
+    handed = [d for d, ok, _ in phone.delivered if ok and d.snapshot.kind is PayloadKind.KNOWLEDGE]
+    (delivery,) = handed
+    back = unpack_knowledge(delivery.payload, trust=phone.host.trust, expected_proxy=None)
+    sent = unpack_knowledge(own, trust=phone.identity, expected_proxy=None)
+    assert back.contributor == phone.identity.id  # the relay passes it on, naming its maker
+    np.testing.assert_allclose(
+        back.knowledge.probabilities, sent.knowledge.probabilities, atol=2e-3
+    )
+    assert state(hass, "sensor.office_knowledge_cache").state == "1"
