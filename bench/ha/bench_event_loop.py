@@ -12,7 +12,10 @@ A probe asks to wake every 5 ms; a stall is how late it woke. Measured (target: 
   handles its messages in the executor, as a real phone is another device;
 - `reassembly_4mib`: the phone sends a signed 4 MiB snapshot (a model too large to merge, whose
   offer claims the space's architecture): 16 chunks reassembled, hashed and verified, then
-  refused `incompatible`.
+  refused `incompatible`;
+- `distillation`: a space that trained on 14 days of labelled minutes (20,160, seeded, drawn
+  around its schema's statistics) distils a large phone model's knowledge from its cache, in
+  the integration's executor chunks, judged by the promotion rule.
 
 Each section is saved to bench/results/event_loop.json as it finishes.
 """
@@ -44,6 +47,7 @@ from custom_components.mlmule.core import blas, families
 from custom_components.mlmule.core.onnx import load_model, save_model
 from custom_components.mlmule.core.snapshot import SnapshotMeta, pack
 from custom_components.mlmule.core.starter import load_starter
+from custom_components.mlmule.core.train_numpy import TrainConfig
 from tests.ha import test_exchange as exchange_tests
 from tests.ha.test_exchange import KEY, SPACE_ID, ScriptedMule, hub, start, walk_in
 from tests.support.ha_fixtures import async_replay_room, replayed_room_hub
@@ -307,3 +311,38 @@ async def test_reassembling_a_4_mib_snapshot_never_stalls_the_loop(
     save("reassembly_4mib", {"bytes": len(data), "seconds": seconds, "stalls": stalls})
     print(f"\nevent-loop stalls while a {len(data)}-byte snapshot is reassembled and verified")
     show("4 MiB reassembly", stalls)
+
+
+async def test_distillation_never_stalls_the_loop(
+    hass: HomeAssistant, hub: MockConfigEntry, tmp_path: Path
+) -> None:
+    mule = await start(hass, hub, tmp_path)
+    space = hub.runtime_data.spaces[SPACE_ID]
+    schema = space.host.slot(KEY).schema
+    rng = np.random.default_rng(3)
+    z = rng.normal(size=(DAYS * 1440, schema.n_inputs)).astype(np.float32)
+    mean, std = families.input_normalisation(schema)
+    x, y = mean + z * std, (z[:, 0] + 0.5 * z[:, 1] > 0).astype(np.int64)
+    large = load_model(load_starter(KEY, model_size="large").onnx_bytes)
+    mule.host.install(large, context_key=KEY, samples=400, data_time=time.time(), replace=True)
+
+    def prepare() -> None:
+        space.host.train(KEY, x, y, config=TrainConfig(max_epochs=2), data_time=time.time())
+        knowledge = mule.host.knowledge_snapshot(KEY)
+        outcome = space.host.receive_knowledge(knowledge, distill=False)
+        assert outcome.reason == "cached", outcome
+
+    await hass.async_add_executor_job(prepare)
+    stalls, seconds = await measure(lambda: space.async_distil(KEY))
+    summary = space.state.distillation[KEY]
+    assert summary.decision is not None
+    assert summary.decision.change == "distill"
+    figures = {
+        "labelled_samples": len(y),
+        "seconds": seconds,
+        "verdict": summary.decision.verdict.value,
+        "stalls": stalls,
+    }
+    save("distillation", figures)
+    print(f"\nevent-loop stalls while a space distils ({len(y)} labelled samples + proxy set)")
+    show("distillation", stalls)

@@ -59,6 +59,8 @@ PREDICT_INTERVAL = timedelta(seconds=60)
 PREDICT_COOLDOWN = 10.0  # at most one prediction per this many seconds on input changes
 TRAIN_CHUNK_SECONDS = 0.05  # one executor job of training; the loop runs between chunks
 MIN_TRAINING_FRAMES = 120
+# a space's training and distillation: warm-started, kept close to the current model, bounded
+SPACE_TRAINING = TrainConfig(max_epochs=20, prox_mu=0.01, max_seconds=120.0)
 PHONE_ACTIVITY = "phone_activity"  # the phones' own model, trained by mules (mobile-data mode)
 
 
@@ -576,7 +578,7 @@ class SpaceCoordinator(ExchangingCoordinator[SpacePrediction, SpaceSettings]):
         async with self._train_lock:
             now = self.clock.now()
             job: TrainingJob | None = await self.async_job(
-                partial(self.host.start_distillation, context_key, now=now)
+                partial(self.host.start_distillation, context_key, now=now, config=SPACE_TRAINING)
             )
             if job is None:
                 LOGGER.debug("%s: nothing to distil into %s", self.settings.name, context_key)
@@ -665,7 +667,7 @@ class SpaceCoordinator(ExchangingCoordinator[SpacePrediction, SpaceSettings]):
                 context_key,
                 data.x,
                 data.y,
-                config=TrainConfig(max_epochs=20, prox_mu=0.01, max_seconds=120.0),
+                config=SPACE_TRAINING,
                 data_time=data.data_time,
             )
         )
