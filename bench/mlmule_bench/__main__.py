@@ -332,7 +332,10 @@ def _in_processes(
     # workers read the whole configuration (overrides and sweeps included) from a file
     config_file = parts / "config.json"
     config_file.write_text(json.dumps(config.to_json()), encoding="utf-8")
-    waiting = [pair for pair in pairs if not _part(parts, *pair).exists()]
+    # seed by seed: an interrupted run has whole seeds of every task, not every seed of some
+    waiting = [
+        pair for pair in sorted(pairs, key=lambda pair: pair[1]) if not _part(parts, *pair).exists()
+    ]
     running: list[tuple[subprocess.Popen[bytes], Path]] = []
     with tqdm(
         total=len(pairs), initial=len(pairs) - len(waiting), desc="task x seed", disable=args.quiet
@@ -360,6 +363,7 @@ def _in_processes(
                     str(scratch),
                 ]
                 running.append((subprocess.Popen(command, env=os.environ.copy()), target))  # noqa: S603
+                bar.set_postfix_str(", ".join(t.stem for _, t in running), refresh=True)
             time.sleep(0.5)
             for process, target in list(running):
                 if process.poll() is None:

@@ -677,6 +677,14 @@ class FeatureSchema:
 
     def to_json(self) -> str:
         """Canonical JSON: sorted keys, no spaces, floats in their shortest exact form."""
+        # every snapshot a host writes or checks hashes its schema: the text is made once
+        cached: str | None = self.__dict__.get("_json_text")
+        if cached is None:
+            cached = self._canonical_json()
+            object.__setattr__(self, "_json_text", cached)
+        return cached
+
+    def _canonical_json(self) -> str:
         return json.dumps(
             {
                 "name": self.name,
@@ -723,7 +731,11 @@ class FeatureSchema:
 
     def schema_hash(self) -> str:
         """Hex SHA-256 of the canonical JSON."""
-        return hashlib.sha256(self.to_json().encode("utf-8")).hexdigest()
+        cached: str | None = self.__dict__.get("_schema_hash")
+        if cached is None:
+            cached = hashlib.sha256(self.to_json().encode("utf-8")).hexdigest()
+            object.__setattr__(self, "_schema_hash", cached)
+        return cached
 
     def with_normalisation(self, frames: Float32Array) -> FeatureSchema:
         """This schema with mean and std measured on unnormalised frames `[T, len(features)]`.

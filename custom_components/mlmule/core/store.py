@@ -75,6 +75,8 @@ class SnapshotStore:
         self._versions: dict[str, list[StoredSnapshot]] = {}  # oldest first
         self._current: dict[str, int] = {}
         self._last_used: dict[str, float] = {}
+        # the files the index named when it was last written: what a rewrite may drop
+        self._indexed: set[str] = set()
         self.root.mkdir(parents=True, exist_ok=True)
         self._load()
 
@@ -209,10 +211,27 @@ class SnapshotStore:
             }
             for key, versions in sorted(self._versions.items())
         }
-        atomic_write_text(
-            self.root / INDEX_FILE, json.dumps({"format": 1, "keys": index}, indent=1)
-        )
-        self._remove_unreferenced()
+        # compact: an index is rewritten on every put (indenting costs more than the write)
+        atomic_write_text(self.root / INDEX_FILE, json.dumps({"format": 1, "keys": index}))
+        self._remove_dropped()
+
+    def _referenced(self) -> set[str]:
+        return {s.file for versions in self._versions.values() for s in versions}
+
+    def _remove_dropped(self) -> None:
+        """Delete the files the index stopped naming (pruned, evicted, rolled back, removed);
+        orphans of a crash are left to the next open's full sweep."""
+        referenced = self._referenced()
+        dropped = self._indexed - referenced
+        self._indexed = referenced
+        for relative in sorted(dropped):
+            file = self.root / relative
+            with contextlib.suppress(FileNotFoundError):
+                file.unlink()
+            with contextlib.suppress(OSError):
+                file.parent.rmdir()  # only succeeds when empty
+        if dropped:
+            fsync_directory(self.root)
 
     def _load(self) -> None:
         remove_stale_temporaries(self.root)
@@ -225,8 +244,7 @@ class SnapshotStore:
         except (OSError, ValueError, KeyError, TypeError):
             self._rebuild_from_files()
             self._save_index()
-            return
-        self._remove_unreferenced()
+        self._remove_unreferenced()  # a crash's orphans, whatever the index says
 
     def _load_index(self, raw: dict[str, object]) -> None:
         keys = raw["keys"]
@@ -270,7 +288,8 @@ class SnapshotStore:
             self._last_used[key] = versions[-1].stored_at
 
     def _remove_unreferenced(self) -> None:
-        referenced = {s.file for versions in self._versions.values() for s in versions}
+        referenced = self._referenced()
+        self._indexed = referenced
         for directory in [p for p in self.root.iterdir() if p.is_dir()]:
             for file in directory.glob(f"*{SNAPSHOT_SUFFIX}"):
                 if f"{directory.name}/{file.name}" not in referenced:
