@@ -167,7 +167,8 @@ def test_its_own_knowledge_coming_back_changes_nothing(
 
 
 @pytest.mark.parametrize(
-    "attack", ["stranger", "tampered", "replay", "wrong_proxy", "truncated", "weights"]
+    "attack",
+    ["stranger", "tampered", "replay", "wrong_proxy", "truncated", "weights", "oversized", "stale"],
 )
 def test_bad_knowledge_is_refused_and_changes_nothing(
     homes: tuple[ModelHost, ModelHost, ModelHost], attack: str
@@ -181,6 +182,8 @@ def test_bad_knowledge_is_refused_and_changes_nothing(
         "wrong_proxy": "wrong_proxy_set",
         "truncated": "malformed",
         "weights": "wrong_payload",
+        "oversized": "too_large",
+        "stale": "stale",
     }[attack]
     if attack == "stranger":
         stranger = Identity.generate(kind="mule", name="stranger")
@@ -199,8 +202,14 @@ def test_bad_knowledge_is_refused_and_changes_nothing(
         bad = seal_knowledge(other, teacher.identity, version=7, created_at=NOW + 30)
     elif attack == "truncated":
         bad = good[: len(good) // 2]
-    else:
+    elif attack == "weights":
         bad = teacher.export(KEY)
+    elif attack == "oversized":
+        bad = good + bytes(4 * 2**20)
+    else:
+        knowledge = unpack_knowledge(good, trust=teacher.identity, expected_proxy=None).knowledge
+        old = dataclasses.replace(knowledge, trained_at=NOW - 200 * 86400, data_time=None)
+        bad = seal_knowledge(old, teacher.identity, version=8, created_at=NOW + 30)
     before = space.export(KEY)
     cached = len(space.knowledge.entries(KEY))
     outcome = space.receive_knowledge(bad, now=NOW + 50)
