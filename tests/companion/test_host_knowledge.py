@@ -16,6 +16,7 @@ from mlmule_core.onnx import OnnxModel
 from mlmule_core.promotion import Change
 from mlmule_core.train_numpy import TrainConfig
 
+from mule_companion.distill_torch import DistillingTorchBackend
 from tests.support.hosts import KEY, NOW, data, occupancy_model, trust_of
 
 WEAK = TrainConfig(max_epochs=1, learning_rate=1e-3, seed=0)
@@ -220,3 +221,22 @@ def test_bad_knowledge_is_refused_and_changes_nothing(
     assert space.rejections[expected] == 1
     # and the weights path refuses knowledge alike
     assert space.receive(good, now=NOW + 60).reason in {"wrong_payload", "replayed"}
+
+
+def test_a_phone_distils_with_its_torch_step(homes: tuple[ModelHost, ModelHost, ModelHost]) -> None:
+    # mobile-data mode: the phone's host distils like a space, with the torch gradient step
+    space, teacher, _ = homes
+    space.receive_knowledge(
+        teacher.knowledge_snapshot(KEY, now=NOW + 30), now=NOW + 40, distill=False
+    )
+    distill = space.distillation(KEY, now=NOW + 40)
+    assert distill is not None
+    np.testing.assert_allclose(
+        distill.targets, space.knowledge.entries(KEY)[0].knowledge.probabilities, rtol=1e-6
+    )
+    job = space.start_distillation(KEY, now=NOW + 40, config=DISTIL, backend=DistillingTorchBackend)
+    assert job is not None
+    job.commit(now=NOW + 50)
+    assert job.decision is not None
+    assert job.decision.change is Change.DISTILL
+    assert job.decision.served

@@ -77,7 +77,14 @@ from .strategies import (
     make_strategy,
     merged_state,
 )
-from .train_numpy import Distillation, TrainConfig, Trainer, TrainReport
+from .train_numpy import (
+    BackendFactory,
+    Distillation,
+    NumpyBackend,
+    TrainConfig,
+    Trainer,
+    TrainReport,
+)
 from .weights import FloatArray, Weights, weights_digest
 
 _LOGGER = logging.getLogger(__name__)
@@ -986,27 +993,14 @@ class ModelHost:
         self.save_state()
         return outcome
 
-    def start_distillation(
-        self,
-        context_key: str,
-        *,
-        now: float | None = None,
-        config: TrainConfig | None = None,
-        weight: float = DISTILL_WEIGHT,
-    ) -> TrainingJob | None:
-        """A chunked job (like `start_training`) that trains the current model on the labelled
-        samples of its last training, less the held-out window, plus the distillation term
-        towards the knowledge cache's ensemble on the proxy set (freshness and score weighted,
-        this host's own knowledge left out). Its commit is judged by the promotion rule as
-        `Change.DISTILL` on the window. None when there is nothing to distil: no labelled
-        samples, or no cached knowledge on the key's proxy set."""
+    def distillation(
+        self, context_key: str, *, now: float | None = None, weight: float = DISTILL_WEIGHT
+    ) -> Distillation | None:
+        """The distillation term of `context_key`: its proxy inputs and the knowledge cache's
+        ensemble on them (freshness and score weighted, this host's own knowledge left out);
+        None without cached knowledge on the key's proxy set."""
         with self.lock:
-            slot = self.slot(context_key)
-            labelled = self._labelled.get(context_key)
-            window = self._windows.get(context_key)
-            if labelled is None or window is None or labelled.samples <= window.samples:
-                return None
-            proxy = proxy_set(slot.schema)
+            proxy = proxy_set(self.slot(context_key).schema)
             entries = self.knowledge.entries(context_key)
             if not entries or entries[0].knowledge.proxy_id != proxy.id:
                 return None
@@ -1014,7 +1008,31 @@ class ModelHost:
             targets = self.knowledge.ensemble(
                 context_key, now=now, exclude=frozenset({self.identity.id})
             )
-            if targets is None:
+        return None if targets is None else Distillation(proxy.x, targets, weight)
+
+    def start_distillation(
+        self,
+        context_key: str,
+        *,
+        now: float | None = None,
+        config: TrainConfig | None = None,
+        weight: float = DISTILL_WEIGHT,
+        backend: BackendFactory = NumpyBackend,
+    ) -> TrainingJob | None:
+        """A chunked job (like `start_training`) that trains the current model on the labelled
+        samples of its last training, less the held-out window, plus the distillation term
+        (`distillation`). Its commit is judged by the promotion rule as `Change.DISTILL` on
+        the window. None when there is nothing to distil: no labelled samples, or no cached
+        knowledge on the key's proxy set. `backend`: the gradient step (a phone passes its
+        torch one, `mule_companion.distill_torch.DistillingTorchBackend`)."""
+        with self.lock:
+            slot = self.slot(context_key)
+            labelled = self._labelled.get(context_key)
+            window = self._windows.get(context_key)
+            if labelled is None or window is None or labelled.samples <= window.samples:
+                return None
+            distill = self.distillation(context_key, now=now, weight=weight)
+            if distill is None:
                 return None
             cut = labelled.samples - window.samples
             trainer = Trainer(
@@ -1023,7 +1041,8 @@ class ModelHost:
                 labelled.x[:cut],
                 labelled.y[:cut],
                 config,
-                distill=Distillation(proxy.x, targets, weight),
+                backend=backend,
+                distill=distill,
             )
             return TrainingJob(
                 self,
