@@ -20,6 +20,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import resource
 import statistics
 import subprocess
 import sys
@@ -74,8 +75,9 @@ def python_path(tree: Path | None) -> str:
 
 def run_unit(
     tree: Path | None, config: str, task: str, seed: int, methods: str | None
-) -> tuple[float, list[Any]]:
-    """One (task, seed) unit of every method, as a `--jobs` worker runs it: seconds, runs."""
+) -> tuple[float, float, list[Any]]:
+    """One (task, seed) unit of every method, as a `--jobs` worker runs it: wall seconds, CPU
+    seconds (what other loads on the machine do not inflate), runs."""
     with tempfile.TemporaryDirectory(dir=SCRATCH) as scratch:
         out = Path(scratch) / "runs.json"
         command = [
@@ -95,11 +97,16 @@ def run_unit(
             *(["--methods", methods] if methods else []),
         ]
         env = {**os.environ, "PYTHONPATH": python_path(tree)}
-        began = time.perf_counter()
+        began, used = time.perf_counter(), _children_cpu()
         subprocess.run(command, check=True, env=env, cwd=BENCH)  # noqa: S603
-        seconds = time.perf_counter() - began
+        seconds, cpu = time.perf_counter() - began, _children_cpu() - used
         runs: list[Any] = json.loads(out.read_text(encoding="utf-8"))
-    return seconds, runs
+    return seconds, cpu, runs
+
+
+def _children_cpu() -> float:
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
 
 
 def differences(before: Any, after: Any, path: str = "") -> list[str]:
@@ -150,18 +157,21 @@ def main(argv: list[str] | None = None) -> int:
     for task in args.tasks.split(","):
         for seed in args.seeds or [0, 1]:
             seconds: dict[str, list[float]] = {name: [] for name in trees}
+            cpu: dict[str, list[float]] = {name: [] for name in trees}
             outputs: dict[str, list[Any]] = {}
             methods: dict[str, dict[str, float]] = {}
             for _ in range(args.repeat):
                 for name, tree in trees.items():  # alternately: the same machine load
-                    took, runs = run_unit(tree, args.config, task, seed, args.methods)
+                    took, used, runs = run_unit(tree, args.config, task, seed, args.methods)
                     seconds[name].append(took)
+                    cpu[name].append(used)
                     outputs[name] = runs
                     methods[name] = method_seconds(runs)
             unit: dict[str, Any] = {
                 "task": task,
                 "seed": seed,
                 "seconds": {name: statistics.median(v) for name, v in seconds.items()},
+                "cpu_seconds": {name: statistics.median(v) for name, v in cpu.items()},
                 "method_seconds": methods,
             }
             if args.reference:
@@ -172,18 +182,28 @@ def main(argv: list[str] | None = None) -> int:
             units.append(unit)
             print(
                 f"{task} seed {seed}: "
-                + ", ".join(f"{n} {s:.1f} s" for n, s in unit["seconds"].items())
+                + ", ".join(
+                    f"{n} {s:.1f} s ({unit['cpu_seconds'][n]:.1f} s CPU)"
+                    for n, s in unit["seconds"].items()
+                )
                 + ("" if not args.reference else f", identical: {unit.get('identical')}"),
                 flush=True,
             )
     per_task: dict[str, dict[str, float]] = {}
+    per_task_cpu: dict[str, dict[str, float]] = {}
     for name in trees:
         for task in args.tasks.split(","):
-            times = [u["seconds"][name] for u in units if u["task"] == task]
-            per_task.setdefault(task, {})[name] = statistics.median(times)
-    # every task x full_seeds units, `jobs` at a time, balanced (a lower bound by one unit)
+            of_task = [u for u in units if u["task"] == task]
+            per_task.setdefault(task, {})[name] = statistics.median(
+                u["seconds"][name] for u in of_task
+            )
+            per_task_cpu.setdefault(task, {})[name] = statistics.median(
+                u["cpu_seconds"][name] for u in of_task
+            )
+    # every task x full_seeds units, `jobs` at a time on as many free cores, balanced (a
+    # lower bound by up to one unit)
     extrapolated = {
-        name: sum(by[name] for by in per_task.values()) * args.full_seeds / args.jobs / 60.0
+        name: sum(by[name] for by in per_task_cpu.values()) * args.full_seeds / args.jobs / 60.0
         for name in trees
     }
     document = {
@@ -196,8 +216,12 @@ def main(argv: list[str] | None = None) -> int:
         "load_average": list(os.getloadavg()),
         "units": units,
         "median_unit_seconds": per_task,
+        "median_unit_cpu_seconds": per_task_cpu,
         "full_run_minutes": extrapolated,
-        "full_run_assumes": f"{args.full_seeds} seeds per task, {args.jobs} workers",
+        "full_run_assumes": (
+            f"{args.full_seeds} seeds per task, {args.jobs} workers on as many free cores "
+            "(from the units' CPU seconds)"
+        ),
         "identical": identical if args.reference else None,
     }
     args.out.parent.mkdir(parents=True, exist_ok=True)
