@@ -18,7 +18,7 @@ help:
 	@echo "make docs-img  run the demo test and copy its screenshots into docs/img/"
 	@echo "make bench  run the benchmarks; figures go to bench/results/"
 	@echo "make bench-learning  the ML Mule learning benchmark (about an hour on 2 cores)"
-	@echo "make bench-knowledge  weights against knowledge between different models (about 20 min)"
+	@echo "make bench-knowledge  weights against knowledge between different models (about 30 CPU-minutes)"
 
 envs:
 	@echo "HA environment:        $(HA_ENV)"

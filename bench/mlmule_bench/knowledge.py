@@ -144,7 +144,7 @@ MISSING = {
     "phone_activity": {"gyro_energy": 0.0, "step_rate": 0.0},
 }
 
-# The default run: small enough for about 20-30 minutes on two shared cores.
+# The default run: about 28 CPU-minutes (15-20 minutes on two idle cores, --jobs 2).
 DEFAULT = BenchConfig(name="knowledge", homes=12, days=30, test_days=7, relays=False)
 TINY = BenchConfig(
     name="knowledge-tiny",
