@@ -51,7 +51,6 @@ from .const import (
     CONF_TASKS,
     CONF_TOPIC_PREFIX,
     DATA_CLOCK,
-    DEFAULT_EXCHANGE_MODE,
     DEFAULT_GATE_EPSILON,
     DEFAULT_HALF_LIFE_HOURS,
     DEFAULT_HISTORY_DAYS,
@@ -62,7 +61,6 @@ from .const import (
     LOGGER,
     SUBENTRY_RELAY,
     SUBENTRY_SPACE,
-    ExchangeMode,
     Sharing,
 )
 from .coordinator import (
@@ -80,7 +78,7 @@ from .core.host import HostSettings, ModelHost
 from .core.hysteresis import HysteresisConfig
 from .core.identity import Identity, PeerKind, TrustStore
 from .core.onnx import load_model
-from .core.protocol import ProtocolConfig
+from .core.protocol import DEFAULT_EXCHANGE_MODE, ExchangeMode, ProtocolConfig
 from .core.snapshot import SnapshotLimits
 from .core.space import SpaceInputs
 from .core.starter import load_starter, starter_index

@@ -54,7 +54,6 @@ from .const import (
     CONF_STRATEGY,
     CONF_TASKS,
     CONF_TOPIC_PREFIX,
-    DEFAULT_EXCHANGE_MODE,
     DEFAULT_GATE_EPSILON,
     DEFAULT_HALF_LIFE_HOURS,
     DEFAULT_HISTORY_DAYS,
@@ -68,7 +67,6 @@ from .const import (
     DOMAIN,
     SUBENTRY_RELAY,
     SUBENTRY_SPACE,
-    ExchangeMode,
     Sharing,
     Task,
 )
@@ -76,6 +74,7 @@ from .coordinator import PHONE_ACTIVITY
 from .core.context import RoomKind
 from .core.families import DEFAULT_MODEL_SIZE, MODEL_SIZES
 from .core.identity import TrustEntry, TrustRole
+from .core.protocol import DEFAULT_EXCHANGE_MODE, ExchangeMode
 from .core.starter import starter_index
 from .data import HubData
 from .inputs import input_filters, input_role, suggested_inputs, unusable_inputs

@@ -78,27 +78,6 @@ class Task(StrEnum):
     ACTIVITY = "activity"
 
 
-class ExchangeMode(StrEnum):
-    """What a space swaps with phones: model weights (merged within one family), knowledge (its
-    model's predictions on the shared proxy set, distilled across families), or both."""
-
-    WEIGHTS = "weights"
-    KNOWLEDGE = "knowledge"
-    BOTH = "both"
-
-    @property
-    def weights(self) -> bool:
-        return self is not ExchangeMode.KNOWLEDGE
-
-    @property
-    def knowledge(self) -> bool:
-        return self is not ExchangeMode.WEIGHTS
-
-
-# until the benchmark's heterogeneous setting picks another (bench/results/knowledge.json)
-DEFAULT_EXCHANGE_MODE: Final = ExchangeMode.WEIGHTS
-
-
 class Sharing(StrEnum):
     """Which paired mules may exchange models with a space."""
 

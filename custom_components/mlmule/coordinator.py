@@ -25,10 +25,8 @@ from homeassistant.helpers.update_coordinator import DataUpdateCoordinator, Upda
 from homeassistant.util import dt as dt_util
 
 from .const import (
-    DEFAULT_EXCHANGE_MODE,
     DOMAIN,
     LOGGER,
-    ExchangeMode,
     Task,
 )
 from .core.clock import ReplayClock
@@ -37,7 +35,7 @@ from .core.families import DEFAULT_MODEL_SIZE, ModelSize
 from .core.host import HostError, ModelHost, Outcome, TrainingJob
 from .core.hysteresis import Hysteresis, HysteresisConfig
 from .core.promotion import PromotionDecision
-from .core.protocol import Mode, PayloadKind
+from .core.protocol import DEFAULT_EXCHANGE_MODE, ExchangeMode, Mode, PayloadKind
 from .core.space import (
     LOOKBACK_SECONDS,
     SpaceInputs,
@@ -554,17 +552,13 @@ class SpaceCoordinator(ExchangingCoordinator[SpacePrediction, SpaceSettings]):
         """Train the merged model on this space's own history, as fixed-data mode does."""
         await self.async_train_key(context_key, reason="exchange")
 
+    @property
+    def exchanges_knowledge(self) -> bool:
+        return PayloadKind.KNOWLEDGE in self.settings.exchange_mode.kinds
+
     def exchange_kinds(self, context_key: str) -> frozenset[PayloadKind]:
         """As the space's exchange mode says, for every key it serves."""
-        mode = self.settings.exchange_mode
-        return frozenset(
-            kind
-            for kind, wanted in (
-                (PayloadKind.WEIGHTS, mode.weights),
-                (PayloadKind.KNOWLEDGE, mode.knowledge),
-            )
-            if wanted
-        )
+        return self.settings.exchange_mode.kinds
 
     async def async_after_knowledge(self, context_key: str) -> None:
         """Distil the cache's knowledge into the space's own model (model over models)."""
@@ -636,7 +630,7 @@ class SpaceCoordinator(ExchangingCoordinator[SpacePrediction, SpaceSettings]):
         await self.async_request_refresh()
         # the model-health entities show the training, even when the prediction is unchanged
         self.async_update_listeners()
-        if self.settings.exchange_mode.knowledge:
+        if self.exchanges_knowledge:
             # the labelled window is new: the cache's knowledge is distilled into the trained
             # model (and, after a change of model size, into the new size's model)
             for task in summaries:

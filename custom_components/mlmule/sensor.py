@@ -263,7 +263,7 @@ async def async_setup_entry(
                 MlmuleSensor(coordinator, description)
                 for description in (
                     *SENSORS,
-                    *(KNOWLEDGE_SENSORS if coordinator.settings.exchange_mode.knowledge else ()),
+                    *(KNOWLEDGE_SENSORS if coordinator.exchanges_knowledge else ()),
                 )
                 if description.task is None or description.task in coordinator.settings.tasks
             ],

@@ -11,8 +11,8 @@ from pathlib import Path
 
 import yaml
 
-from custom_components.mlmule.const import ExchangeMode
 from custom_components.mlmule.core.families import MODEL_SIZES
+from custom_components.mlmule.core.protocol import ExchangeMode
 from custom_components.mlmule.repairs import (
     ISSUE_INPUT_MISSING,
     ISSUE_LABEL_MISSING,
