@@ -45,7 +45,7 @@ from mlmule_core.errors import MlmuleError, UnknownSigner
 from mlmule_core.features import PHONE_FEATURES
 from mlmule_core.host import HostError, HostSettings, ModelHost, ModelSlot, Outcome, TrainingJob
 from mlmule_core.identity import Identity, PairingCode, PeerKind, TrustEntry, TrustRole, TrustStore
-from mlmule_core.promotion import HeldOut, split_holdout
+from mlmule_core.promotion import Change, HeldOut, split_holdout
 from mlmule_core.protocol import (
     Closed,
     Completed,
@@ -60,7 +60,7 @@ from mlmule_core.protocol import (
 from mlmule_core.protocol.wire import decode_chunk, is_chunk
 from mlmule_core.starter import starter_index
 from mlmule_core.storage import atomic_write_bytes, atomic_write_text
-from mlmule_core.train_numpy import TrainReport
+from mlmule_core.train_numpy import Distillation, TrainReport
 from tqdm import tqdm  # type: ignore[import-untyped]  # no stubs in the environment
 
 from .config import (
@@ -895,7 +895,7 @@ class Agent:
     def _train(self, request: TrainRequest, slot: ModelSlot, data: TrainingData) -> bool:
         """Train on the space's minutes; True when the promotion rule serves the result."""
         key = request.context_key
-        ran = self._run_job(key, slot, data, data)
+        ran = self._run_job(key, slot, data)
         if ran is None:
             return False
         job, report = ran
@@ -932,20 +932,17 @@ class Agent:
         if data is None or data.samples < needed:
             _LOGGER.info("%s: too few labelled minutes here to distil (need %d)", key, needed)
             return
+        if self._config.dp is not None:
+            _LOGGER.info("%s: not distilling: DP-SGD does not account for the proxy term", key)
+            return
         with self._host_lock:
-            built = self.knowledge.distillation_data(
-                key,
-                data,
-                now=self._scene_now(),
-                exclude=frozenset({self.companion.identity.id}),
+            built = self.knowledge.distillation(
+                key, now=self._scene_now(), exclude=frozenset({self.companion.identity.id})
             )
         if built is None:
             return
-        augmented, contributors = built
-        if not self._within_budget(key, augmented.samples):
-            _LOGGER.info("%s: distilling would exceed the privacy budget", key)
-            return
-        ran = self._run_job(key, slot, augmented, data)
+        distill, contributors = built
+        ran = self._run_job(key, slot, data, distill=distill)
         if ran is None:
             return
         job, report = ran
@@ -979,24 +976,26 @@ class Agent:
                 )
 
     def _run_job(
-        self, key: str, slot: ModelSlot, data: TrainingData, real: TrainingData
+        self, key: str, slot: ModelSlot, data: TrainingData, *, distill: Distillation | None = None
     ) -> tuple[TrainingJob, TrainReport] | None:
-        """Train `slot` on `data` and let the promotion rule judge it; None if stopped or
-        superseded. `real` holds the space's own minutes, the latest of which `data` ends with.
+        """Train `slot` on the space's minutes `data` (with `distill`: and towards the knowledge
+        cache on the proxy set) and let the promotion rule judge it; None if stopped or
+        superseded.
 
         The trainer validates on the latest `val_fraction` of the minutes, and the rule judges
         on the same ones: no gradient step saw them. A phone has too few labelled minutes of
         one space to set a second share aside for the rule alone."""
-        window = split_holdout(real.x, real.y, self._config.training.val_fraction)[2]
-        trainer = self._trainer.trainer(slot.spec, slot.weights, data)
+        window = split_holdout(data.x, data.y, self._config.training.val_fraction)[2]
+        trainer = self._trainer.trainer(slot.spec, slot.weights, data, distill=distill)
         with self._host_lock:
             job = TrainingJob(
                 self.host,
                 key,
                 trainer,
-                samples=real.samples,
+                samples=data.samples,
                 data_time=data.data_time,
                 window=window,
+                change=Change.TRAINING if distill is None else Change.DISTILL,
             )
         self.training_now = key
         try:
@@ -1018,7 +1017,8 @@ class Agent:
                 _LOGGER.info("%s: %s", key, err)
                 return None
             self._carry(self.host.slot(key))
-        self.ledger.trained(key, report, self._clock())
+        if distill is None:  # a distillation has its own ledger line
+            self.ledger.trained(key, report, self._clock())
         return job, report
 
 

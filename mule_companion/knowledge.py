@@ -10,10 +10,10 @@ build the data it distils from (issue 13; `mlmule_core.knowledge` holds the core
   back. This is how the phone carries what it received: distilled into one snapshot, signed by
   the phone, so a home needs to trust only the phone.
 - **Distilling** (mobile-data mode, where the phone has the labels): the phone trains its model
-  on the minutes it sensed in the space plus the proxy set labelled by the cache's ensemble
-  (`distillation_data`); the promotion rule judges the result on the latest real minutes, as
-  any training. The proxy rows come first, so the trainer's time-ordered validation split and
-  the rule's window hold real minutes only.
+  on the minutes it sensed in the space plus a soft term towards the cache's ensemble on the
+  proxy set (`distillation`, the host's `Distillation`); the promotion rule judges the result
+  on the latest real minutes as a distillation. Not with DP-SGD: its accountant clips and
+  counts per labelled sample and has no share for the proxy term.
 """
 
 from __future__ import annotations
@@ -26,7 +26,7 @@ from functools import cache
 from pathlib import Path
 
 import numpy as np
-from mlmule_core.host import ModelSlot
+from mlmule_core.host import DISTILL_WEIGHT, ModelSlot
 from mlmule_core.identity import Identity, Verifier
 from mlmule_core.knowledge import (
     Knowledge,
@@ -41,8 +41,7 @@ from mlmule_core.knowledge import (
 from mlmule_core.protocol import PayloadKind, SnapshotInfo
 from mlmule_core.snapshot import ReplayGuard, SnapshotLimits
 from mlmule_core.starter import load_starter, starter_index
-
-from .datalog import TrainingData
+from mlmule_core.train_numpy import Distillation
 
 _LOGGER = logging.getLogger(__name__)
 # knowledge versions count up apart from the same signer's model versions
@@ -158,21 +157,15 @@ class PhoneKnowledge:
         )
         return Sealed(info, container)
 
-    def distillation_data(
-        self, context_key: str, data: TrainingData, *, now: float, exclude: frozenset[str]
-    ) -> tuple[TrainingData, int] | None:
-        """The space's minutes with the proxy set in front, labelled by the ensemble of the
-        cache without `exclude` (the phone's own model: distilling towards itself adds nothing);
-        None when no one else's knowledge is cached. Also returns the contributors used."""
+    def distillation(
+        self, context_key: str, *, now: float, exclude: frozenset[str]
+    ) -> tuple[Distillation, int] | None:
+        """The distillation term towards the ensemble of the cache without `exclude` (the
+        phone's own model: distilling towards itself adds nothing) on the key's proxy set, and
+        how many contributors it holds; None when no one else's knowledge is cached."""
         contributors = [e for e in self.cache.entries(context_key) if e.contributor not in exclude]
         ensemble = self.cache.ensemble(context_key, now=now, exclude=exclude)
         if ensemble is None or not contributors:
             return None
         proxy = proxy_set(load_starter(context_key).schema)
-        if ensemble.shape[1] == 1:
-            labels = (ensemble[:, 0] >= 0.5).astype(np.int64)
-        else:
-            labels = np.argmax(ensemble, axis=1).astype(np.int64)
-        x = np.concatenate([proxy.x.astype(np.float32), data.x]).astype(np.float32)
-        y = np.concatenate([labels, data.y]).astype(np.int64)
-        return TrainingData(x, y, data.data_time), len(contributors)
+        return Distillation(proxy.x, ensemble, DISTILL_WEIGHT), len(contributors)

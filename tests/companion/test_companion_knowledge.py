@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from mlmule_core.errors import ReplayedSnapshot, UnknownSigner, WrongProxySet
-from mlmule_core.host import ModelHost
+from mlmule_core.host import DISTILL_WEIGHT, ModelHost
 from mlmule_core.identity import Identity, TrustEntry, TrustStore
 from mlmule_core.knowledge import (
     knowledge_of,
@@ -21,7 +21,6 @@ from mlmule_core.protocol import PayloadKind
 from mlmule_core.snapshot import ReplayGuard
 from mlmule_core.starter import load_starter, starter_index
 
-from mule_companion.datalog import TrainingData
 from mule_companion.knowledge import PhoneKnowledge
 
 KEY = "phone_activity/kitchen"
@@ -139,31 +138,23 @@ def test_each_home_is_offered_the_ensemble_without_its_own_knowledge(tmp_path: P
     assert later.info.version > offered.info.version  # a receiver never sees it as a replay
 
 
-def test_distillation_data_puts_the_labelled_proxy_set_before_the_real_minutes(
-    tmp_path: Path,
-) -> None:
+def test_distillation_pulls_towards_the_others_knowledge_on_the_proxy_set(tmp_path: Path) -> None:
     peers = Peers(tmp_path)
     slot = peers.host.slot(KEY)
     first = peers.homes[0]
-    rng = np.random.default_rng(0)
-    real = TrainingData(
-        rng.normal(size=(40, slot.spec.n_inputs)).astype(np.float32),
-        rng.integers(0, len(slot.spec.labels), 40),
-        T0,
-    )
     peers.knowledge.learn_own(slot)
     own_only = frozenset({peers.phone.id})
-    assert peers.knowledge.distillation_data(KEY, real, now=T0, exclude=own_only) is None
+    assert peers.knowledge.distillation(KEY, now=T0, exclude=own_only) is None  # only its own
     peers.knowledge.receive(peers.sealed_by(first, 1, shift=2), now=T0 + 10)
-    built = peers.knowledge.distillation_data(KEY, real, now=T0 + 10, exclude=own_only)
+    built = peers.knowledge.distillation(KEY, now=T0 + 10, exclude=own_only)
     assert built is not None
-    data, contributors = built
+    distill, contributors = built
     proxy = proxy_set(slot.schema)
     assert contributors == 1
-    assert data.samples == proxy.size + real.samples
-    np.testing.assert_array_equal(data.x[-real.samples :], real.x)  # the latest rows are real
-    np.testing.assert_array_equal(data.y[-real.samples :], real.y)
+    np.testing.assert_array_equal(distill.x, proxy.x)
     teacher = unpack_knowledge(
         peers.sealed_by(first, 1, shift=2), trust=first, expected_proxy=None
     ).knowledge.probabilities
-    np.testing.assert_array_equal(data.y[: proxy.size], np.argmax(teacher, axis=1))
+    # soft targets: the home's probabilities as carried (fp16), not their argmax
+    np.testing.assert_allclose(distill.targets, teacher, atol=2e-3)
+    assert distill.weight == DISTILL_WEIGHT
