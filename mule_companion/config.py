@@ -36,7 +36,7 @@ from mlmule_core.clock import ReplayClock
 from mlmule_core.errors import MlmuleError
 from mlmule_core.features import resolve_timezone
 from mlmule_core.identity import TrustRole
-from mlmule_core.protocol import DEFAULT_EXCHANGE_MODE, ExchangeMode, ProtocolConfig
+from mlmule_core.protocol import MULE_EXCHANGE_MODE, ExchangeMode, ProtocolConfig
 from mlmule_core.protocol.wire import check_id
 from mlmule_core.storage import atomic_write_text
 from mlmule_core.strategies import STRATEGIES, make_strategy
@@ -178,7 +178,7 @@ class CompanionConfig:
     status_interval: float = 60.0
     # what the phone swaps with homes: weights, knowledge (predictions on the shared proxy set,
     # which any model family can distil) or both
-    exchange_mode: ExchangeMode = DEFAULT_EXCHANGE_MODE
+    exchange_mode: ExchangeMode = MULE_EXCHANGE_MODE
     knowledge_max_entries: int = 32  # contributors kept per context key in the knowledge cache
     # a developer option for replays (the demo): the scene time the phone's data lives in
     replay_clock: ReplayClock = field(default_factory=ReplayClock)
@@ -438,7 +438,7 @@ def _config_from(data: dict[str, Any], source: str) -> CompanionConfig:
         strategy=strategy_name,
         strategy_options=options,
         status_interval=data.get("status_interval", 60.0),
-        exchange_mode=ExchangeMode(data.get("exchange_mode", DEFAULT_EXCHANGE_MODE)),
+        exchange_mode=ExchangeMode(data.get("exchange_mode", MULE_EXCHANGE_MODE)),
         knowledge_max_entries=(data.get("knowledge") or {}).get("max_entries", 32),
         replay_clock=ReplayClock.from_config(data.get("replay_clock")),
     )
@@ -500,9 +500,10 @@ strategy:            # how a space's model is merged into the one the phone carr
   name: mlmule       # mlmule, fedasync or fedavg
   options: {{}}
 
-exchange_mode: {DEFAULT_EXCHANGE_MODE.value}  # weights, knowledge or both: what the phone swaps
-                         # with homes; knowledge (predictions on a shared proxy set, distilled
-                         # into the phone's models) crosses model families
+exchange_mode: {MULE_EXCHANGE_MODE.value}  # weights, knowledge or both: what the phone swaps
+                         # with homes (both: whatever each home's space exchanges); knowledge
+                         # (predictions on a shared proxy set, distilled into the phone's
+                         # models) crosses model families
 
 knowledge:           # the knowledge cache: the latest knowledge of each home, per model
   max_entries: 32    # homes kept per model; the least fresh and least accurate go first

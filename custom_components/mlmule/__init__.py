@@ -78,7 +78,7 @@ from .core.host import HostSettings, ModelHost
 from .core.hysteresis import HysteresisConfig
 from .core.identity import Identity, PeerKind, TrustStore
 from .core.onnx import load_model
-from .core.protocol import DEFAULT_EXCHANGE_MODE, ExchangeMode, ProtocolConfig
+from .core.protocol import LEGACY_EXCHANGE_MODE, ExchangeMode, ProtocolConfig
 from .core.snapshot import SnapshotLimits
 from .core.space import SpaceInputs
 from .core.starter import load_starter, starter_index
@@ -315,7 +315,7 @@ async def _async_create_space(
         max_unavailable=advanced.get(CONF_MAX_UNAVAILABLE, DEFAULT_MAX_UNAVAILABLE),
         history_days=int(entry.options.get(CONF_HISTORY_DAYS, DEFAULT_HISTORY_DAYS)),
         model_size=model_size(data.get(CONF_MODEL_SIZE)),
-        exchange_mode=ExchangeMode(data.get(CONF_EXCHANGE_MODE, DEFAULT_EXCHANGE_MODE)),
+        exchange_mode=ExchangeMode(data.get(CONF_EXCHANGE_MODE, LEGACY_EXCHANGE_MODE)),
     )
     inputs = space_inputs(hass, subentry)
     clock = replay_clock(hass)

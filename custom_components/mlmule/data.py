@@ -49,7 +49,7 @@ class SpaceData(TypedDict):
     tasks: list[str]
     sharing: str
     model_size: NotRequired[str]  # a family preset; `const.DEFAULT_MODEL_SIZE` if absent
-    exchange_mode: NotRequired[str]  # an `ExchangeMode`; `const.DEFAULT_EXCHANGE_MODE` if absent
+    exchange_mode: NotRequired[str]  # an `ExchangeMode`; absent: `LEGACY_EXCHANGE_MODE` (weights)
     inputs: list[str]
     input_roles: NotRequired[dict[str, str]]  # entity id -> feature role, fixed at setup
     hold_only_inputs: NotRequired[list[str]]

@@ -78,10 +78,13 @@ def test_settings_are_read_into_their_places(tmp_path: Path) -> None:
     assert config.strategy == "fedasync"
 
 
-def test_the_exchange_mode_is_weights_until_chosen_and_names_what_the_phone_swaps(
+def test_a_phone_exchanges_both_kinds_until_told_otherwise_and_the_mode_names_what_it_swaps(
     tmp_path: Path,
 ) -> None:
-    assert CompanionConfig(name="phone", timezone="UTC").exchange_mode is ExchangeMode.WEIGHTS
+    # both: a phone follows each space it visits, whatever the space's exchange mode
+    assert CompanionConfig(name="phone", timezone="UTC").exchange_mode is ExchangeMode.BOTH
+    bare = write_config(tmp_path / "bare.yaml", exchange_mode=...)
+    assert load_config(bare).exchange_mode is ExchangeMode.BOTH
     for mode, kinds in (
         ("weights", {PayloadKind.WEIGHTS}),
         ("knowledge", {PayloadKind.KNOWLEDGE}),

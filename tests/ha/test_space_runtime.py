@@ -19,6 +19,7 @@ from pytest_homeassistant_custom_component.typing import MqttMockHAClient
 from custom_components.mlmule.const import (
     CONF_ACTIVITY_LABEL,
     CONF_ADVANCED,
+    CONF_EXCHANGE_MODE,
     CONF_HOLD_ONLY,
     CONF_HOME_NAME,
     CONF_INPUTS,
@@ -33,6 +34,7 @@ from custom_components.mlmule.const import (
 )
 from custom_components.mlmule.core.identity import Identity, PairingCode
 from custom_components.mlmule.core.onnx import reset_runtime_backend, save_model
+from custom_components.mlmule.core.protocol import ExchangeMode, PayloadKind
 from custom_components.mlmule.core.snapshot import pack, unpack
 from custom_components.mlmule.diagnostics import async_get_config_entry_diagnostics
 from tests.support.ha_fixtures import space_device
@@ -351,3 +353,19 @@ async def test_without_onnxruntime_the_space_predicts_with_numpy(
         assert "onnxruntime" in diagnostics["runtime"]["onnxruntime_unavailable"]
     finally:
         reset_runtime_backend()
+
+
+async def test_a_space_added_before_exchange_modes_keeps_swapping_weights(
+    hass: HomeAssistant, hub: MockConfigEntry
+) -> None:
+    # the hub's space was stored without an exchange mode, as every space before there was one
+    assert CONF_EXCHANGE_MODE not in hub.subentries[SPACE_ID].data
+    await setup(hass, hub)
+    space = hub.runtime_data.spaces[SPACE_ID]
+    assert space.settings.exchange_mode is ExchangeMode.WEIGHTS
+    assert space.exchange_kinds("occupancy/bedroom") == {PayloadKind.WEIGHTS}
+    assert not space.exchanges_knowledge
+    knowledge_cache = er.async_get(hass).async_get_entity_id(
+        "sensor", DOMAIN, f"{SPACE_ID}_knowledge_cache"
+    )
+    assert knowledge_cache is None  # no knowledge entities for a weights-only space

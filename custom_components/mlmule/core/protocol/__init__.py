@@ -15,7 +15,9 @@ from .encounter import MlMulePolicy, WantPolicy
 from .endpoint import Endpoint, MuleEndpoint, PeerTrust, SpaceEndpoint
 from .wire import (
     DEFAULT_EXCHANGE_MODE,
+    LEGACY_EXCHANGE_MODE,
     MAX_CHUNK_SIZE,
+    MULE_EXCHANGE_MODE,
     PROTOCOL_VERSION,
     ExchangeMode,
     Mode,
@@ -29,7 +31,9 @@ from .wire import (
 
 __all__ = [
     "DEFAULT_EXCHANGE_MODE",
+    "LEGACY_EXCHANGE_MODE",
     "MAX_CHUNK_SIZE",
+    "MULE_EXCHANGE_MODE",
     "PROTOCOL_VERSION",
     "Action",
     "Closed",
