@@ -190,9 +190,6 @@ async def _add_space(
             "room_kind": plan.kind,
             "tasks": list(plan.tasks),
             "sharing": "guests",
-            # both paths on show: merges in the demo's table, the knowledge phones carried in
-            # each space's Knowledge cache sensor (a new space's default is knowledge alone)
-            "exchange_mode": "both",
         },
     )
     inputs: Json = {

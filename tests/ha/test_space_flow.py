@@ -321,9 +321,9 @@ async def test_model_size_and_exchange_mode_default_and_reconfigure(
 ) -> None:
     result = await start_space_flow(hass, hub)
     fields = {str(key): key for key in result["data_schema"].schema}
-    # a new space runs compact models and exchanges knowledge until told otherwise
+    # a new space runs compact models and exchanges weights and knowledge until told otherwise
     assert fields[CONF_MODEL_SIZE].default() == "compact"
-    assert fields[CONF_EXCHANGE_MODE].default() == "knowledge"
+    assert fields[CONF_EXCHANGE_MODE].default() == "both"
     space = {
         "name": "Bedroom",
         CONF_AREA: bedroom,
@@ -340,7 +340,7 @@ async def test_model_size_and_exchange_mode_default_and_reconfigure(
     await hass.config_entries.subentries.async_configure(result["flow_id"], inputs)
     (subentry_id,) = hub.subentries
     assert hub.subentries[subentry_id].data[CONF_MODEL_SIZE] == "compact"
-    assert hub.subentries[subentry_id].data[CONF_EXCHANGE_MODE] == "knowledge"
+    assert hub.subentries[subentry_id].data[CONF_EXCHANGE_MODE] == "both"
 
     result = dict(
         await hass.config_entries.subentries.async_init(
@@ -353,16 +353,16 @@ async def test_model_size_and_exchange_mode_default_and_reconfigure(
         for key in result["data_schema"].schema
         if key.description and "suggested_value" in key.description
     }
-    assert suggested[CONF_EXCHANGE_MODE] == "knowledge"
+    assert suggested[CONF_EXCHANGE_MODE] == "both"
     result = dict(
         await hass.config_entries.subentries.async_configure(
-            result["flow_id"], {**space, CONF_MODEL_SIZE: "large", CONF_EXCHANGE_MODE: "both"}
+            result["flow_id"], {**space, CONF_MODEL_SIZE: "large", CONF_EXCHANGE_MODE: "knowledge"}
         )
     )
     result = dict(await hass.config_entries.subentries.async_configure(result["flow_id"], inputs))
     assert result["reason"] == "reconfigure_successful"
     assert hub.subentries[subentry_id].data[CONF_MODEL_SIZE] == "large"
-    assert hub.subentries[subentry_id].data[CONF_EXCHANGE_MODE] == "both"
+    assert hub.subentries[subentry_id].data[CONF_EXCHANGE_MODE] == "knowledge"
     # a size or mode the selector does not offer is refused by the form
     result = dict(
         await hass.config_entries.subentries.async_init(
