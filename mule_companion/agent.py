@@ -45,6 +45,7 @@ from mlmule_core.errors import MlmuleError, UnknownSigner
 from mlmule_core.features import PHONE_FEATURES
 from mlmule_core.host import HostError, HostSettings, ModelHost, ModelSlot, Outcome, TrainingJob
 from mlmule_core.identity import Identity, PairingCode, PeerKind, TrustEntry, TrustRole, TrustStore
+from mlmule_core.onnx import load_model
 from mlmule_core.promotion import Change, HeldOut, split_holdout
 from mlmule_core.protocol import (
     Closed,
@@ -58,7 +59,7 @@ from mlmule_core.protocol import (
     Publish,
 )
 from mlmule_core.protocol.wire import decode_chunk, is_chunk
-from mlmule_core.starter import starter_index
+from mlmule_core.starter import load_starter, starter_index
 from mlmule_core.storage import atomic_write_bytes, atomic_write_text
 from mlmule_core.train_numpy import Distillation, TrainReport
 from tqdm import tqdm  # type: ignore[import-untyped]  # no stubs in the environment
@@ -676,6 +677,15 @@ class Agent:
         ref, key = delivery.ref, delivery.snapshot.context_key
         now = self._scene_now()
         with self._host_lock:
+            if (
+                delivery.mode is Mode.MOBILE
+                and not self.host.has(key)
+                and delivery.snapshot.arch != self._own_arch(key)
+            ):
+                # a first model of another size than the phone's: it starts from its own
+                # size's starter, and the space's weights are refused as incompatible below
+                # (what that model knows still arrives as knowledge)
+                self._seed(key)
             if delivery.mode is Mode.FIXED or not self.host.has(key):
                 # the space's trained merge (fixed), or a first model for this key (mobile)
                 outcome = self.host.adopt(delivery.payload, now=now)
@@ -722,7 +732,7 @@ class Agent:
                 return Verdict(accepted=False, reason=err.reason)
             if changed:
                 self._carry_knowledge(key)
-            distil = changed and delivery.mode is Mode.MOBILE and self.host.has(key)
+            distil = changed and delivery.mode is Mode.MOBILE
         self.ledger.count(home.home_id, "knowledge_received")
         detail = f"v{snapshot.meta.version} of {snapshot.contributor}" + (
             "" if changed else " (held as new already)"
@@ -924,6 +934,8 @@ class Agent:
         home, ref, key = request.home, request.ref, request.context_key
         assert self.knowledge is not None
         with self._host_lock:
+            if not self.host.has(key):  # a knowledge-only space gave it no model to start from
+                self._seed(key)
             slot = self.host.slot(key)
         if tuple(slot.schema.features) != PHONE_FEATURES:
             return
@@ -974,6 +986,22 @@ class Agent:
                 self.links[home.home_id].link.reply(
                     ref.session, sealed.info, sealed.container, in_reply_to=None
                 )
+
+    def _own_arch(self, context_key: str) -> str | None:
+        """The architecture of the phone's own size for `context_key` (None: no such starter)."""
+        entry = starter_index(model_size=self._config.model_size).get(context_key)
+        return None if entry is None else entry.arch_hash
+
+    def _seed(self, context_key: str) -> None:
+        """Start the phone's own model of `context_key` from its size's starter (host lock held);
+        installed fresh, so that spaces do not refuse it as stale before it has trained."""
+        starter = load_starter(context_key, model_size=self._config.model_size)
+        now = self._scene_now()
+        slot = self.host.install(
+            load_model(starter.onnx_bytes), context_key=context_key, data_time=now, now=now
+        )
+        _LOGGER.info("%s: starting from the %s starter model", context_key, slot.spec.family)
+        self._carry(slot)
 
     def _run_job(
         self, key: str, slot: ModelSlot, data: TrainingData, *, distill: Distillation | None = None

@@ -34,6 +34,7 @@ import voluptuous as vol
 import yaml
 from mlmule_core.clock import ReplayClock
 from mlmule_core.errors import MlmuleError
+from mlmule_core.families import DEFAULT_MODEL_SIZE, MODEL_SIZES, ModelSize, model_size
 from mlmule_core.features import resolve_timezone
 from mlmule_core.identity import TrustRole
 from mlmule_core.protocol import MULE_EXCHANGE_MODE, ExchangeMode, ProtocolConfig
@@ -179,6 +180,9 @@ class CompanionConfig:
     # what the phone swaps with homes: weights, knowledge (predictions on the shared proxy set,
     # which any model family can distil) or both
     exchange_mode: ExchangeMode = MULE_EXCHANGE_MODE
+    # the size of the models the phone learns itself (mobile-data mode); a model it only
+    # carries for a space keeps that space's size
+    model_size: ModelSize = DEFAULT_MODEL_SIZE
     knowledge_max_entries: int = 32  # contributors kept per context key in the knowledge cache
     # a developer option for replays (the demo): the scene time the phone's data lives in
     replay_clock: ReplayClock = field(default_factory=ReplayClock)
@@ -343,6 +347,7 @@ _CONFIG_SCHEMA = vol.Schema(
         ),
         vol.Optional("status_interval"): _number(1.0, 86400.0),
         vol.Optional("exchange_mode"): _one_of(EXCHANGE_MODES),
+        vol.Optional("model_size"): _one_of(MODEL_SIZES),
         vol.Optional("knowledge"): _section({vol.Optional("max_entries"): _integer(1, 1024)}),
         # not written by `init`: a replay's scene clock (core/clock.py), for the demo
         vol.Optional("replay_clock"): vol.Schema(
@@ -439,6 +444,7 @@ def _config_from(data: dict[str, Any], source: str) -> CompanionConfig:
         strategy_options=options,
         status_interval=data.get("status_interval", 60.0),
         exchange_mode=ExchangeMode(data.get("exchange_mode", MULE_EXCHANGE_MODE)),
+        model_size=model_size(data.get("model_size", DEFAULT_MODEL_SIZE)),
         knowledge_max_entries=(data.get("knowledge") or {}).get("max_entries", 32),
         replay_clock=ReplayClock.from_config(data.get("replay_clock")),
     )
@@ -504,6 +510,9 @@ exchange_mode: {MULE_EXCHANGE_MODE.value}  # weights, knowledge or both: what th
                          # with homes (both: whatever each home's space exchanges); knowledge
                          # (predictions on a shared proxy set, distilled into the phone's
                          # models) crosses model families
+
+model_size: {DEFAULT_MODEL_SIZE}  # compact or large: the models the phone learns itself (its
+                     # activity model); large needs a recent phone and more labelled minutes
 
 knowledge:           # the knowledge cache: the latest knowledge of each home, per model
   max_entries: 32    # homes kept per model; the least fresh and least accurate go first

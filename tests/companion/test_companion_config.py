@@ -83,8 +83,12 @@ def test_a_phone_exchanges_both_kinds_until_told_otherwise_and_the_mode_names_wh
 ) -> None:
     # both: a phone follows each space it visits, whatever the space's exchange mode
     assert CompanionConfig(name="phone", timezone="UTC").exchange_mode is ExchangeMode.BOTH
-    bare = write_config(tmp_path / "bare.yaml", exchange_mode=...)
+    bare = write_config(tmp_path / "bare.yaml", exchange_mode=..., model_size=...)
     assert load_config(bare).exchange_mode is ExchangeMode.BOTH
+    assert load_config(bare).model_size == "compact"  # what a phone runs unless it is told
+    assert load_config(write_config(tmp_path / "large.yaml", model_size="large")).model_size == (
+        "large"
+    )
     for mode, kinds in (
         ("weights", {PayloadKind.WEIGHTS}),
         ("knowledge", {PayloadKind.KNOWLEDGE}),
@@ -120,6 +124,10 @@ def test_a_phone_exchanges_both_kinds_until_told_otherwise_and_the_mode_names_wh
         (
             {"exchange_mode": "gradients"},
             ("exchange_mode", "expected one of weights, knowledge, both"),
+        ),
+        (
+            {"model_size": "huge"},
+            ("model_size", "expected one of compact, large"),
         ),
         (
             {"knowledge__max_entries": 0},

@@ -13,6 +13,7 @@ import hashlib
 import time
 from pathlib import Path
 
+import pytest
 from mlmule_core.identity import Identity
 from mlmule_core.knowledge import (
     KnowledgeCache,
@@ -22,6 +23,7 @@ from mlmule_core.knowledge import (
     unpack_knowledge,
 )
 from mlmule_core.protocol import Completed, Deliver, Mode, PayloadKind, SnapshotInfo
+from mlmule_core.starter import starter_index
 
 from mule_companion.knowledge import expected_proxies
 from tests.support import forge
@@ -220,6 +222,51 @@ def test_two_peers_exchange_knowledge_the_phone_caches_and_distils_in_mobile_dat
     text = phone.cli("status").stdout
     assert "Knowledge (exchange mode knowledge): 1 models cached" in text
     assert f"distilled {KITCHEN}: 1 runs" in text
+
+
+@pytest.mark.parametrize("kinds", [KNOWLEDGE_ONLY, BOTH], ids=["knowledge", "both"])
+def test_a_large_phone_without_a_model_starts_from_its_own_starter_and_learns_from_knowledge(
+    tmp_path: Path, mosquitto: Broker, phone: CompanionProcess, kinds: frozenset[PayloadKind]
+) -> None:
+    home = new_home(tmp_path, mosquitto, "home")
+    # knowledge only: no weights to adopt; both: the space's compact weights do not fit
+    knowing = KnowledgeHome(home, kinds)
+    try:
+        mule = home.pair_mule(new_phone(phone, model_size="large", training={"window_days": 28}))
+        phone.pair(home.home_code())
+        world, shift = recent_world(days=7)
+        log = tmp_path / "phone.csv"
+        write_phone_log(
+            log, world, shift, home_id=home.identity.id, spaces={"kitchen": KITCHEN_SPACE}
+        )
+        phone.cli("log-data", str(log))
+        home.serve(KITCHEN_SPACE, KITCHEN, Mode.MOBILE)  # a compact model
+        knowing.offer(KITCHEN_SPACE, KITCHEN, knowing.own(KITCHEN, version=1))
+        phone.start()
+        phone.wait_connected()
+
+        def distilled() -> bool:
+            return bool(phone.activity().get("distillation", {}).get(KITCHEN, {}).get("runs"))
+
+        encounter(home, KITCHEN_SPACE, mule, distilled)
+        phone.wait_for(lambda: sessions(phone, home) == 1, 10, "the phone did not see the bye")
+        assert phone.stop() == 0
+    finally:
+        home.stop()
+
+    assert weights_taken(home) == 0
+    refused = phone.status()["homes"][0]["refused"]
+    assert refused == (1 if kinds == BOTH else 0)  # the compact weights: incompatible
+    # the phone runs a model of its own size, the large starter's architecture, whatever it served
+    exported = tmp_path / "carried.snap"
+    phone.cli("snapshot", "export", KITCHEN, "-o", str(exported))
+    _, header, _, _ = forge.split(exported.read_bytes())
+    large = starter_index(model_size="large")[KITCHEN].arch_hash
+    assert header["arch_hash"] == large != starter_index()[KITCHEN].arch_hash
+    record = phone.status()["knowledge"]["distillation"][KITCHEN]
+    assert record["runs"] == 1
+    assert record["last_contributors"] == 1  # the home's compact model taught the large one
+    assert record["last_decision"]["change"] == "distill"
 
 
 def test_bad_knowledge_is_refused_like_bad_weights_and_changes_nothing(
