@@ -30,7 +30,7 @@ from .setup_home import (
     set_up_home,
     wait_for_entities,
 )
-from .table import SpaceTrack, exchange_line, render, summary_text, update
+from .table import RelayTrack, SpaceTrack, exchange_line, render, summary_text, update
 
 # The world is aligned so that its live part starts about this long after the demo starts
 # (the first guest visit is chosen to come early in it); real time passes until the origin.
@@ -56,6 +56,7 @@ class Demo:
     stop: asyncio.Event = field(default_factory=asyncio.Event)
     interrupted: bool = False
     tracks: list[SpaceTrack] = field(default_factory=list)  # filled once the live part runs
+    relay: RelayTrack | None = None
 
     def log(self, message: str) -> None:
         print(message, flush=True)
@@ -229,6 +230,19 @@ class LiveRun:
                 f"{visit.room_id.replace('_', ' ')} at {local_time(scenario, visit.scene_time)} "
                 f"(about {minutes:.1f} min into the live part)"
             )
+        relay = scenario.relay
+        names = {person.person_id: person.name for person in scenario.companions}
+        first = next(iter(relay.arrivals), None)
+        when = (
+            "no companion goes there in the live part"
+            if first is None
+            else f"{names[first[1]]} arrives first at {local_time(scenario, first[0])} (about "
+            f"{max(0.0, clock.to_wall(first[0]) - clock.origin) / 60:.1f} min into the live part)"
+        )
+        self.demo.log(
+            f"  relay space: {relay.title} (a shared place), in "
+            f"{scenario.home_name(relay.home_index)}'s Home Assistant; {when}"
+        )
         return allowance
 
     async def _set_up(self) -> list[str]:
@@ -269,7 +283,9 @@ class LiveRun:
         for phone in phones:
             phone.start(demo.groups, demo.run_dir / "logs" / f"companion-{phone.person.slug}.log")
         urls = [
-            await dashboard.install(ha, scenario.home_name(setup.index), setup.spaces)
+            await dashboard.install(
+                ha, scenario.home_name(setup.index), setup.spaces, setup.relay, scenario.companions
+            )
             for ha, setup in zip(homes, self.setups, strict=True)
         ]
         _write_access(demo, homes, self.setups, urls, scenario)
@@ -299,7 +315,7 @@ class LiveRun:
         demo.log("")
         wall = await self._table()
         totals = _totals(self.phones)
-        demo.log(summary_text(demo.tracks, totals, setup_seconds, wall))
+        demo.log(summary_text(demo.tracks, totals, setup_seconds, wall, demo.relay))
         document: dict[str, Any] = {
             "setup_seconds": round(setup_seconds, 1),
             "overrun_seconds": round(overrun, 1),
@@ -310,9 +326,27 @@ class LiveRun:
             "phones": totals,
             "states_published": self.publisher.counters.published,
             "most_late_seconds": round(self.publisher.counters.late, 3),
+            "relay": None if demo.relay is None else self._relay_summary(demo.relay, wall),
         }
         (demo.run_dir / "summary.json").write_text(json.dumps(document, indent=2))
         return 130 if demo.interrupted else 0
+
+    def _relay_summary(self, relay: RelayTrack, wall: float) -> dict[str, Any]:
+        """The relay's counters, and the companions' arrivals at its place in the live part
+        (scene times: the replay ran from the clock's origin for `wall` seconds)."""
+        clock, scenario = self.schedule.clock, self.scenario
+        end = clock.to_scene(clock.origin + wall)
+        names = {person.person_id: person.name for person in scenario.companions}
+        return {
+            **relay.summary(),
+            "live_scene_start": clock.origin,
+            "live_scene_end": end,
+            "arrivals": [
+                {"scene_time": t, "phone": names[person]}
+                for t, person in scenario.relay.arrivals
+                if t < end
+            ],
+        }
 
     async def _table(self) -> float:
         """Poll both homes once a second, show the table and publish the models' ages, until
@@ -330,6 +364,12 @@ class LiveRun:
                 )
                 demo.tracks.append(track)
                 watched.append((track, setup.index, space))
+        relay = next((setup for setup in self.setups if setup.relay is not None), None)
+        places = {person.name: person.place_entity for person in scenario.companions}
+        if relay is not None and relay.relay is not None:
+            demo.relay = RelayTrack(
+                scenario.home_name(relay.index), relay.relay.plan.title, relay.relay.plan.place
+            )
         ages: dict[str, str] = {}
         tty = sys.stdout.isatty()
         last_print = 0.0
@@ -347,6 +387,8 @@ class LiveRun:
                 if ages.get(space.plan.model_age) != age:
                     ages[space.plan.model_age] = age
                     self.publisher.set_state(scenario.home_slug(index), space.plan.model_age, age)
+            if relay is not None and relay.relay is not None and demo.relay is not None:
+                demo.relay.update(relay.relay.entities, states[relay.index], places)
             if tty or now - last_print >= PRINT_EVERY:
                 last_print = now
                 progress = (
@@ -355,6 +397,8 @@ class LiveRun:
                     else f"speeding up in {-live_for:.0f} s"
                 )
                 footer = [f"{exchange_line(demo.tracks, _totals(self.phones))}; {progress}"]
+                if demo.relay is not None:
+                    footer.insert(0, demo.relay.line())
                 text = render(demo.tracks, scenario, scene_now, footer)
                 if tty and drawn:
                     sys.stdout.write(f"\x1b[{drawn}F\x1b[J")
@@ -405,6 +449,22 @@ def _write_access(
             }
             for ha, setup, url in zip(homes, setups, urls, strict=True)
         ],
+        "relay": next(
+            (
+                {
+                    "home": scenario.home_name(setup.index),
+                    "title": setup.relay.plan.title,
+                    "place": setup.relay.plan.place,
+                    "subentry_id": setup.relay.subentry_id,
+                    "entities": setup.relay.entities,
+                    "places": {p.name: p.place_entity for p in scenario.companions},
+                    "place_states": scenario.place_states(),
+                }
+                for setup in setups
+                if setup.relay is not None
+            ),
+            None,
+        ),
         "tz": scenario.tz,
     }
     path = demo.run_dir / "access.json"

@@ -5,7 +5,8 @@ from __future__ import annotations
 from typing import Any
 
 from .ha_instance import HomeAssistantInstance
-from .setup_home import SpaceEntities
+from .scenario import Person
+from .setup_home import RelayEntities, SpaceEntities
 
 URL_PATH = "mlmule-demo"
 TITLE = "ML Mule demo"
@@ -60,7 +61,38 @@ def space_cards(space: SpaceEntities) -> list[dict[str, Any]]:
     ]
 
 
-def dashboard_config(home_name: str, spaces: list[SpaceEntities]) -> dict[str, Any]:
+def relay_cards(relay: RelayEntities, phones: list[Person]) -> list[dict[str, Any]]:
+    """The relay space's column: its counters, and where the phones are (its presence)."""
+    e = relay.entities
+    rows: list[Any] = [
+        {
+            "entity": e["snapshots_merged"],
+            "name": "Merged at the relay",
+            "secondary_info": "last-changed",
+        },
+        {"entity": e["snapshots_rejected"], "name": "Rejected at the relay"},
+        {"entity": e["phones_seen"], "name": "Phones seen", "icon": "mdi:cellphone-check"},
+    ]
+    rows += [
+        {"entity": person.place_entity, "name": f"{person.name}'s phone is at"} for person in phones
+    ]
+    return [
+        {"type": "heading", "heading": f"Relay: {relay.plan.title}", "icon": "mdi:store"},
+        {"type": "entities", "entities": rows},
+    ]
+
+
+def dashboard_config(
+    home_name: str,
+    spaces: list[SpaceEntities],
+    relay: RelayEntities | None = None,
+    phones: list[Person] | None = None,
+) -> dict[str, Any]:
+    sections: list[dict[str, Any]] = [
+        {"type": "grid", "cards": space_cards(space)} for space in spaces
+    ]
+    if relay is not None:
+        sections.append({"type": "grid", "cards": relay_cards(relay, phones or [])})
     return {
         "title": f"{TITLE}: {home_name}",
         "views": [
@@ -68,20 +100,20 @@ def dashboard_config(home_name: str, spaces: list[SpaceEntities]) -> dict[str, A
                 "title": home_name,
                 "path": "spaces",
                 "type": "sections",
-                "max_columns": max(1, len(spaces)),
-                "sections": [
-                    {
-                        "type": "grid",
-                        "cards": space_cards(space),
-                    }
-                    for space in spaces
-                ],
+                "max_columns": max(1, len(sections)),
+                "sections": sections,
             }
         ],
     }
 
 
-async def install(ha: HomeAssistantInstance, home_name: str, spaces: list[SpaceEntities]) -> str:
+async def install(
+    ha: HomeAssistantInstance,
+    home_name: str,
+    spaces: list[SpaceEntities],
+    relay: RelayEntities | None = None,
+    phones: list[Person] | None = None,
+) -> str:
     """Create the dashboard (a storage-mode one, in the sidebar) and save its cards."""
     existing = await ha.ws({"type": "lovelace/dashboards/list"})
     if not any(d["url_path"] == URL_PATH for d in existing):
@@ -100,7 +132,7 @@ async def install(ha: HomeAssistantInstance, home_name: str, spaces: list[SpaceE
         {
             "type": "lovelace/config/save",
             "url_path": URL_PATH,
-            "config": dashboard_config(home_name, spaces),
+            "config": dashboard_config(home_name, spaces, relay, phones),
         }
     )
     return f"{ha.url}/{URL_PATH}/spaces"

@@ -63,6 +63,12 @@ ZONES = (
 SEEDS_PER_ZONE = 12
 VISIT_RATE = 3.0  # visits per person per week: neighbours who see each other often
 GUEST_WINDOW = (5 * 60.0, 60 * 60.0)  # the first guest visit starts within this scene span
+# The relay space: at the shared place (office, gym, cafe, shop) where the companions are most in
+# the first scene hours of the live part (then over the whole live part), in the home visited by
+# the guest (both companions are paired with it); it relays the models the demo's spaces serve.
+RELAY_WINDOW = 3 * 3600.0
+RELAY_TASKS = ("occupancy", "activity", "phone_activity")
+AWAY = "away"
 # entities MQTT cannot publish (it has no media_player platform); the TV's power stays
 UNPUBLISHED_DOMAINS = frozenset({"media_player"})
 
@@ -123,6 +129,19 @@ class SpacePlan:
 
 
 @dataclass(frozen=True)
+class RelayPlan:
+    """The relay space the demo adds, at a shared place of the world."""
+
+    place: str  # the world's shared place, and the phones' place sensors' state there
+    title: str
+    home_index: int  # the home whose Home Assistant hosts it
+    tasks: tuple[str, ...]
+    room_kinds: tuple[str, ...]
+    # each companion's arrivals there in the live part: (scene time, person id)
+    arrivals: tuple[tuple[float, str], ...]
+
+
+@dataclass(frozen=True)
 class Person:
     person_id: str
     name: str
@@ -135,6 +154,12 @@ class Person:
     @property
     def presence_entity(self) -> str:
         return f"sensor.{self.slug}_phone_room"
+
+    @property
+    def place_entity(self) -> str:
+        """Where the phone is (a zone, as a device tracker reports it): a home, a shared
+        place, or away; published in the relay's home, its presence trigger there."""
+        return f"sensor.{self.slug}_phone_place"
 
 
 @dataclass(frozen=True)
@@ -181,6 +206,45 @@ class Scenario:
     def home_name(self, index: int) -> str:
         return HOME_NAMES[index]
 
+    @cached_property
+    def relay(self) -> RelayPlan:
+        """The relay space: where the companions are most early in the live part."""
+        world = self.world
+        live = self.world.minute_times + self.shift >= self.origin
+        early = live & (self.world.minute_times + self.shift < self.origin + RELAY_WINDOW)
+        places = [world.phone_data(p.person_id).place for p in self.companions]
+
+        def score(j: int) -> tuple[int, int, int]:
+            code = -2 - j
+            return (
+                sum(int(np.count_nonzero((place == code) & early)) for place in places),
+                sum(int(np.count_nonzero((place == code) & live)) for place in places),
+                -j,
+            )
+
+        j = max(range(len(world.shared_places)), key=score)
+        code = -2 - j
+        arrivals = []
+        for person, place in zip(self.companions, places, strict=True):
+            there = place == code
+            arrived = np.flatnonzero(there & ~np.concatenate([[False], there[:-1]]) & live)
+            times = world.minute_times[arrived] + self.shift
+            arrivals += [(float(t), person.person_id) for t in times.tolist()]
+        visit = self.first_guest_visit
+        return RelayPlan(
+            place=world.shared_places[j],
+            title=_label(world.shared_places[j]),
+            home_index=0 if visit is None else visit.home_index,
+            tasks=RELAY_TASKS,
+            room_kinds=tuple(SPACES),
+            arrivals=tuple(sorted(arrivals)),
+        )
+
+    def place_states(self) -> list[str]:
+        """The states of the phones' place sensors, by place code: the homes, away, then the
+        shared places."""
+        return [*(self.home_slug(i) for i in range(2)), AWAY, *self.world.shared_places]
+
     def home_slug(self, index: int) -> str:
         return HOME_NAMES[index].lower()
 
@@ -226,6 +290,18 @@ class Scenario:
             )
             for person in self.people
         )
+        if index == self.relay.home_index:
+            found.extend(
+                DemoEntity(
+                    entity_id=person.place_entity,
+                    component="sensor",
+                    name="place",
+                    device=f"{person.slug}_phone",
+                    device_name=f"{person.name}'s phone",
+                    area=None,
+                )
+                for person in self.people
+            )
         for space in self.spaces(index):
             found.append(
                 DemoEntity(
@@ -332,7 +408,12 @@ class Scenario:
                 np.clip(phone.room, 0, None),
                 len(rooms),
             )
-            streams.append(_changes(times, states, [*rooms, "away"], person.presence_entity))
+            streams.append(_changes(times, states, [*rooms, AWAY], person.presence_entity))
+            if index == self.relay.home_index:
+                # place codes: a home's index, -1 elsewhere, -2 - j shared place j
+                place = phone.place.astype(np.int64)
+                codes = np.where(place >= 0, place, 2 + (-1 - place))
+                streams.append(_changes(times, codes, self.place_states(), person.place_entity))
         for space in self.spaces(index):
             data = self.world.room_data(home.home_id, space.room_id)
             streams.append(_changes(times, data.occupancy, ["off", "on"], space.truth))

@@ -13,7 +13,7 @@ from mlmule_core.identity import TrustRole
 from .broker import BrokerAddress
 from .companions import Phone
 from .ha_instance import FlowError, HomeAssistantInstance, Json
-from .scenario import Scenario, SpacePlan
+from .scenario import RelayPlan, Scenario, SpacePlan
 
 ENTITIES_TIMEOUT = 60.0
 LOAD_TIMEOUT = 60.0
@@ -44,11 +44,21 @@ class SpaceEntities:
 
 
 @dataclass
+class RelayEntities:
+    """The relay space and the entity ids Home Assistant gave its entities."""
+
+    plan: RelayPlan
+    subentry_id: str
+    entities: dict[str, str] = field(default_factory=dict)  # key -> entity_id
+
+
+@dataclass
 class HomeSetup:
     index: int
     entry_id: str
     spaces: list[SpaceEntities]
     home_codes: dict[str, str]  # person id -> the home's code for that phone
+    relay: RelayEntities | None = None  # in the home that hosts the demo's relay space
 
 
 async def configure_mqtt(ha: HomeAssistantInstance, broker: BrokerAddress) -> None:
@@ -136,9 +146,18 @@ async def set_up_home(
         )
         spaces.append(SpaceEntities(plan, subentry_id))
         await _wait_loaded(ha, entry_id)
-    await _resolve_entities(ha, spaces)
+    relay = None
+    if scenario.relay.home_index == index:
+        relay = RelayEntities(
+            scenario.relay,
+            await _add_relay(
+                ha, entry_id=entry_id, plan=scenario.relay, phones=labels, scenario=scenario
+            ),
+        )
+        await _wait_loaded(ha, entry_id)
+    await _resolve_entities(ha, spaces, relay)
     await _enable_freshness(ha, spaces)
-    return HomeSetup(index, entry_id, spaces, home_codes)
+    return HomeSetup(index, entry_id, spaces, home_codes, relay)
 
 
 async def _enable_freshness(ha: HomeAssistantInstance, spaces: list[SpaceEntities]) -> None:
@@ -214,6 +233,40 @@ async def _add_space(
     return str(subentry["subentry_id"])
 
 
+async def _add_relay(
+    ha: HomeAssistantInstance,
+    *,
+    entry_id: str,
+    plan: RelayPlan,
+    phones: dict[str, Phone],
+    scenario: Scenario,
+) -> str:
+    """The "add relay space" flow: its models and who may use it, then each phone's presence
+    (its place sensor showing the shared place)."""
+    base = "/api/config/config_entries/subentries/flow"
+    result: Json = await ha.post(base, {"handler": [entry_id, "relay"]})
+    flow = f"{base}/{result['flow_id']}"
+    result = await ha.post(
+        flow,
+        {
+            "name": plan.title,
+            "tasks": list(plan.tasks),
+            "room_kinds": list(plan.room_kinds),
+            "sharing": "guests",  # the guest's phone too
+        },
+    )
+    while result.get("type") == "form" and result.get("step_id") == "presence":
+        phone = phones[result["description_placeholders"]["mule"]]
+        result = await ha.post(flow, {"entity": phone.person.place_entity, "state": plan.place})
+    if result.get("type") != "create_entry":
+        raise FlowError(f"adding the relay space {plan.title}: {result}")
+    subentries = await ha.ws({"type": "config_entries/subentries/list", "entry_id": entry_id})
+    [subentry] = [
+        s for s in subentries if s["title"] == plan.title and s["subentry_type"] == "relay"
+    ]
+    return str(subentry["subentry_id"])
+
+
 async def _wait_loaded(ha: HomeAssistantInstance, entry_id: str) -> None:
     """Until the hub entry is loaded again (adding a space or options reloads it)."""
     state = None
@@ -233,19 +286,24 @@ async def _entry_state(ha: HomeAssistantInstance, entry_id: str) -> str | None:
     return next((str(e["state"]) for e in entries if e["entry_id"] == entry_id), None)
 
 
-async def _resolve_entities(ha: HomeAssistantInstance, spaces: list[SpaceEntities]) -> None:
-    """Each space's entities, by unique id (`<subentry id>_<key>`)."""
+async def _resolve_entities(
+    ha: HomeAssistantInstance, spaces: list[SpaceEntities], relay: RelayEntities | None
+) -> None:
+    """Each space's (and the relay's) entities, by unique id (`<subentry id>_<key>`)."""
     deadline = time.monotonic() + ENTITIES_TIMEOUT
     while True:
         registry = await ha.ws({"type": "config/entity_registry/list"})
-        for space in spaces:
+        found: list[SpaceEntities | RelayEntities] = [*spaces, *([relay] if relay else [])]
+        for space in found:
             prefix = f"{space.subentry_id}_"
             space.entities = {
                 entry["unique_id"].removeprefix(prefix): entry["entity_id"]
                 for entry in registry
                 if entry["platform"] == "mlmule" and entry["unique_id"].startswith(prefix)
             }
-        if all("occupancy_probability" in space.entities for space in spaces):
+        if all("occupancy_probability" in space.entities for space in spaces) and (
+            relay is None or "phones_seen" in relay.entities
+        ):
             return
         if time.monotonic() > deadline:
             raise RuntimeError(f"{ha.name}: the spaces' entities did not appear")

@@ -81,6 +81,52 @@ class SpaceTrack:
         }
 
 
+@dataclass
+class RelayTrack:
+    """The relay space's counters, as Home Assistant shows them."""
+
+    home: str
+    title: str
+    place: str  # the shared place: the state of a phone's place sensor there
+    merged: int = 0
+    rejected: int = 0
+    phones_seen: int = 0
+    here: list[str] = field(default_factory=list)  # the companions its presence shows there
+
+    def update(
+        self, entities: dict[str, str], states: dict[str, dict[str, Any]], places: dict[str, str]
+    ) -> None:
+        """Read its counters; `places`: each companion's name -> its place sensor."""
+        merged = _number(states.get(entities.get("snapshots_merged", "")))
+        rejected = _number(states.get(entities.get("snapshots_rejected", "")))
+        seen = _number(states.get(entities.get("phones_seen", "")))
+        self.merged = self.merged if merged is None else int(merged)
+        self.rejected = self.rejected if rejected is None else int(rejected)
+        self.phones_seen = self.phones_seen if seen is None else int(seen)
+        self.here = [
+            name
+            for name, entity in places.items()
+            if (state := states.get(entity)) is not None and state["state"] == self.place
+        ]
+
+    def line(self) -> str:
+        here = ", ".join(self.here) if self.here else "no companion"
+        return (
+            f"relay {self.title} ({self.home}): merged {self.merged}, rejected {self.rejected}, "
+            f"phones seen {self.phones_seen}; {here} there now"
+        )
+
+    def summary(self) -> dict[str, Any]:
+        return {
+            "home": self.home,
+            "relay": self.title,
+            "place": self.place,
+            "merged": self.merged,
+            "rejected": self.rejected,
+            "phones_seen": self.phones_seen,
+        }
+
+
 def _mean(values: Any) -> float | None:
     values = list(values)
     return sum(values) / len(values) if values else None
@@ -164,7 +210,11 @@ def render(
 
 
 def summary_text(
-    tracks: list[SpaceTrack], totals: dict[str, int], setup_seconds: float, wall: float
+    tracks: list[SpaceTrack],
+    totals: dict[str, int],
+    setup_seconds: float,
+    wall: float,
+    relay: RelayTrack | None = None,
 ) -> str:
     lines = [
         "",
@@ -180,6 +230,11 @@ def summary_text(
             f"{s['samples_before']:>5} {_percent(s['accuracy_after']):>10} "
             f"{s['samples_after']:>5} {t.merged:>6} {t.rejected:>8} "
             f"{('v' + str(t.version)) if t.version else '-':>6}"
+        )
+    if relay is not None:
+        lines.append(
+            f"relay {relay.title} ({relay.home}): merged {relay.merged}, "
+            f"rejected {relay.rejected}, phones seen {relay.phones_seen}"
         )
     lines.append(exchange_line(tracks, totals))
     return "\n".join(lines)

@@ -46,6 +46,15 @@ OCCUPANCY_KEYS = (
     "snapshots_rejected",
 )
 ACTIVITY_KEYS = ("activity", "activity_accuracy", "activity_model_freshness")
+# the relay space's counters (custom_components/mlmule/sensor.py RELAY_SENSORS)
+RELAY_KEYS = ("snapshots_merged", "snapshots_rejected", "phones_seen", "knowledge_rejected")
+# the models the demo's relay keeps: each task the spaces serve, for each of their kinds of room
+# that has a starter model
+RELAY_TASKS = ["occupancy", "activity", "phone_activity"]
+RELAY_ROOM_KINDS = ["bedroom", "kitchen", "living_room"]
+# a companion's arrival at the relay's place this many scene seconds before the live part ends
+# leaves it time for an exchange (a minute of wall time at x60)
+RELAY_ARRIVAL_MARGIN = 3600.0
 
 
 def _on_off(state: dict[str, Any]) -> bool:
@@ -134,6 +143,48 @@ def test_home_assistant_rest_api(live_demo: DemoRun) -> None:
     assert problems == []
     for home in access["homes"]:
         assert {space["title"] for space in home["spaces"]} == {"Bedroom", "Kitchen", "Living room"}
+    _check_relay(live_demo, access)
+
+
+def _check_relay(live_demo: DemoRun, access: dict[str, Any]) -> None:
+    """The relay space: added through its flow in one home, with both phones' presence triggers
+    on their place sensors, and its counters holding valid states."""
+    relay = access["relay"]
+    assert relay is not None
+    [home] = [h for h in access["homes"] if h["name"] == relay["home"]]
+    states = {
+        state["entity_id"]: state
+        for state in get_json(f"{home['url']}/api/states", home["access_token"])
+    }
+    for key in RELAY_KEYS:
+        state = states.get(relay["entities"].get(key, ""))
+        assert state is not None, key
+        assert _count(state), (key, state)
+    # it keeps and hands out a model of each task in each kind of room (all have starters)
+    merged = states[relay["entities"]["snapshots_merged"]]
+    assert set(merged["attributes"]["versions"]) == {
+        f"{task}/{kind}" for task in RELAY_TASKS for kind in RELAY_ROOM_KINDS
+    }
+    # the phones' place sensors, which the relay's presence triggers follow
+    assert set(relay["places"].values()) <= set(states)
+    for entity_id in relay["places"].values():
+        assert states[entity_id]["state"] in relay["place_states"], states[entity_id]
+    # the subentry, as the flow stored it (Home Assistant saves it a second after a change)
+    stored = live_demo.run_dir / relay["home"].lower() / "config" / ".storage"
+    entries = json.loads((stored / "core.config_entries").read_text())["data"]["entries"]
+    [entry] = [e for e in entries if e["entry_id"] == home["entry_id"]]
+    [subentry] = [s for s in entry["subentries"] if s["subentry_id"] == relay["subentry_id"]]
+    assert subentry["subentry_type"] == "relay"
+    assert subentry["title"] == relay["title"]
+    data = subentry["data"]
+    assert (data["tasks"], data["room_kinds"], data["sharing"]) == (
+        RELAY_TASKS,
+        RELAY_ROOM_KINDS,
+        "guests",
+    )
+    # one trigger per companion (the owner and the guest): its place sensor shows the place
+    triggers = sorted((t["entity"], t["state"]) for t in data["presence"].values())
+    assert triggers == sorted((entity, relay["place"]) for entity in relay["places"].values())
 
 
 def _log_in(page: Page, home: dict[str, Any], url: str) -> None:
@@ -187,6 +238,13 @@ def test_dashboard_and_integration_pages_in_chromium(live_demo: DemoRun, tmp_pat
                 "Snapshots merged": spaces,
                 "Snapshots rejected": spaces,
             }
+            if access["relay"] is not None and access["relay"]["home"] == home["name"]:
+                expected_rows |= {
+                    f"Relay: {access['relay']['title']}": 1,
+                    "Merged at the relay": 1,
+                    "Rejected at the relay": 1,
+                    "Phones seen": 1,
+                }
             for row, count in expected_rows.items():
                 expect(page.get_by_text(row)).to_have_count(count)
             page.screenshot(path=IMAGES / "dashboard.png", full_page=True)
@@ -258,6 +316,22 @@ def test_summary_and_clean_exit(live_demo: DemoRun) -> None:
     assert phones["sent"] >= 1  # the homes took snapshots from the phones
     assert f"{phones['bytes_moved'] / 1000:.1f} kB moved" in printed
     assert f"spaces merged {summary['snapshots_merged']}," in printed
+    relay = summary["relay"]
+    assert relay["relay"] == access["relay"]["title"]
+    assert (
+        f"relay {relay['relay']} ({relay['home']}): merged {relay['merged']}, "
+        f"rejected {relay['rejected']}, phones seen {relay['phones_seen']}" in printed
+    )
+    assert 0 <= relay["phones_seen"] <= 2
+    # a companion the world took to the relay's place early enough in the live part exchanged
+    # there (the world decides whether one does: not every 3-minute run has a visit)
+    if any(
+        relay["live_scene_start"]
+        <= a["scene_time"]
+        <= relay["live_scene_end"] - RELAY_ARRIVAL_MARGIN
+        for a in relay["arrivals"]
+    ):
+        assert relay["phones_seen"] >= 1, relay
     assert "stopped every process the demo started" in output
     assert live_demo.recorded, "the demo's pid file was never seen"
     assert live_demo.leftovers() == []
