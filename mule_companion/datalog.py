@@ -40,6 +40,7 @@ import numpy.typing as npt
 from mlmule_core.features import (
     ACTIVITIES,
     PHONE_FEATURES,
+    PHONE_SIGNAL_RANGES,
     ChangeSeries,
     FeatureSchema,
     PhoneSignal,
@@ -52,15 +53,6 @@ from .errors import DataError
 SIGNALS: Final = tuple(signal.value for signal in PhoneSignal)
 COLUMNS: Final = ("time", "home", "room", *SIGNALS, "activity", "label_source")
 LABEL_SOURCES: Final = ("user", "detected")
-# Physically plausible ranges: a value outside is a unit mix-up or a broken sensor.
-SIGNAL_BOUNDS: Final[Mapping[str, tuple[float, float]]] = {
-    PhoneSignal.ACCEL_MEAN: (0.0, 200.0),  # m/s^2
-    PhoneSignal.ACCEL_STD: (0.0, 200.0),
-    PhoneSignal.STEP_RATE: (0.0, 400.0),  # steps per minute
-    PhoneSignal.GYRO_ENERGY: (0.0, 10_000.0),  # (rad/s)^2
-    PhoneSignal.SCREEN_ON: (0.0, 1.0),  # fraction of the minute
-    PhoneSignal.ORIENTATION_CHANGE: (0.0, 1000.0),  # per minute
-}
 EARLIEST: Final = 946_684_800.0  # 2000-01-01: anything earlier is a unit or clock error
 FUTURE_SLACK: Final = 86_400.0
 MAX_LISTED_PROBLEMS: Final = 20
@@ -290,7 +282,7 @@ def _signal(name: str, value: Any) -> float | None:
         number = float(value)
     except (TypeError, ValueError):
         raise _RowError(name, f"{value!r} is not a number") from None
-    low, high = SIGNAL_BOUNDS[name]
+    low, high = PHONE_SIGNAL_RANGES[PhoneSignal(name)]
     if not math.isfinite(number) or not low <= number <= high:
         raise _RowError(name, f"{value!r} is outside [{low:g}, {high:g}]")
     return number

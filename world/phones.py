@@ -14,7 +14,7 @@ from dataclasses import dataclass
 
 import numpy as np
 import numpy.typing as npt
-from mlmule_core.features import ChangeSeries, PhoneSignal
+from mlmule_core.features import PHONE_SIGNAL_RANGES, ChangeSeries, PhoneSignal
 
 from .config import PlaceKind
 from .homes import HomeSpec, PersonSpec
@@ -177,6 +177,9 @@ def _signals(
     values[:, 2] = np.round(values[:, 2])  # whole steps
     values[:, 4] = np.clip(mean[:, 4] + rng.normal(0.0, 0.12, n), 0.0, 1.0)
     values[:, 5] = rng.poisson(mean[:, 5])
+    # the lognormal tail can pass what a phone reports (a sprint near 400 steps/min)
+    low, high = np.array([PHONE_SIGNAL_RANGES[signal] for signal in PhoneSignal]).T
+    values = np.clip(values, low, high)
     # the app is not always running: no samples during those spells
     running = ~_spell_mask(np.full(n, dropout), 30.0, rng)
     times = start + 60.0 * np.flatnonzero(running).astype(np.float64)

@@ -14,8 +14,10 @@ from mlmule_core.features import (
     BINARY_ROLES,
     EMPTY_ROOM_ACTIVITY,
     PHONE_FEATURES,
+    PHONE_SIGNAL_RANGES,
     ROOM_FEATURES,
     Activity,
+    PhoneSignal,
     SensorRole,
     extract_room_frames,
     series_from_states,
@@ -269,6 +271,18 @@ def test_phone_data_and_encounters(world: World) -> None:
         assert world.person(encounter.person_id).phone_id == encounter.phone_id
     own = [e for e in encounters if e.person_id == person.person_id]
     assert own, "a resident's phone is seen at home"
+
+
+def test_phone_signals_stay_in_the_ranges_a_phone_reports() -> None:
+    """The companion refuses a logged row outside these ranges, so the world never makes one
+    (two weeks of gym sessions reach the step-rate ceiling: the test sees the tail)."""
+    world = generate_world(WorldConfig(n_homes=4, days=14, group_size=2), seed=7)
+    frames = np.concatenate([world.phone_data(p.person_id).frames for p in world.people])
+    for signal, (low, high) in PHONE_SIGNAL_RANGES.items():
+        values = frames[:, PHONE_FEATURES.index(signal)]
+        assert low <= values.min() and values.max() <= high, signal
+    steps = frames[:, PHONE_FEATURES.index(PhoneSignal.STEP_RATE)]
+    assert steps.max() == PHONE_SIGNAL_RANGES[PhoneSignal.STEP_RATE][1]
 
 
 # ----------------------------------------------------------------------------- config and splits

@@ -79,6 +79,17 @@ class PhoneSignal(StrEnum):
     ORIENTATION_CHANGE = "orientation_change"  # orientation flips per minute
 
 
+# Physically plausible ranges: a value outside is a unit mix-up or a broken sensor.
+PHONE_SIGNAL_RANGES: Mapping[PhoneSignal, tuple[float, float]] = {
+    PhoneSignal.ACCEL_MEAN: (0.0, 200.0),  # m/s^2
+    PhoneSignal.ACCEL_STD: (0.0, 200.0),
+    PhoneSignal.STEP_RATE: (0.0, 400.0),  # steps per minute
+    PhoneSignal.GYRO_ENERGY: (0.0, 10_000.0),  # (rad/s)^2
+    PhoneSignal.SCREEN_ON: (0.0, 1.0),  # fraction of the minute
+    PhoneSignal.ORIENTATION_CHANGE: (0.0, 1000.0),  # per minute
+}
+
+
 BINARY_ROLES = frozenset({SensorRole.MOTION, SensorRole.DOOR, SensorRole.LIGHT, SensorRole.MEDIA})
 
 # HA stores a numeric sensor only when its value changes, so a stable reading can sit for hours.
