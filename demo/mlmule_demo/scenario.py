@@ -279,28 +279,20 @@ class Scenario:
                     unit=unit,
                 )
             )
-        found.extend(
-            DemoEntity(
-                entity_id=person.presence_entity,
-                component="sensor",
-                name="room",
-                device=f"{person.slug}_phone",
-                device_name=f"{person.name}'s phone",
-                area=None,
-            )
-            for person in self.people
-        )
-        if index == self.relay.home_index:
+        for person in self.people:
+            phone_sensors = {"room": person.presence_entity}
+            if index == self.relay.home_index:
+                phone_sensors["place"] = person.place_entity
             found.extend(
                 DemoEntity(
-                    entity_id=person.place_entity,
+                    entity_id=entity_id,
                     component="sensor",
-                    name="place",
+                    name=name,
                     device=f"{person.slug}_phone",
                     device_name=f"{person.name}'s phone",
                     area=None,
                 )
-                for person in self.people
+                for name, entity_id in phone_sensors.items()
             )
         for space in self.spaces(index):
             found.append(

@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from mlmule_core.identity import TrustRole
@@ -150,9 +151,7 @@ async def set_up_home(
     if scenario.relay.home_index == index:
         relay = RelayEntities(
             scenario.relay,
-            await _add_relay(
-                ha, entry_id=entry_id, plan=scenario.relay, phones=labels, scenario=scenario
-            ),
+            await _add_relay(ha, entry_id=entry_id, plan=scenario.relay, phones=labels),
         )
         await _wait_loaded(ha, entry_id)
     await _resolve_entities(ha, spaces, relay)
@@ -198,19 +197,6 @@ async def _add_space(
     scenario: Scenario,
 ) -> str:
     """The "add space" flow: what it is, its inputs and labels, then each phone's presence."""
-    base = "/api/config/config_entries/subentries/flow"
-    result: Json = await ha.post(base, {"handler": [entry_id, "space"]})
-    flow = f"{base}/{result['flow_id']}"
-    result = await ha.post(
-        flow,
-        {
-            "name": plan.title,
-            "area": areas[plan.title.lower()],
-            "room_kind": plan.kind,
-            "tasks": list(plan.tasks),
-            "sharing": "guests",
-        },
-    )
     inputs: Json = {
         "inputs": sorted(plan.inputs),
         "hold_only_inputs": [],
@@ -220,17 +206,22 @@ async def _add_space(
     }
     if plan.activity_label:
         inputs["activity_label"] = plan.activity_label
-    result = await ha.post(flow, inputs)
-    while result.get("type") == "form" and result.get("step_id") == "presence":
-        phone = phones[result["description_placeholders"]["mule"]]
-        result = await ha.post(
-            flow, {"entity": phone.person.presence_entity, "state": plan.room_id}
-        )
-    if result.get("type") != "create_entry":
-        raise FlowError(f"adding space {plan.title}: {result}")
-    subentries = await ha.ws({"type": "config_entries/subentries/list", "entry_id": entry_id})
-    [subentry] = [s for s in subentries if s["title"] == plan.title]
-    return str(subentry["subentry_id"])
+    about: Json = {
+        "name": plan.title,
+        "area": areas[plan.title.lower()],
+        "room_kind": plan.kind,
+        "tasks": list(plan.tasks),
+        "sharing": "guests",
+    }
+    return await _run_subentry_flow(
+        ha,
+        entry_id=entry_id,
+        subentry_type="space",
+        title=plan.title,
+        steps=[about, inputs],
+        presence=lambda phone: {"entity": phone.person.presence_entity, "state": plan.room_id},
+        phones=phones,
+    )
 
 
 async def _add_relay(
@@ -239,30 +230,50 @@ async def _add_relay(
     entry_id: str,
     plan: RelayPlan,
     phones: dict[str, Phone],
-    scenario: Scenario,
 ) -> str:
     """The "add relay space" flow: its models and who may use it, then each phone's presence
     (its place sensor showing the shared place)."""
-    base = "/api/config/config_entries/subentries/flow"
-    result: Json = await ha.post(base, {"handler": [entry_id, "relay"]})
-    flow = f"{base}/{result['flow_id']}"
-    result = await ha.post(
-        flow,
-        {
-            "name": plan.title,
-            "tasks": list(plan.tasks),
-            "room_kinds": list(plan.room_kinds),
-            "sharing": "guests",  # the guest's phone too
-        },
+    about: Json = {
+        "name": plan.title,
+        "tasks": list(plan.tasks),
+        "room_kinds": list(plan.room_kinds),
+        "sharing": "guests",  # the guest's phone too
+    }
+    return await _run_subentry_flow(
+        ha,
+        entry_id=entry_id,
+        subentry_type="relay",
+        title=plan.title,
+        steps=[about],
+        presence=lambda phone: {"entity": phone.person.place_entity, "state": plan.place},
+        phones=phones,
     )
+
+
+async def _run_subentry_flow(
+    ha: HomeAssistantInstance,
+    *,
+    entry_id: str,
+    subentry_type: str,
+    title: str,
+    steps: list[Json],
+    presence: Callable[[Phone], Json],
+    phones: dict[str, Phone],
+) -> str:
+    """A subentry flow through `steps`, then the presence step of each phone it asks about;
+    the new subentry's id."""
+    base = "/api/config/config_entries/subentries/flow"
+    result: Json = await ha.post(base, {"handler": [entry_id, subentry_type]})
+    flow = f"{base}/{result['flow_id']}"
+    for step in steps:
+        result = await ha.post(flow, step)
     while result.get("type") == "form" and result.get("step_id") == "presence":
-        phone = phones[result["description_placeholders"]["mule"]]
-        result = await ha.post(flow, {"entity": phone.person.place_entity, "state": plan.place})
+        result = await ha.post(flow, presence(phones[result["description_placeholders"]["mule"]]))
     if result.get("type") != "create_entry":
-        raise FlowError(f"adding the relay space {plan.title}: {result}")
+        raise FlowError(f"adding the {subentry_type} {title}: {result}")
     subentries = await ha.ws({"type": "config_entries/subentries/list", "entry_id": entry_id})
     [subentry] = [
-        s for s in subentries if s["title"] == plan.title and s["subentry_type"] == "relay"
+        s for s in subentries if s["title"] == title and s["subentry_type"] == subentry_type
     ]
     return str(subentry["subentry_id"])
 
