@@ -6,6 +6,8 @@
              --sweep mule_carries=answer,merge     what a mule carries
              --sweep mlmule_options.staleness=polynomial,constant   the staleness rule
              --sweep mlmule_options.half_life=21600,86400           its half-life (seconds)
+             --sweep promotion.confidence=0,1      the promotion rule (also tolerance,
+                                                   keep_equal_predictions)
              --sweep visit_rate=1,4                how often phones visit other homes (guest
                                                    share); a strategy's own guest-share bound
                                                    sweeps as mlmule_options.<its option>
@@ -86,7 +88,8 @@ def build_parser() -> argparse.ArgumentParser:
     sweep.add_argument(
         "--sweep",
         required=True,
-        help="SETTING=V1,V2,...: a configuration key, or mlmule_options.<strategy option>",
+        help="SETTING=V1,V2,...: a configuration key, mlmule_options.<strategy option> or "
+        "promotion.<promotion rule option>",
     )
     sweep.add_argument("--out", type=Path, default=None, help="default: learning_sweep_<key>.json")
     sweep.add_argument("--jobs", type=int, default=1)
@@ -238,11 +241,13 @@ def sweep_values(spec: str) -> tuple[str, list[Any]]:
 
 
 def swept(config: BenchConfig, key: str, value: Any) -> BenchConfig:
-    """`config` with one setting changed (`mlmule_options.<option>` for a strategy option)."""
-    if key.startswith("mlmule_options."):
-        option = key.removeprefix("mlmule_options.")
-        return config.with_overrides(mlmule_options={**config.mlmule_options, option: value})
-    return BenchConfig.from_json({**config.to_json(), key: value})
+    """`config` with one setting changed (`mlmule_options.<option>` for a strategy option,
+    `promotion.<option>` for one of the promotion rule)."""
+    document = config.to_json()
+    group, _, option = key.partition(".")
+    if option and group in {"mlmule_options", "promotion"}:
+        return BenchConfig.from_json({**document, group: {**document[group], option: value}})
+    return BenchConfig.from_json({**document, key: value})
 
 
 def run_sweep(config: BenchConfig, args: argparse.Namespace) -> int:

@@ -13,6 +13,7 @@ from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
+from mlmule_core.promotion import PromotionError, PromotionRule
 from mlmule_core.train_numpy import TrainConfig
 
 TASKS = ("occupancy", "phone_activity", "digits", "paper", "hapt")
@@ -92,7 +93,8 @@ class BenchConfig:
     back the snapshots of the keys they relay; `mule_carries` is what a phone carries on in
     fixed-data mode, the last space's answer ("answer") or its own running merge of the
     answers ("merge"); `mlmule_options` are strategy options of every ML Mule method (the
-    staleness rule, a guest's share, ...), on top of each ablation's own.
+    staleness rule, a guest's share, ...), on top of each ablation's own; `promotion` are
+    options of the promotion rule (`tolerance`, `confidence`, `keep_equal_predictions`).
     """
 
     name: str = "default"
@@ -125,6 +127,8 @@ class BenchConfig:
     mule_carries: str = "answer"
     baseline_promotion: bool = False  # the product's promotion rule for the baselines too
     mlmule_options: Mapping[str, Any] = field(default_factory=dict)
+    # options of the product's promotion rule (`PromotionRule`) wherever a method uses it
+    promotion: Mapping[str, Any] = field(default_factory=dict)
     # a served model that scores this much lower than the one it replaced, on the next day's
     # ground truth, is a regression
     regression_tolerance: float = 0.02
@@ -160,6 +164,14 @@ class BenchConfig:
             raise BenchConfigError(f"mule_carries is one of {list(MULE_CARRIES)}")
         if not 1 <= self.paper_classes <= 10 or self.dataset_min_samples < 1:
             raise BenchConfigError("paper_classes is 1..10 and dataset_min_samples >= 1")
+        try:
+            self.promotion_rule()
+        except (TypeError, PromotionError) as err:
+            raise BenchConfigError(f"promotion: {err}") from None
+
+    def promotion_rule(self) -> PromotionRule:
+        """The product's promotion rule with this run's `promotion` options."""
+        return PromotionRule(**self.promotion)
 
     def min_samples(self, task: str) -> int:
         """The fewest labelled samples a round trains on."""
@@ -177,6 +189,7 @@ class BenchConfig:
         document = asdict(self)
         document["targets"] = dict(self.targets)
         document["mlmule_options"] = dict(self.mlmule_options)
+        document["promotion"] = dict(self.promotion)
         return document
 
     @classmethod
@@ -195,7 +208,7 @@ class BenchConfig:
         for key in ("tasks", "methods", "seeds", "room_kinds", "digits_hidden"):
             if key in values:
                 values[key] = tuple(values[key])
-        for key in ("targets", "mlmule_options"):
+        for key in ("targets", "mlmule_options", "promotion"):
             if key in values:
                 values[key] = dict(values[key])
         return cls(**values)

@@ -96,7 +96,7 @@ class PeerMethod(Method):
                 strategy=self.strategy,
                 strategy_options=self.options(),
                 promotion=(
-                    PromotionRule()
+                    sim.config.promotion_rule()
                     if self.promotes or sim.config.baseline_promotion
                     else SERVE_EVERY_CHANGE
                 ),

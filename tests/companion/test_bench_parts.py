@@ -376,3 +376,23 @@ def test_a_sweep_reads_its_values_and_changes_one_setting() -> None:
         sweep_values("relays")
     with pytest.raises(BenchConfigError, match="mule_carries"):
         swept(TINY, "mule_carries", "everything")
+    key, values = sweep_values("promotion.keep_equal_predictions=false,true")
+    assert values == [False, True]
+    loose = swept(TINY, key, False)
+    assert loose.promotion == {"keep_equal_predictions": False}
+    assert loose.promotion_rule().keep_equal_predictions is False
+    with pytest.raises(BenchConfigError, match="promotion"):
+        swept(TINY, "promotion.confidence", -1)
+    with pytest.raises(BenchConfigError, match="promotion"):
+        swept(TINY, "promotion.patience", 3)
+
+
+def test_the_promotion_options_reach_every_ml_mule_host() -> None:
+    simulation = _simulation(TINY, "digits", 0)
+    strict = simulation.run(MLMule).details["promotions"]
+    # served unless a challenger scores more than 1.0 lower: never kept out
+    anything = TINY.with_overrides(promotion={"tolerance": 1.0, "keep_equal_predictions": False})
+    loose = _simulation(anything, "digits", 0).run(MLMule).details["promotions"]
+    assert strict.get("kept_current", 0) > 0
+    assert loose.get("kept_current", 0) == 0
+    assert loose.get("promoted", 0) > strict.get("promoted", 0)

@@ -104,6 +104,21 @@ def test_a_challenger_is_served_only_when_the_window_shows_it_no_worse(
     assert verdict.served == (verdict is Verdict.PROMOTED)
 
 
+@pytest.mark.parametrize("change", [Change.MERGE, Change.ADOPT, Change.IMPORT])
+def test_a_rule_may_serve_a_change_that_predicts_the_window_as_the_champion_does(
+    change: Change,
+) -> None:
+    held = HeldOut.of(np.zeros((200, 3)), TRUTH)
+    same = predicting(TRUTH, range(20))
+    worse = predicting(TRUTH, range(21))
+    rule = PromotionRule(confidence=0.0, keep_equal_predictions=False)
+    decide = partial(
+        rule.judge, predictions, balanced_accuracy, context_key=KEY, change=change, at=NOW
+    )
+    assert decide(same, same, held).verdict is Verdict.PROMOTED
+    assert decide(same, worse, held).verdict is Verdict.KEPT_CURRENT
+
+
 def test_how_much_better_depends_on_how_much_the_window_shows() -> None:
     truth = labels(10)
     held = HeldOut.of(np.zeros((10, 3)), truth)

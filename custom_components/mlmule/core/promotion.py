@@ -187,11 +187,13 @@ class PromotionDecision:
 @dataclass(frozen=True)
 class PromotionRule:
     """Serve a challenger whose gain over the champion is at least `confidence` standard
-    errors, less `tolerance` (see the module docs)."""
+    errors, less `tolerance` (see the module docs). `keep_equal_predictions`: a merge, adopt
+    or import that predicts the window exactly as the champion does is kept out."""
 
     tolerance: float = DEFAULT_TOLERANCE
     confidence: float = DEFAULT_CONFIDENCE
     holdout_fraction: float = DEFAULT_HOLDOUT_FRACTION
+    keep_equal_predictions: bool = True
 
     def __post_init__(self) -> None:
         if not (math.isfinite(self.tolerance) and self.tolerance >= 0):
@@ -233,7 +235,11 @@ class PromotionRule:
             better = False
         elif not math.isfinite(before):
             better = True
-        elif change is not Change.TRAINING and np.array_equal(kept, offered):
+        elif (
+            self.keep_equal_predictions
+            and change is not Change.TRAINING
+            and np.array_equal(kept, offered)
+        ):
             better = False  # it differs only where the host cannot see
         else:
             bound = after - before - self.confidence * window.paired_error(kept, offered)
