@@ -15,7 +15,8 @@
     flower   our FedAvg against Flower's on the same partitions and budget -> learning_flower.json
     scaling  wall time for a growing number of homes -> learning_scaling.json and a figure
     plot     redraw the figures of an existing learning.json
-    table    print the summary of an existing learning.json as Markdown tables
+    table    print the summary of an existing learning.json as Markdown tables, and issue 12's
+             targets for mlmule: met or not
 
 Run it from the companion environment with `bench/` on the path (the Makefile does both):
 `PYTHONPATH=bench $(scripts/ensure-env.sh companion)/bin/python -m mlmule_bench --config tiny`.
@@ -173,9 +174,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command in {"plot", "table"}:
         document = json.loads(args.out.read_text(encoding="utf-8"))
         if args.command == "table":
-            from .results import markdown_tables  # noqa: PLC0415
+            from .results import markdown_tables, markdown_targets  # noqa: PLC0415
 
             print(markdown_tables(document))
+            print(markdown_targets(document))
             return 0
         from .plots import plot_all  # noqa: PLC0415
 

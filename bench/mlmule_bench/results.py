@@ -271,3 +271,114 @@ def markdown_tables(document: Mapping[str, Any]) -> str:
             )
         lines.append("")
     return "\n".join(lines)
+
+
+HOME_TASKS = ("occupancy", "phone_activity", "digits")
+
+
+def target_checks(document: Mapping[str, Any]) -> list[tuple[str, str, bool]]:
+    """Issue 12's done-when targets for `mlmule` (the product's defaults), judged as the issue
+    does on medians over seeds: (target, what was measured, met). "Beyond the seed spread"
+    means ML Mule's worst seed above local learning's best. Targets whose task or method was
+    not run are left out."""
+    methods = document["per_method"]
+
+    def entry(method: str, task: str) -> Mapping[str, Any] | None:
+        found: Mapping[str, Any] | None = methods.get(method, {}).get(task)
+        return found
+
+    checks: list[tuple[str, str, bool]] = []
+    for task in document["tasks"]:
+        if (mine := entry("mlmule", task)) is not None and "regressions" in mine:
+            regressions = mine["regressions"]
+            checks.append(
+                (
+                    f"{task}: regressions 0",
+                    f"{regressions['median']:.0f} (worst seed {regressions['max']:.0f})",
+                    regressions["median"] == 0,
+                )
+            )
+    # how far below FedAvg's final score each home task may end
+    margins = {"phone_activity": 0.0, "occupancy": 0.005, "digits": 0.01}
+    for task in HOME_TASKS:
+        mine, fedavg = entry("mlmule", task), entry("fedavg", task)
+        if mine is None or fedavg is None:
+            continue
+        ours, theirs, margin = mine["final"]["median"], fedavg["final"]["median"], margins[task]
+        target = f"{task}: at least FedAvg's final" + (f" - {margin:g}" if margin else "")
+        checks.append((target, f"{ours:.3f} vs {theirs:.3f}", ours >= theirs - margin))
+    for task in HOME_TASKS:
+        mine, local = entry("mlmule", task), entry("local", task)
+        if mine is not None and local is not None:
+            low, high = mine["final"]["min"], local["final"]["max"]
+            checks.append(
+                (
+                    f"{task}: above local beyond the seed spread",
+                    f"worst seed {low:.3f} vs local's best {high:.3f}",
+                    low > high,
+                )
+            )
+    for task in HOME_TASKS:
+        mine, gossip = entry("mlmule", task), entry("gossip", task)
+        if mine is not None and gossip is not None:
+            ours, theirs = mine["bytes_moved"]["median"], gossip["bytes_moved"]["median"]
+            checks.append(
+                (
+                    f"{task}: fewer bytes than gossip",
+                    f"{ours / 1e6:.1f} MB vs {theirs / 1e6:.1f} MB",
+                    ours < theirs,
+                )
+            )
+    mine = entry("mlmule", "paper")
+    fedavg, tuned, gossip = (
+        entry("fedavg", "paper"),
+        entry("fedavg_ft", "paper"),
+        entry("gossip", "paper"),
+    )
+    if mine is not None and fedavg is not None and fedavg.get("final_global") is not None:
+        ours, theirs = mine["final"]["median"], fedavg["final_global"]["median"]
+        checks.append(
+            (
+                "paper: at least FedAvg's global + 0.05",
+                f"{ours:.3f} vs {theirs:.3f}",
+                ours >= theirs + 0.05,
+            )
+        )
+    if mine is not None and tuned is not None:
+        ours, theirs = mine["final"]["median"], tuned["final"]["median"]
+        checks.append(
+            (
+                "paper: at least fedavg_ft - 0.01",
+                f"{ours:.3f} vs {theirs:.3f}",
+                ours >= theirs - 0.01,
+            )
+        )
+    if mine is not None and gossip is not None:
+        ours, theirs = (
+            mine["time_to_target_hours"]["median"],
+            gossip["time_to_target_hours"]["median"],
+        )
+        shown = ["never" if hours is None else f"{hours:.0f} h" for hours in (ours, theirs)]
+        checks.append(
+            (
+                "paper: reaches the target no later than gossip",
+                f"{shown[0]} vs {shown[1]}",
+                ours is not None and (theirs is None or ours <= theirs),
+            )
+        )
+    return checks
+
+
+def markdown_targets(document: Mapping[str, Any]) -> str:
+    """`target_checks` as a Markdown table."""
+    lines = [
+        f"**Issue 12's targets for mlmule** (medians over {len(document['seeds'])} seeds)",
+        "",
+        "| target | measured | met |",
+        "|---|---|---|",
+    ]
+    lines += [
+        f"| {target} | {measured} | {'yes' if met else '**no**'} |"
+        for target, measured, met in target_checks(document)
+    ]
+    return "\n".join([*lines, ""])
