@@ -17,7 +17,7 @@ help:
 	@echo "make lint   ruff check, ruff format --check, mypy --strict"
 	@echo "make docs-img  run the demo test and copy its screenshots into docs/img/"
 	@echo "make bench  run the benchmarks; figures go to bench/results/"
-	@echo "make bench-learning  the ML Mule learning benchmark (about an hour on 2 cores)"
+	@echo "make bench-learning  the ML Mule learning benchmark (about two hours on 2 cores)"
 	@echo "make bench-knowledge  weights against knowledge between different models (about 30 CPU-minutes)"
 
 envs:
