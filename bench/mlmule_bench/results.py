@@ -301,34 +301,20 @@ def target_checks(document: Mapping[str, Any]) -> list[tuple[str, str, bool]]:
     # how far below FedAvg's final score each home task may end
     margins = {"phone_activity": 0.0, "occupancy": 0.005, "digits": 0.01}
     for task in HOME_TASKS:
-        mine, fedavg = entry("mlmule", task), entry("fedavg", task)
-        if mine is None or fedavg is None:
+        if (mine := entry("mlmule", task)) is None:
             continue
-        ours, theirs, margin = mine["final"]["median"], fedavg["final"]["median"], margins[task]
-        target = f"{task}: at least FedAvg's final" + (f" - {margin:g}" if margin else "")
-        checks.append((target, f"{ours:.3f} vs {theirs:.3f}", ours >= theirs - margin))
-    for task in HOME_TASKS:
-        mine, local = entry("mlmule", task), entry("local", task)
-        if mine is not None and local is not None:
+        if (fedavg := entry("fedavg", task)) is not None:
+            ours, theirs, margin = mine["final"]["median"], fedavg["final"]["median"], margins[task]
+            target = f"{task}: at least FedAvg's final" + (f" - {margin:g}" if margin else "")
+            checks.append((target, f"{ours:.3f} vs {theirs:.3f}", ours >= theirs - margin))
+        if (local := entry("local", task)) is not None:
             low, high = mine["final"]["min"], local["final"]["max"]
-            checks.append(
-                (
-                    f"{task}: above local beyond the seed spread",
-                    f"worst seed {low:.3f} vs local's best {high:.3f}",
-                    low > high,
-                )
-            )
-    for task in HOME_TASKS:
-        mine, gossip = entry("mlmule", task), entry("gossip", task)
-        if mine is not None and gossip is not None:
+            measured = f"worst seed {low:.3f} vs local's best {high:.3f}"
+            checks.append((f"{task}: above local beyond the seed spread", measured, low > high))
+        if (gossip := entry("gossip", task)) is not None:
             ours, theirs = mine["bytes_moved"]["median"], gossip["bytes_moved"]["median"]
-            checks.append(
-                (
-                    f"{task}: fewer bytes than gossip",
-                    f"{ours / 1e6:.1f} MB vs {theirs / 1e6:.1f} MB",
-                    ours < theirs,
-                )
-            )
+            measured = f"{ours / 1e6:.1f} MB vs {theirs / 1e6:.1f} MB"
+            checks.append((f"{task}: fewer bytes than gossip", measured, ours < theirs))
     mine = entry("mlmule", "paper")
     fedavg, tuned, gossip = (
         entry("fedavg", "paper"),
