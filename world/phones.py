@@ -175,9 +175,10 @@ def _signals(
     spread = rng.lognormal(0.0, 0.35, size=mean.shape)
     values = mean * spread
     values[:, 2] = np.round(values[:, 2])  # whole steps
-    values[:, 4] = np.clip(mean[:, 4] + rng.normal(0.0, 0.12, n), 0.0, 1.0)
+    values[:, 4] = mean[:, 4] + rng.normal(0.0, 0.12, n)
     values[:, 5] = rng.poisson(mean[:, 5])
-    # the lognormal tail can pass what a phone reports (a sprint near 400 steps/min)
+    # within what a phone reports: the lognormal tail can pass it (a sprint near 400 steps/min)
+    # and the screen-on noise can leave [0, 1]
     low, high = np.array([PHONE_SIGNAL_RANGES[signal] for signal in PhoneSignal]).T
     values = np.clip(values, low, high)
     # the app is not always running: no samples during those spells
