@@ -315,14 +315,12 @@ def target_checks(document: Mapping[str, Any]) -> list[tuple[str, str, bool]]:
             ours, theirs = mine["bytes_moved"]["median"], gossip["bytes_moved"]["median"]
             measured = f"{ours / 1e6:.1f} MB vs {theirs / 1e6:.1f} MB"
             checks.append((f"{task}: fewer bytes than gossip", measured, ours < theirs))
-    mine = entry("mlmule", "paper")
-    fedavg, tuned, gossip = (
-        entry("fedavg", "paper"),
-        entry("fedavg_ft", "paper"),
-        entry("gossip", "paper"),
-    )
-    if mine is not None and fedavg is not None and fedavg.get("final_global") is not None:
-        ours, theirs = mine["final"]["median"], fedavg["final_global"]["median"]
+    if (mine := entry("mlmule", "paper")) is None:
+        return checks
+    ours = mine["final"]["median"]
+    fedavg = entry("fedavg", "paper")
+    if fedavg is not None and fedavg.get("final_global") is not None:
+        theirs = fedavg["final_global"]["median"]
         checks.append(
             (
                 "paper: at least FedAvg's global + 0.05",
@@ -330,8 +328,8 @@ def target_checks(document: Mapping[str, Any]) -> list[tuple[str, str, bool]]:
                 ours >= theirs + 0.05,
             )
         )
-    if mine is not None and tuned is not None:
-        ours, theirs = mine["final"]["median"], tuned["final"]["median"]
+    if (tuned := entry("fedavg_ft", "paper")) is not None:
+        theirs = tuned["final"]["median"]
         checks.append(
             (
                 "paper: at least fedavg_ft - 0.01",
@@ -339,9 +337,9 @@ def target_checks(document: Mapping[str, Any]) -> list[tuple[str, str, bool]]:
                 ours >= theirs - 0.01,
             )
         )
-    if mine is not None and gossip is not None:
+    if (gossip := entry("gossip", "paper")) is not None:
         reach = [found["time_to_target_hours"] for found in (mine, gossip)]
-        ours, theirs = (hours["median"] for hours in reach)
+        first, other = (hours["median"] for hours in reach)
         shown = [
             f"{hours['median']:.0f} h"
             if hours["median"] is not None
@@ -352,7 +350,7 @@ def target_checks(document: Mapping[str, Any]) -> list[tuple[str, str, bool]]:
             (
                 "paper: reaches the target no later than gossip",
                 f"{shown[0]} vs {shown[1]}",
-                ours is not None and (theirs is None or ours <= theirs),
+                first is not None and (other is None or first <= other),
             )
         )
     return checks
