@@ -403,7 +403,7 @@ def fit_platt(raw: FloatArray, y: LabelArray, *, iterations: int = 100) -> tuple
     a, b = 1.0, math.log((negatives + 1.0) / (positives + 1.0)) * -1.0
     value = objective(a, b)
     for _ in range(iterations):
-        p = 1.0 / (1.0 + np.exp(-(a * z + b)))
+        p = np.exp(-np.logaddexp(0.0, -(a * z + b)))  # the sigmoid, without overflow
         g = np.array([np.dot(z, p - target), np.sum(p - target)])
         s = p * (1.0 - p)
         hessian = np.array(
