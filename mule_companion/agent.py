@@ -43,7 +43,15 @@ from typing import IO, Any
 from mlmule_core import promotion
 from mlmule_core.errors import MlmuleError, UnknownSigner
 from mlmule_core.features import PHONE_FEATURES
-from mlmule_core.host import HostError, HostSettings, ModelHost, ModelSlot, Outcome, TrainingJob
+from mlmule_core.host import (
+    FineTuning,
+    HostError,
+    HostSettings,
+    ModelHost,
+    ModelSlot,
+    Outcome,
+    TrainingJob,
+)
 from mlmule_core.identity import Identity, PairingCode, PeerKind, TrustEntry, TrustRole, TrustStore
 from mlmule_core.onnx import load_model
 from mlmule_core.promotion import Change, HeldOut, split_holdout
@@ -1016,6 +1024,8 @@ class Agent:
         window = split_holdout(data.x, data.y, self._config.training.val_fraction)[2]
         trainer = self._trainer.trainer(slot.spec, slot.weights, data, distill=distill)
         with self._host_lock:
+            # a second run on the same minutes would spend the DP budget twice
+            refused = self.host.refused_merge(key) if self._config.dp is None else None
             job = TrainingJob(
                 self.host,
                 key,
@@ -1024,23 +1034,27 @@ class Agent:
                 data_time=data.data_time,
                 window=window,
                 change=Change.TRAINING if distill is None else Change.DISTILL,
+                fine_tuning=None
+                if refused is None
+                else FineTuning(
+                    refused,
+                    self._trainer.trainer(slot.spec, refused.weights, data, distill=distill),
+                ),
             )
         self.training_now = key
         try:
-            finished = self._trainer.run(
-                job, trainer, samples=data.samples, label=key, stop=self._stopping
-            )
+            finished = self._trainer.run(job, samples=data.samples, label=key, stop=self._stopping)
         finally:
             self.training_now = None
         if not finished:
             return None
-        _, report = trainer.result()
+        spent = trainer.result()[1].epsilon  # DP runs only `trainer` (see above)
         dp = self._config.dp
-        if report.epsilon is not None and dp is not None:
-            self.ledger.spend(key, report.epsilon, dp.delta)
+        if spent is not None and dp is not None:
+            self.ledger.spend(key, spent, dp.delta)
         with self._host_lock:
             try:
-                job.commit(now=self._scene_now())
+                report = job.commit(now=self._scene_now())
             except HostError as err:
                 _LOGGER.info("%s: %s", key, err)
                 return None

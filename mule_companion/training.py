@@ -116,22 +116,20 @@ class PhoneTrainer:
         accountant.history = [(self.dp.noise_multiplier, min(1.0, batch / rows), steps)]
         return float(accountant.get_epsilon(self.dp.delta))
 
-    def run(
-        self, job: TrainingJob, trainer: Trainer, *, samples: int, label: str, stop: threading.Event
-    ) -> bool:
+    def run(self, job: TrainingJob, *, samples: int, label: str, stop: threading.Event) -> bool:
         """Advance `job` to the end of training; False if `stop` was set first."""
         batches = -(-self.training_rows(samples) // self.settings.batch_size)
         with tqdm(
-            total=self.settings.epochs * batches,
+            total=self.settings.epochs * batches * len(job.trainers),
             desc=f"training {label}",
             unit="step",
             leave=False,
             disable=not self.progress,
         ) as bar:
             while not job.run(max_seconds=CHUNK_SECONDS):
-                bar.update(trainer.steps - bar.n)
+                bar.update(job.steps - bar.n)
                 if stop.is_set():
                     _LOGGER.info("stopping: training of %s abandoned", label)
                     return False
-            bar.update(trainer.steps - bar.n)
+            bar.update(job.steps - bar.n)
         return True

@@ -14,7 +14,7 @@ from typing import Any, Protocol, cast
 
 import numpy as np
 from mlmule_core.errors import MlmuleError
-from mlmule_core.host import TrainingJob
+from mlmule_core.host import FineTuning, TrainingJob
 from mlmule_core.promotion import HeldOut, split_holdout
 from mlmule_core.train_numpy import Trainer, TrainReport, train
 from mlmule_core.weights import Weights, copy_weights
@@ -76,6 +76,8 @@ class _FinishedRun:
         self._weights = weights
         self._report = report
 
+    done = True
+
     def run(self, *, max_seconds: float | None = None, max_steps: int | None = None) -> bool:
         del max_seconds, max_steps
         return True
@@ -115,19 +117,23 @@ class RayExecutor:
             return self._local.run(needs)
         self.batches += 1
         slots = [need.peer.host.slot(need.context_key) for need in needs]
-        # as `ModelHost.start_training`: the latest samples are held out for the promotion rule
+        # as `ModelHost.start_training`: the latest samples are held out for the promotion rule,
+        # and a merge the rule refused is fine-tuned beside the served model
+        refused = [need.peer.host.refused_merge(need.context_key) for need in needs]
         splits = [
             split_holdout(need.x, need.y, need.peer.host.settings.promotion.holdout_fraction)
             for need in needs
         ]
         futures = [
-            self._remote.remote(slot.spec, slot.weights, x, y, need.config)
-            for slot, need, (x, y, _) in zip(slots, needs, splits, strict=True)
+            [
+                self._remote.remote(slot.spec, start, x, y, need.config)
+                for start in (slot.weights, *(() if merge is None else (merge.weights,)))
+            ]
+            for slot, merge, need, (x, y, _) in zip(slots, refused, needs, splits, strict=True)
         ]
         outcomes: list[Outcome] = []
-        for need, (_, y, window), (weights, report) in zip(
-            needs, splits, self._ray.get(futures), strict=True
-        ):
+        for need, merge, (_, y, window), runs in zip(needs, refused, splits, futures, strict=True):
+            (weights, report), *tuned = self._ray.get(runs)
             # the host's own job commits: base-version check, promotion, metadata, signing
             job = TrainingJob(
                 need.peer.host,
@@ -137,6 +143,9 @@ class RayExecutor:
                 data_time=need.data_time,
                 window=window,
                 labelled=HeldOut.of(need.x, need.y),
+                fine_tuning=None
+                if merge is None
+                else FineTuning(merge, cast("Trainer", _FinishedRun(*tuned[0]))),
             )
             try:
                 outcomes.append(job.commit(now=need.now))

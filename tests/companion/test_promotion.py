@@ -18,7 +18,13 @@ import numpy.typing as npt
 import pytest
 from mlmule_core import families
 from mlmule_core.errors import MlmuleError
-from mlmule_core.host import HostSettings, ModelHost, Outcome, saved_promotions
+from mlmule_core.host import (
+    HostSettings,
+    ModelHost,
+    Outcome,
+    TrainingJob,
+    saved_promotions,
+)
 from mlmule_core.identity import Identity
 from mlmule_core.metrics import balanced_accuracy
 from mlmule_core.onnx import OnnxModel
@@ -31,7 +37,7 @@ from mlmule_core.promotion import (
     split_holdout,
 )
 from mlmule_core.train_numpy import TrainConfig
-from mlmule_core.weights import Weights
+from mlmule_core.weights import Weights, weights_digest
 
 from tests.support.hosts import KEY, NOW, data, occupancy_model, trust_of
 
@@ -200,10 +206,11 @@ def test_a_rule_that_cannot_judge_is_refused(options: dict[str, float]) -> None:
 # ---- in the host
 
 
-def inverted(model: OnnxModel) -> OnnxModel:
-    """`model` with its output layer negated: it calls occupied what the original calls empty."""
+def inverted(model: OnnxModel, scale: float = 1.0) -> OnnxModel:
+    """`model` with its output layer negated (and multiplied by `scale`): it calls occupied
+    what the original calls empty."""
     spec, schema, weights = families.from_onnx(model)
-    flipped = {n: -v if n.startswith("head.") else v for n, v in weights.items()}
+    flipped = {n: -scale * v if n.startswith("head.") else v for n, v in weights.items()}
     return families.build_onnx(spec, flipped, schema)
 
 
@@ -348,6 +355,99 @@ def test_a_merge_that_changes_no_prediction_the_host_can_check_is_kept_out(
     assert outcome.decision is not None
     assert outcome.decision.challenger_score == outcome.decision.current_score
     assert space.slot(KEY).snapshot.sha256 == before.snapshot.sha256
+
+
+def fine_tuning_space(phones: Phones, model: OnnxModel) -> ModelHost:
+    """A space serving `model` that also fine-tunes the merges the rule refuses (the default)."""
+    space = phones.space(model)
+    assert space.settings.promotion.fine_tune_refused
+    space.hold_out(KEY, HeldOut.of(*data(400, 9)))
+    return space
+
+
+def trained(
+    space: ModelHost, seed: int, config: TrainConfig = TRAINING
+) -> tuple[TrainingJob, list[Weights]]:
+    """Space's training on 500 fresh minutes, run but not committed, and what each run learned."""
+    job = space.start_training(KEY, *data(500, seed), config=config, data_time=NOW + 90)
+    while not job.run(max_steps=50):  # bounded chunks, one run after the other
+        pass
+    return job, [trainer.result()[0] for trainer in job.trainers]
+
+
+def test_a_refused_fine_tuned_merge_leaves_the_plain_training_to_be_judged(
+    phones: Phones, good: OnnxModel
+) -> None:
+    # so sure of its wrong answers that a short run cannot turn it round
+    worse = phones.carrying("worse", inverted(good, scale=1000), 50_000)
+    space = fine_tuning_space(phones, occupancy_model(3))
+    served = space.slot(KEY)
+    assert space.receive(worse, now=NOW + 60).reason == "kept_current"
+    assert space.slot(KEY).snapshot.sha256 == served.snapshot.sha256  # still not served
+
+    # too short a run to undo the inverted merge, long enough to learn from the untrained start
+    job, (plain, tuned) = trained(space, 5, TrainConfig(max_epochs=3, learning_rate=1e-2, seed=1))
+    job.commit(now=NOW + 90)
+    # the fine-tuned merge is judged first, and refused; then the plain run is served
+    assert dict(space.promotions) == {"kept_current": 2, "promoted": 1}
+    assert job.decision is not None
+    assert (job.decision.change, job.decision.verdict) == (Change.TRAINING, Verdict.PROMOTED)
+    assert weights_digest(space.slot(KEY).weights) == weights_digest(plain)
+    assert weights_digest(plain) != weights_digest(tuned)  # the two runs did differ
+    assert space.counters["fine_tuned_merges"] == 0
+    assert phones.hosts["worse"].identity.id not in space.slot(KEY).state().lineage
+    # the merge is handed out once: the next training runs from the served model alone
+    assert len(trained(space, 6)[0].trainers) == 1
+
+
+def test_a_fine_tuned_merge_that_wins_carries_the_merge_into_what_is_served(
+    phones: Phones,
+) -> None:
+    # the served (untrained) model, nudged: kept out as predicting every labelled minute alike
+    untrained = occupancy_model(3)
+    spec, schema, weights = families.from_onnx(untrained)
+    shared = families.shared_names(spec)
+    nudged = families.build_onnx(
+        spec, {n: v + np.float32(1e-6) if n in shared else v for n, v in weights.items()}, schema
+    )
+    offered = phones.carrying("nudged", nudged, 50_000)
+    space = fine_tuning_space(phones, untrained)
+    served = space.slot(KEY).state()
+    assert space.receive(offered, now=NOW + 60).reason == "kept_current"
+
+    job, (_, tuned) = trained(space, 5)
+    job.commit(now=NOW + 90)
+    assert job.decision is not None
+    assert job.decision.served
+    assert dict(space.promotions) == {"kept_current": 1, "promoted": 1}  # judged first
+    assert space.counters["fine_tuned_merges"] == 1
+    assert weights_digest(space.slot(KEY).weights) == weights_digest(tuned)
+    now_served = space.slot(KEY).state()
+    assert now_served.lineage[-2:] == (phones.hosts["nudged"].identity.id, space.identity.id)
+    assert now_served.samples == 50_000
+    assert now_served.version == served.version + 1
+
+
+def test_a_refused_merge_is_forgotten_once_another_model_is_served(
+    phones: Phones, good: OnnxModel
+) -> None:
+    worse = phones.carrying("worse", inverted(good), 50_000)
+    better = phones.carrying("better", good, 500)
+    space = fine_tuning_space(phones, occupancy_model(3))
+    assert space.receive(worse, now=NOW + 60).reason == "kept_current"
+    assert space.receive(better, now=NOW + 120).reason == "merged"
+    assert space.refused_merge(KEY) is None
+
+
+def test_without_fine_tuning_a_refused_merge_leaves_nothing_behind(
+    phones: Phones, good: OnnxModel
+) -> None:
+    worse = phones.carrying("worse", inverted(good), 50_000)
+    space = phones.space(occupancy_model(3), promotion=PromotionRule(fine_tune_refused=False))
+    space.hold_out(KEY, HeldOut.of(*data(400, 9)))
+    assert space.receive(worse, now=NOW + 60).reason == "kept_current"
+    assert space.refused_merge(KEY) is None
+    assert len(trained(space, 5)[0].trainers) == 1
 
 
 def test_the_decision_survives_a_restart_and_shows_in_status(

@@ -280,6 +280,15 @@ def score(spec: FamilySpec, weights: Mapping[str, FloatArray], x: FloatArray, y:
     return balanced_accuracy(labels, classes) if spec.binary else macro_f1(labels, classes)
 
 
+@dataclass(frozen=True)
+class FineTuning:
+    """A second run of a training, started from a merge the promotion rule refused
+    (`PromotionRule.fine_tune_refused`): `start` is that merge, with its metadata."""
+
+    start: ModelState
+    trainer: Trainer
+
+
 class TrainingJob:
     """A warm-started training run that advances in bounded chunks and commits once at the end."""
 
@@ -294,11 +303,14 @@ class TrainingJob:
         window: HeldOut | None = None,
         labelled: HeldOut | None = None,
         change: Change = Change.TRAINING,
+        fine_tuning: FineTuning | None = None,
     ) -> None:
         """`window`: the latest labelled samples, kept out of `trainer`'s data, on which the
         promotion rule judges the result (`promotion.split_holdout`); `labelled`: every
         labelled sample of the run, window included, on which later merges are judged (see
-        `ModelHost.hold_out`). `change`: training, or distillation (`start_distillation`)."""
+        `ModelHost.hold_out`). `change`: training, or distillation (`start_distillation`).
+        `fine_tuning`: the same training from a refused merge, run after `trainer` (see
+        `commit`)."""
         self._host = host
         self.change = change
         self.context_key = context_key
@@ -307,17 +319,33 @@ class TrainingJob:
         self._data_time = data_time
         self._window = window
         self._labelled = labelled
+        self._fine_tuning = fine_tuning
         self._base_version = host.slot(context_key).version
         self.decision: PromotionDecision | None = None
 
+    @property
+    def trainers(self) -> tuple[Trainer, ...]:
+        """The runs of this job, in the order they train."""
+        tuning = () if self._fine_tuning is None else (self._fine_tuning.trainer,)
+        return (self._trainer, *tuning)
+
+    @property
+    def steps(self) -> int:
+        return sum(trainer.steps for trainer in self.trainers)
+
     def run(self, *, max_seconds: float | None = None, max_steps: int | None = None) -> bool:
         """Train for at most this long; returns True when training is finished."""
-        return self._trainer.run(max_seconds=max_seconds, max_steps=max_steps)
+        for trainer in self.trainers:
+            if not trainer.done:
+                trainer.run(max_seconds=max_seconds, max_steps=max_steps)
+                break
+        return all(trainer.done for trainer in self.trainers)
 
     def commit(self, *, now: float | None = None) -> TrainReport:
         """Finish training, and store the result as the host's next version if the promotion
-        rule serves it (`decision` says what it decided)."""
-        weights, report = self._trainer.result()
+        rule serves it (`decision` says what it decided). With a fine-tuned refused merge, that
+        one is judged first and the plain training only if it is refused: the merge carries
+        what the host's window cannot show, and the plain run keeps the host learning."""
         host = self._host
         with host.lock:
             slot = host.slot(self.context_key)
@@ -331,25 +359,32 @@ class TrainingJob:
             now = host.settings.clock() if now is None else now
             if self._window is not None:
                 host.hold_out(self.context_key, self._window, labelled=self._labelled)
-            self.decision = host.judge(self.context_key, self.change, weights, now=now)
             host.counters["distilled" if self.change is Change.DISTILL else "trained"] += 1
-            if self.decision.served:
-                local = slot.state()
-                host.commit(
-                    self.context_key,
-                    ModelState(
-                        weights=weights,
-                        created_at=now,
-                        data_time=max(local.data_time, self._data_time),
-                        # the window overlaps what the model already learned from: see
-                        # merged_state
-                        samples=max(local.samples, self._samples),
-                        version=local.version + 1,
-                        origin=host.identity.id,
-                        lineage=(*local.lineage, host.identity.id),
-                        trained_at=now,
-                    ),
-                )
+            runs = [(slot.state(), self._trainer)]
+            if self._fine_tuning is not None:
+                runs.insert(0, (self._fine_tuning.start, self._fine_tuning.trainer))
+            for start, trainer in runs:
+                weights, report = trainer.result()
+                self.decision = host.judge(self.context_key, self.change, weights, now=now)
+                if self.decision.served:
+                    if trainer is not self._trainer:
+                        host.counters["fine_tuned_merges"] += 1
+                    host.commit(
+                        self.context_key,
+                        ModelState(
+                            weights=weights,
+                            created_at=now,
+                            data_time=max(start.data_time, self._data_time),
+                            # the window overlaps what the model already learned from: see
+                            # merged_state
+                            samples=max(start.samples, self._samples),
+                            version=slot.version + 1,
+                            origin=host.identity.id,
+                            lineage=(*start.lineage, host.identity.id),
+                            trained_at=now,
+                        ),
+                    )
+                    break
             host.save_state()
         return report
 
@@ -396,6 +431,9 @@ class ModelHost:
         self._strategy_state: dict[str, object] = {}
         # digests of the models this host held lately, per context key, the current one last
         self._held: dict[str, deque[str]] = {}
+        # per context key: the latest merge the promotion rule refused, which the next training
+        # also fine-tunes (PromotionRule.fine_tune_refused)
+        self._refused: dict[str, ModelState] = {}
         # the latest knowledge of each contributor per context key (receive_knowledge)
         self.knowledge = KnowledgeCache(root / KNOWLEDGE_FILE)
         self._load_state()
@@ -564,16 +602,28 @@ class ModelHost:
         labelled = HeldOut.of(x, y)
         with self.lock:
             slot = self.slot(context_key)
-            trainer = Trainer(slot.spec, slot.weights, train_x, train_y, config)
+            refused = self.refused_merge(context_key)
             return TrainingJob(
                 self,
                 context_key,
-                trainer,
+                Trainer(slot.spec, slot.weights, train_x, train_y, config),
                 samples=int(train_y.shape[0]),
                 data_time=data_time,
                 window=window,
                 labelled=labelled,
+                fine_tuning=None
+                if refused is None
+                else FineTuning(
+                    refused, Trainer(slot.spec, refused.weights, train_x, train_y, config)
+                ),
             )
+
+    def refused_merge(self, context_key: str) -> ModelState | None:
+        """The latest merge of `context_key` the promotion rule refused since the served model
+        (kept with `PromotionRule.fine_tune_refused`), for the next training to fine-tune too;
+        handed out once."""
+        with self.lock:
+            return self._refused.pop(context_key, None)
 
     def train(
         self,
@@ -673,6 +723,15 @@ class ModelHost:
         )
         self._record_replay(snapshot)
         if not promotion.served:
+            if self.settings.promotion.fine_tune_refused:
+                self._refused[slot.context_key] = merged_state(
+                    slot.state(),
+                    [incoming],
+                    result,
+                    now=now,
+                    origin=self.identity.id,
+                    lineage_limit=self.settings.max_lineage,
+                )
             return self._reject(
                 promotion.verdict.value, promotion.describe(), snapshot, decision=promotion
             )
@@ -1116,6 +1175,7 @@ class ModelHost:
         """Make `slot` the current model of its context key."""
         context_key = slot.context_key
         self._slots[context_key] = slot
+        self._refused.pop(context_key, None)  # a merge into a model no longer served
         # the current model's digest is always the newest entry (a model held again moves up)
         held = self._held.setdefault(context_key, deque(maxlen=HELD_DIGESTS))
         digest = weights_digest(slot.weights)

@@ -21,6 +21,15 @@ changes were the benchmark's commonest regressions (its next-day score dropped b
 about one time in six). Training that changes no held-out prediction is served: it learned the
 host's own newest data.
 
+A merge the rule refuses is not thrown away (`fine_tune_refused`, the default). A merge is judged
+on the host's own samples, which the champion was trained on and the guests' models were not:
+it often loses there even when it carries what the host has yet to see (other homes' classes,
+other hours). The host's next training therefore runs twice, from the served model and from the
+refused merge, on the same samples; the fine-tuned merge is judged first, as training, on the
+window neither run trained on, and the plain run only if it is refused. A merge thus enters
+once the host's own data has adapted it and it scores no worse, and the host never loses a
+training to it. The merge is fine-tuned once, and forgotten when another model is served.
+
 `undecided_no_window`: the host holds no labelled data for the key, and the challenger is
 **served**. Refusing would freeze every host without labels of its own for the key: a space in
 mobile-data mode (the labels are on the phones, which judge their contributions before sending
@@ -191,12 +200,14 @@ class PromotionDecision:
 class PromotionRule:
     """Serve a challenger whose gain over the champion is at least `confidence` standard
     errors, less `tolerance` (see the module docs). `keep_equal_predictions`: a merge, adopt
-    or import that predicts the window exactly as the champion does is kept out."""
+    or import that predicts the window exactly as the champion does is kept out.
+    `fine_tune_refused`: the next training also fine-tunes the latest refused merge."""
 
     tolerance: float = DEFAULT_TOLERANCE
     confidence: float = DEFAULT_CONFIDENCE
     holdout_fraction: float = DEFAULT_HOLDOUT_FRACTION
     keep_equal_predictions: bool = True
+    fine_tune_refused: bool = True
 
     def __post_init__(self) -> None:
         if not (math.isfinite(self.tolerance) and self.tolerance >= 0):
