@@ -82,6 +82,12 @@ def build_parser() -> argparse.ArgumentParser:
         "--jobs", type=int, default=1, help="(task, seed) pairs run in this many processes at once"
     )
     run.add_argument("--no-plots", action="store_true")
+    run.add_argument(
+        "--reuse",
+        type=Path,
+        help="a learning_runs.json of an earlier run of this configuration: the methods not "
+        "run now are taken from it, so a change that touches only some methods reruns those",
+    )
     run.add_argument("--emit-runs", type=Path, help=argparse.SUPPRESS)  # for --jobs workers
 
     sweep = commands.add_parser("sweep", help="run the benchmark for each value of a setting")
@@ -300,9 +306,19 @@ def run(config: BenchConfig, args: argparse.Namespace) -> int:
     if args.emit_runs is not None:
         args.emit_runs.write_text(json.dumps(task_runs), encoding="utf-8")
         return 0
+    reused: list[str] = []
+    if args.reuse is not None:
+        earlier = json.loads(args.reuse.read_text(encoding="utf-8"))["runs"]
+        task_runs, reused = with_reused_runs(task_runs, earlier)
+        config = config.with_overrides(
+            methods=tuple(m for m in METHODS if m in reused or m in config.methods)
+        )
     document = summarise(
         config, task_runs, backend=args.backend, wall_seconds=time.perf_counter() - began
     )
+    if reused:
+        # wall_seconds is this run's alone
+        document["reused"] = {"methods": reused, "from": args.reuse.name}
     problems = check_document(document)
     if problems:
         print("\n".join(problems), file=sys.stderr)
@@ -319,6 +335,29 @@ def run(config: BenchConfig, args: argparse.Namespace) -> int:
         for path in plot_all(document, args.out.parent):
             print(f"wrote {path}")
     return 0
+
+
+def with_reused_runs(
+    task_runs: list[dict[str, Any]], earlier: list[dict[str, Any]]
+) -> tuple[list[dict[str, Any]], list[str]]:
+    """`task_runs` with the runs of every other method taken from `earlier` runs of the same
+    (task, seed), and those methods. The world must be the same: same units and visits."""
+    by_pair = {(run["task"], run["seed"]): run for run in earlier}
+    reused: set[str] = set()
+    combined = []
+    for run in task_runs:
+        old = by_pair.get((run["task"], run["seed"]))
+        if old is None or (old["units"], old["visits"]) != (run["units"], run["visits"]):
+            raise BenchConfigError(
+                f"{run['task']} seed {run['seed']}: no earlier run of the same world to reuse"
+            )
+        fresh = {entry["method"] for entry in run["runs"]}
+        kept = [entry for entry in old["runs"] if entry["method"] not in fresh]
+        reused.update(entry["method"] for entry in kept)
+        order = {method: index for index, method in enumerate(METHODS)}
+        runs = sorted([*kept, *run["runs"]], key=lambda entry: order[entry["method"]])
+        combined.append({**run, "runs": runs})
+    return combined, [method for method in METHODS if method in reused]
 
 
 def _in_processes(

@@ -34,6 +34,7 @@ METHODS = (
     "mlmule_no_filter",
     "mlmule_personal",
     "mlmule_gated",
+    "mlmule_no_fine_tune",
 )
 MLMULE_METHODS = frozenset(name for name in METHODS if name.startswith("mlmule"))
 # Server methods have a global model, scored as `final_global` beside the personalised score.

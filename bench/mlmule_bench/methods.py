@@ -72,6 +72,8 @@ class PeerMethod(Method):
     # product does it in a home); the literature's baselines serve every change they make,
     # unless the configuration gives them the rule too (`baseline_promotion`).
     promotes = False
+    # this method's own options of the promotion rule, over the configuration's
+    promotion_options: ClassVar[Mapping[str, Any]] = MappingProxyType({})
 
     def __init__(self, sim: Simulation, root: Path) -> None:
         super().__init__(sim, root)
@@ -96,7 +98,7 @@ class PeerMethod(Method):
                 strategy=self.strategy,
                 strategy_options=self.options(),
                 promotion=(
-                    sim.config.promotion_rule()
+                    replace(sim.config.promotion_rule(), **self.promotion_options)
                     if self.promotes or sim.config.baseline_promotion
                     else SERVE_EVERY_CHANGE
                 ),
@@ -654,6 +656,13 @@ class MLMulePersonal(MLMule):
     personal_head = True
 
 
+class MLMuleNoFineTune(MLMule):
+    """A merge the promotion rule refuses is dropped, not fine-tuned at the next training."""
+
+    name = "mlmule_no_fine_tune"
+    promotion_options = MappingProxyType({"fine_tune_refused": False})
+
+
 class MLMuleGated(MLMule):
     name = "mlmule_gated"
     strategy_options = MappingProxyType({"gate": "guests", "gate_epsilon": GUEST_GATE_EPSILON})
@@ -674,5 +683,6 @@ METHOD_CLASSES: dict[str, type[Method]] = {
         MLMuleNoFilter,
         MLMulePersonal,
         MLMuleGated,
+        MLMuleNoFineTune,
     )
 }

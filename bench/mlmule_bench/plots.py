@@ -29,6 +29,7 @@ STYLE = {
     "mlmule_no_filter": ("tab:orange", ":"),
     "mlmule_personal": ("tab:purple", "-."),
     "mlmule_gated": ("tab:pink", "--"),
+    "mlmule_no_fine_tune": ("tab:red", ":"),
 }
 TITLES = {
     "occupancy": "occupancy (fixed data)",

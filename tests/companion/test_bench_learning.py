@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 from mlmule_bench.__main__ import main
-from mlmule_bench.config import GLOBAL_METHODS, METHODS, MLMULE_METHODS, PRESETS
+from mlmule_bench.config import GLOBAL_METHODS, METHODS, MLMULE_METHODS, PRESETS, BenchConfigError
 from mlmule_bench.results import ENTRY_KEYS, check_document
 
 TINY = PRESETS["tiny"]
@@ -99,3 +99,29 @@ def test_the_figures_are_written(run_dir: Path) -> None:
     assert {(run["task"], run["seed"]) for run in runs} == {
         (task, seed) for task in TINY.tasks for seed in TINY.seeds
     }
+
+
+def test_a_rerun_of_some_methods_reuses_the_others_runs(run_dir: Path, tmp_path: Path) -> None:
+    earlier = run_dir / "learning_runs.json"
+    out = tmp_path / "learning.json"
+    rerun = ["run", "--config", "tiny", "--methods", "mlmule_no_fine_tune", "--tasks", "digits"]
+    assert main([*rerun, "--out", str(out), "--quiet", "--no-plots", "--reuse", str(earlier)]) == 0
+    document = json.loads(out.read_text())
+    assert check_document(document) == []
+    assert set(document["per_method"]) == set(METHODS)
+    assert document["reused"] == {
+        "methods": [m for m in METHODS if m != "mlmule_no_fine_tune"],
+        "from": "learning_runs.json",
+    }
+    before = json.loads((run_dir / "learning.json").read_text())["per_method"]
+    # the runs are deterministic: the rerun method scores as it did, the others are copied
+    for method, by_task in document["per_method"].items():
+        assert by_task["digits"]["final"] == before[method]["digits"]["final"], method
+
+    other_world = tmp_path / "other.json"
+    runs = json.loads(earlier.read_text())
+    for run in runs["runs"]:
+        run["visits"] = [*run["visits"], 1] if isinstance(run["visits"], list) else -1
+    other_world.write_text(json.dumps(runs))
+    with pytest.raises(BenchConfigError, match="no earlier run of the same world"):
+        main([*rerun, "--out", str(tmp_path / "x.json"), "--quiet", "--reuse", str(other_world)])
