@@ -214,6 +214,15 @@ def inverted(model: OnnxModel, scale: float = 1.0) -> OnnxModel:
     return families.build_onnx(spec, flipped, schema)
 
 
+def nudged(model: OnnxModel) -> OnnxModel:
+    """`model` moved by 1e-6: another digest, the same predictions on every labelled sample."""
+    spec, schema, weights = families.from_onnx(model)
+    shared = families.shared_names(spec)
+    return families.build_onnx(
+        spec, {n: v + np.float32(1e-6) if n in shared else v for n, v in weights.items()}, schema
+    )
+
+
 class Phones:
     """Phones paired with one home: each carries a model and offers it."""
 
@@ -341,13 +350,7 @@ def test_training_is_judged_on_its_window_and_a_merge_on_every_labelled_sample(
 def test_a_merge_that_changes_no_prediction_the_host_can_check_is_kept_out(
     phones: Phones, good: OnnxModel
 ) -> None:
-    # the same model, nudged: another digest, the same predictions on every labelled sample
-    spec, schema, weights = families.from_onnx(good)
-    shared = families.shared_names(spec)
-    nudged = families.build_onnx(
-        spec, {n: v + np.float32(1e-6) if n in shared else v for n, v in weights.items()}, schema
-    )
-    offered = phones.carrying("nudged", nudged, 500)
+    offered = phones.carrying("nudged", nudged(good), 500)
     space = judged_space(phones, good)
     before = space.slot(KEY)
     outcome = space.receive(offered, now=NOW + 60)
@@ -405,12 +408,7 @@ def test_a_fine_tuned_merge_that_wins_carries_the_merge_into_what_is_served(
 ) -> None:
     # the served (untrained) model, nudged: kept out as predicting every labelled minute alike
     untrained = occupancy_model(3)
-    spec, schema, weights = families.from_onnx(untrained)
-    shared = families.shared_names(spec)
-    nudged = families.build_onnx(
-        spec, {n: v + np.float32(1e-6) if n in shared else v for n, v in weights.items()}, schema
-    )
-    offered = phones.carrying("nudged", nudged, 50_000)
+    offered = phones.carrying("nudged", nudged(untrained), 50_000)
     space = fine_tuning_space(phones, untrained)
     served = space.slot(KEY).state()
     assert space.receive(offered, now=NOW + 60).reason == "kept_current"

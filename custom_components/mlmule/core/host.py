@@ -722,30 +722,21 @@ class ModelHost:
             slot.context_key, Change.MERGE, result.weights, now=now, window=window
         )
         self._record_replay(snapshot)
+        merged = merged_state(
+            slot.state(),
+            [incoming],
+            result,
+            now=now,
+            origin=self.identity.id,
+            lineage_limit=self.settings.max_lineage,
+        )
         if not promotion.served:
             if self.settings.promotion.fine_tune_refused:
-                self._refused[slot.context_key] = merged_state(
-                    slot.state(),
-                    [incoming],
-                    result,
-                    now=now,
-                    origin=self.identity.id,
-                    lineage_limit=self.settings.max_lineage,
-                )
+                self._refused[slot.context_key] = merged
             return self._reject(
                 promotion.verdict.value, promotion.describe(), snapshot, decision=promotion
             )
-        new = self.commit(
-            slot.context_key,
-            merged_state(
-                slot.state(),
-                [incoming],
-                result,
-                now=now,
-                origin=self.identity.id,
-                lineage_limit=self.settings.max_lineage,
-            ),
-        )
+        new = self.commit(slot.context_key, merged)
         self.counters["merged"] += 1
         outcome = Outcome(
             accepted=True,
