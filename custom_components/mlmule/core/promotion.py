@@ -28,7 +28,8 @@ other hours). The host's next training therefore runs twice, from the served mod
 refused merge, on the same samples; the fine-tuned merge is judged first, as training, on the
 window neither run trained on, and the plain run only if it is refused. A merge thus enters
 once the host's own data has adapted it and it scores no worse, and the host never loses a
-training to it. The merge is fine-tuned once, and forgotten when another model is served.
+training to it. The merge is fine-tuned once, and forgotten when another model is served or
+the host restarts (a candidate, kept in memory only: nothing served depends on it).
 
 `undecided_no_window`: the host holds no labelled data for the key, and the challenger is
 **served**. Refusing would freeze every host without labels of its own for the key: a space in
