@@ -160,7 +160,7 @@ class ExchangeMode(StrEnum):
 
 
 # A new space's. In the knowledge benchmark (bench/results/knowledge.json) knowledge alone ended
-# at or above weights-only in every setting with 3-23 times fewer bytes, and both within the seed
+# at or above weights-only in every setting with 2.6-23 times fewer bytes, and both within the seed
 # spread of knowledge alone. Both, because knowledge alone leaves a space nothing to learn for
 # the phones' own activity model it hosts: it has no labels to distil with, so only merging the
 # phones' weights improves it.
