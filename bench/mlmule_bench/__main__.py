@@ -343,6 +343,7 @@ def with_reused_runs(
     """`task_runs` with the runs of every other method taken from `earlier` runs of the same
     (task, seed), and those methods. The world must be the same: same units and visits."""
     by_pair = {(run["task"], run["seed"]): run for run in earlier}
+    order = {method: index for index, method in enumerate(METHODS)}
     reused: set[str] = set()
     combined = []
     for run in task_runs:
@@ -354,7 +355,6 @@ def with_reused_runs(
         fresh = {entry["method"] for entry in run["runs"]}
         kept = [entry for entry in old["runs"] if entry["method"] not in fresh]
         reused.update(entry["method"] for entry in kept)
-        order = {method: index for index, method in enumerate(METHODS)}
         runs = sorted([*kept, *run["runs"]], key=lambda entry: order[entry["method"]])
         combined.append({**run, "runs": runs})
     return combined, [method for method in METHODS if method in reused]

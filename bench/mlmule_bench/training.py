@@ -72,11 +72,11 @@ class LocalExecutor:
 class _FinishedRun:
     """A training run that already happened elsewhere, for the host's `TrainingJob` to commit."""
 
+    done = True
+
     def __init__(self, weights: Weights, report: TrainReport) -> None:
         self._weights = weights
         self._report = report
-
-    done = True
 
     def run(self, *, max_seconds: float | None = None, max_steps: int | None = None) -> bool:
         del max_seconds, max_steps

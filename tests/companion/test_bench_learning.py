@@ -121,7 +121,7 @@ def test_a_rerun_of_some_methods_reuses_the_others_runs(run_dir: Path, tmp_path:
     other_world = tmp_path / "other.json"
     runs = json.loads(earlier.read_text())
     for run in runs["runs"]:
-        run["visits"] = [*run["visits"], 1] if isinstance(run["visits"], list) else -1
+        run["visits"] += 1  # another world's mobility
     other_world.write_text(json.dumps(runs))
     with pytest.raises(BenchConfigError, match="no earlier run of the same world"):
         main([*rerun, "--out", str(tmp_path / "x.json"), "--quiet", "--reuse", str(other_world)])
