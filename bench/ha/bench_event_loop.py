@@ -13,10 +13,16 @@ A probe asks to wake every 5 ms; a stall is how late it woke. Measured (target: 
 - `reassembly_4mib`: the phone sends a signed 4 MiB snapshot (a model too large to merge, whose
   offer claims the space's architecture): 16 chunks reassembled, hashed and verified, then
   refused `incompatible`;
+- `fine_tuning_refused_merge`: the same bedroom refuses a paired phone's merge (its model
+  inverted, claiming a million samples), then trains: twice, from the served model and from
+  the refused merge, in the same bounded chunks. Against a plain training of the same space
+  just before it, in the same process: seconds, their ratio, and the stalls of both;
 - `distillation`: a space that trained on 14 days of labelled minutes (20,160, seeded, drawn
   around its schema's statistics) distils a large phone model's knowledge from its cache, in
   the integration's executor chunks, judged by the promotion rule.
 
+The replayed history's own garbage (the harness's, about 150,000 objects) is collected before
+anything is measured: its later full collection held the GIL for 140 ms, whatever ran then.
 Each section is saved to bench/results/event_loop.json as it finishes.
 """
 
@@ -25,6 +31,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import functools
+import gc
 import json
 import queue
 import resource
@@ -43,13 +50,18 @@ from pytest_homeassistant_custom_component.common import MockConfigEntry
 from pytest_homeassistant_custom_component.typing import MqttMockHAClient
 from threadpoolctl import ThreadpoolController
 
+from custom_components.mlmule.const import DOMAIN
+from custom_components.mlmule.coordinator import SpaceCoordinator
 from custom_components.mlmule.core import blas, families
+from custom_components.mlmule.core.host import ModelHost
+from custom_components.mlmule.core.identity import Identity, PairingCode, TrustEntry, TrustStore
 from custom_components.mlmule.core.onnx import load_model, save_model
 from custom_components.mlmule.core.snapshot import SnapshotMeta, pack
 from custom_components.mlmule.core.starter import load_starter
 from custom_components.mlmule.core.train_numpy import TrainConfig
 from tests.ha import test_exchange as exchange_tests
 from tests.ha.test_exchange import KEY, SPACE_ID, ScriptedMule, hub, start, walk_in
+from tests.ha.test_learning_world import inverted
 from tests.support.ha_fixtures import async_replay_room, replayed_room_hub
 from tests.support.world_replay import room_replay
 
@@ -143,20 +155,30 @@ def blas_threads() -> int:
     )
 
 
+async def async_bedroom(hass: HomeAssistant) -> tuple[MockConfigEntry, SpaceCoordinator, int]:
+    """A bedroom space over 14 days of a world home replayed into the recorder, set up (it
+    trains at setup); with the number of state changes replayed."""
+    world = generate_world(WorldConfig(n_homes=3, days=DAYS, start=start_days_before_now(DAYS)), 11)
+    replay = room_replay(world, 0, "bedroom")
+    await async_replay_room(hass, replay, world.end)
+    # Writing 14 days of states at once leaves about 150,000 objects of cyclic garbage (the
+    # harness's, not the integration's): a full collection of it later held the GIL for 140 ms,
+    # whatever was being measured. A live HA records those states over two weeks.
+    gc.collect()
+    entry = replayed_room_hub(replay, options={"history_days": DAYS})
+    entry.add_to_hass(hass)
+    assert await hass.config_entries.async_setup(entry.entry_id)
+    await hass.async_block_till_done(wait_background_tasks=True)
+    return entry, entry.runtime_data.spaces["bedroom"], len(replay.events)
+
+
 async def test_training_on_two_weeks_of_history_never_stalls_the_loop(
     hass: HomeAssistant, mqtt_mock: MqttMockHAClient
 ) -> None:
     # the baseline first: as if pinned already, so nothing pins OpenBLAS until it is cleared
     blas._PINNED.set()
     default_threads = blas_threads()
-    world = generate_world(WorldConfig(n_homes=3, days=DAYS, start=start_days_before_now(DAYS)), 11)
-    replay = room_replay(world, 0, "bedroom")
-    await async_replay_room(hass, replay, world.end)
-    entry = replayed_room_hub(replay, options={"history_days": DAYS})
-    entry.add_to_hass(hass)
-    assert await hass.config_entries.async_setup(entry.entry_id)
-    await hass.async_block_till_done(wait_background_tasks=True)
-    space = entry.runtime_data.spaces["bedroom"]
+    _, space, history_events = await async_bedroom(hass)
 
     runs: dict[str, list[dict[str, object]]] = {"default_threads": [], "one_thread": []}
     rss_before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
@@ -188,7 +210,7 @@ async def test_training_on_two_weeks_of_history_never_stalls_the_loop(
     }
     figures = {
         "history_days": DAYS,
-        "history_events": len(replay.events),
+        "history_events": history_events,
         "labelled_frames": summary.frames,
         "runs_per_setting": RUNS,
         "blas_threads": {"default_threads": default_threads, "one_thread": 1},
@@ -204,7 +226,7 @@ async def test_training_on_two_weeks_of_history_never_stalls_the_loop(
     }
     save("training", figures)
     print("\nevent-loop stalls while a space trains on 14 days of 1-minute history (real HA core)")
-    print(f"  history: {len(replay.events)} state changes, {summary.frames} labelled frames")
+    print(f"  history: {history_events} state changes, {summary.frames} labelled frames")
     for setting in runs:
         print(
             f"  {setting}: median {median(setting, 'seconds'):.1f} s, "
@@ -214,6 +236,62 @@ async def test_training_on_two_weeks_of_history_never_stalls_the_loop(
     for setting, stats in worst.items():
         show(f"worst run, {setting}", stats)  # type: ignore[arg-type]
     show("idle", idle)
+
+
+async def test_fine_tuning_a_refused_merge_never_stalls_the_loop(
+    hass: HomeAssistant, mqtt_mock: MqttMockHAClient, tmp_path: Path
+) -> None:
+    entry, space, _ = await async_bedroom(hass)
+    plain, plain_seconds = await measure(lambda: space.async_train(reason="benchmark"))
+
+    phone = Identity.generate(kind="mule", name="phone")
+    await hass.services.async_call(
+        DOMAIN,
+        "pair_mule",
+        {"code": PairingCode.for_identity(phone).encode(), "role": "owner"},
+        blocking=True,
+        return_response=True,
+    )
+    trust = TrustStore()
+    trust.add(
+        TrustEntry.for_key(
+            entry.runtime_data.identity.public_key_bytes,
+            kind="space",
+            role="owner",
+            label="home",
+            paired_at=0.0,
+        )
+    )
+    served = space.host.slot(KEY).meta
+    carried = ModelHost(tmp_path / "phone", phone, trust)
+    carried.install(
+        inverted(load_model(load_starter(KEY).onnx_bytes)),
+        context_key=KEY,
+        samples=10**6,
+        data_time=served.data_time,
+        now=served.created_at,
+    )
+    outcome = await hass.async_add_executor_job(space.host.receive, carried.export(KEY))
+    assert outcome.reason == "kept_current", outcome  # kept for the next training to fine-tune
+
+    stalls, seconds = await measure(lambda: space.async_train(reason="benchmark"))
+    assert space.host.refused_merge(KEY) is None  # fine-tuned, once
+    decision = space.host.decisions[KEY]
+    figures = {
+        "plain_training": {"seconds": plain_seconds, "stalls": plain},
+        "with_refused_merge": {
+            "seconds": seconds,
+            "stalls": stalls,
+            "verdict": decision.verdict.value,
+            "fine_tuned_merges": space.host.counters["fine_tuned_merges"],
+        },
+        "seconds_ratio": seconds / plain_seconds,
+    }
+    save("fine_tuning_refused_merge", figures)
+    print("\nevent-loop stalls while a space trains twice: its model and a refused merge")
+    print(f"  {plain_seconds:.2f} s plain, {seconds:.2f} s with the refused merge")
+    show("plain training", plain)
+    show("with refused merge", stalls)
 
 
 async def walk_in_until_settled(hass: HomeAssistant, mule: ScriptedMule) -> None:
