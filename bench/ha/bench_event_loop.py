@@ -50,11 +50,8 @@ from pytest_homeassistant_custom_component.common import MockConfigEntry
 from pytest_homeassistant_custom_component.typing import MqttMockHAClient
 from threadpoolctl import ThreadpoolController
 
-from custom_components.mlmule.const import DOMAIN
 from custom_components.mlmule.coordinator import SpaceCoordinator
 from custom_components.mlmule.core import blas, families
-from custom_components.mlmule.core.host import ModelHost
-from custom_components.mlmule.core.identity import Identity, PairingCode, TrustEntry, TrustStore
 from custom_components.mlmule.core.onnx import load_model, save_model
 from custom_components.mlmule.core.snapshot import SnapshotMeta, pack
 from custom_components.mlmule.core.starter import load_starter
@@ -62,7 +59,7 @@ from custom_components.mlmule.core.train_numpy import TrainConfig
 from tests.ha import test_exchange as exchange_tests
 from tests.ha.test_exchange import KEY, SPACE_ID, ScriptedMule, hub, start, walk_in
 from tests.ha.test_learning_world import inverted
-from tests.support.ha_fixtures import async_replay_room, replayed_room_hub
+from tests.support.ha_fixtures import async_paired_phone, async_replay_room, replayed_room_hub
 from tests.support.world_replay import room_replay
 
 RESULTS = Path(__file__).resolve().parents[1] / "results" / "event_loop.json"
@@ -244,26 +241,8 @@ async def test_fine_tuning_a_refused_merge_never_stalls_the_loop(
     entry, space, _ = await async_bedroom(hass)
     plain, plain_seconds = await measure(lambda: space.async_train(reason="benchmark"))
 
-    phone = Identity.generate(kind="mule", name="phone")
-    await hass.services.async_call(
-        DOMAIN,
-        "pair_mule",
-        {"code": PairingCode.for_identity(phone).encode(), "role": "owner"},
-        blocking=True,
-        return_response=True,
-    )
-    trust = TrustStore()
-    trust.add(
-        TrustEntry.for_key(
-            entry.runtime_data.identity.public_key_bytes,
-            kind="space",
-            role="owner",
-            label="home",
-            paired_at=0.0,
-        )
-    )
+    carried = await async_paired_phone(hass, entry, tmp_path / "phone")
     served = space.host.slot(KEY).meta
-    carried = ModelHost(tmp_path / "phone", phone, trust)
     carried.install(
         inverted(load_model(load_starter(KEY).onnx_bytes)),
         context_key=KEY,
@@ -275,7 +254,7 @@ async def test_fine_tuning_a_refused_merge_never_stalls_the_loop(
     assert outcome.reason == "kept_current", outcome  # kept for the next training to fine-tune
 
     stalls, seconds = await measure(lambda: space.async_train(reason="benchmark"))
-    assert space.host.refused_merge(KEY) is None  # fine-tuned, once
+    assert space.host.take_refused_merge(KEY) is None  # fine-tuned, once
     decision = space.host.decisions[KEY]
     figures = {
         "plain_training": {"seconds": plain_seconds, "stalls": plain},

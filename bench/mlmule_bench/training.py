@@ -119,7 +119,7 @@ class RayExecutor:
         slots = [need.peer.host.slot(need.context_key) for need in needs]
         # as `ModelHost.start_training`: the latest samples are held out for the promotion rule,
         # and a merge the rule refused is fine-tuned beside the served model
-        refused = [need.peer.host.refused_merge(need.context_key) for need in needs]
+        refused = [need.peer.host.take_refused_merge(need.context_key) for need in needs]
         splits = [
             split_holdout(need.x, need.y, need.peer.host.settings.promotion.holdout_fraction)
             for need in needs

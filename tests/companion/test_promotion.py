@@ -434,7 +434,7 @@ def test_a_refused_merge_is_forgotten_once_another_model_is_served(
     space = fine_tuning_space(phones, occupancy_model(3))
     assert space.receive(worse, now=NOW + 60).reason == "kept_current"
     assert space.receive(better, now=NOW + 120).reason == "merged"
-    assert space.refused_merge(KEY) is None
+    assert space.take_refused_merge(KEY) is None
 
 
 def test_without_fine_tuning_a_refused_merge_leaves_nothing_behind(
@@ -444,7 +444,7 @@ def test_without_fine_tuning_a_refused_merge_leaves_nothing_behind(
     space = phones.space(occupancy_model(3), promotion=PromotionRule(fine_tune_refused=False))
     space.hold_out(KEY, HeldOut.of(*data(400, 9)))
     assert space.receive(worse, now=NOW + 60).reason == "kept_current"
-    assert space.refused_merge(KEY) is None
+    assert space.take_refused_merge(KEY) is None
     assert len(trained(space, 5)[0].trainers) == 1
 
 

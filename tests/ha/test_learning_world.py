@@ -25,14 +25,17 @@ from custom_components.mlmule.const import DOMAIN
 from custom_components.mlmule.coordinator import SpaceCoordinator
 from custom_components.mlmule.core import families
 from custom_components.mlmule.core.features import extract_room_frames
-from custom_components.mlmule.core.host import ModelHost
-from custom_components.mlmule.core.identity import Identity, PairingCode, TrustEntry, TrustStore
 from custom_components.mlmule.core.metrics import balanced_accuracy
 from custom_components.mlmule.core.onnx import OnnxModel, load_model
 from custom_components.mlmule.core.space import SpaceInputs, model_inputs, room_series
 from custom_components.mlmule.core.starter import load_starter
 from custom_components.mlmule.core.weights import Weights
-from tests.support.ha_fixtures import async_replay_room, replayed_room_hub, space_device
+from tests.support.ha_fixtures import (
+    async_paired_phone,
+    async_replay_room,
+    replayed_room_hub,
+    space_device,
+)
 from tests.support.world_replay import WORLD_START, RoomReplay, replay_end, room_replay
 
 DAY = 86400.0
@@ -155,25 +158,7 @@ async def test_a_worse_model_is_never_served_and_the_decision_is_shown(
     served = space.host.slot(KEY)
     # a paired phone's model that predicts the opposite of what the starter does, claiming a
     # million samples: merged as it claims, it would replace the space's model outright
-    phone = Identity.generate(kind="mule", name="phone")
-    await hass.services.async_call(
-        DOMAIN,
-        "pair_mule",
-        {"code": PairingCode.for_identity(phone).encode(), "role": "owner"},
-        blocking=True,
-        return_response=True,
-    )
-    trust = TrustStore()
-    trust.add(
-        TrustEntry.for_key(
-            entry.runtime_data.identity.public_key_bytes,
-            kind="space",
-            role="owner",
-            label="home",
-            paired_at=0.0,
-        )
-    )
-    carried = ModelHost(tmp_path / "phone", phone, trust)
+    carried = await async_paired_phone(hass, entry, tmp_path / "phone")
     carried.install(
         inverted(load_model(load_starter(KEY).onnx_bytes)),
         context_key=KEY,
@@ -220,9 +205,9 @@ async def test_a_worse_model_is_never_served_and_the_decision_is_shown(
     decision = space.host.decisions[KEY]
     assert (decision.change, decision.verdict) == ("training", "promoted")
     assert space.host.counters["fine_tuned_merges"] == 1
-    assert phone.id in space.host.slot(KEY).meta.lineage
+    assert carried.identity.id in space.host.slot(KEY).meta.lineage
     assert held_out_days_score(world, replay, space.host.slot(KEY).weights) >= starter_score
-    assert space.host.refused_merge(KEY) is None  # fine-tuned once
+    assert space.host.take_refused_merge(KEY) is None  # fine-tuned once
 
 
 def inverted(model: OnnxModel) -> OnnxModel:

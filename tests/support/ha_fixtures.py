@@ -32,6 +32,8 @@ from custom_components.mlmule.const import (
     DOMAIN,
     SUBENTRY_SPACE,
 )
+from custom_components.mlmule.core.host import ModelHost
+from custom_components.mlmule.core.identity import Identity, PairingCode, TrustEntry, TrustStore
 from tests.support.world_replay import RoomReplay
 
 
@@ -112,3 +114,27 @@ def replayed_room_hub(replay: RoomReplay, options: dict[str, Any] | None = None)
             )
         ],
     )
+
+
+async def async_paired_phone(hass: HomeAssistant, entry: MockConfigEntry, root: Path) -> ModelHost:
+    """A phone paired with the hub `entry` as an owner (through `mlmule.pair_mule`), whose own
+    host under `root` trusts the home back."""
+    phone = Identity.generate(kind="mule", name="phone")
+    await hass.services.async_call(
+        DOMAIN,
+        "pair_mule",
+        {"code": PairingCode.for_identity(phone).encode(), "role": "owner"},
+        blocking=True,
+        return_response=True,
+    )
+    trust = TrustStore()
+    trust.add(
+        TrustEntry.for_key(
+            entry.runtime_data.identity.public_key_bytes,
+            kind="space",
+            role="owner",
+            label="home",
+            paired_at=0.0,
+        )
+    )
+    return ModelHost(root, phone, trust)

@@ -602,7 +602,7 @@ class ModelHost:
         labelled = HeldOut.of(x, y)
         with self.lock:
             slot = self.slot(context_key)
-            refused = self.refused_merge(context_key)
+            refused = self.take_refused_merge(context_key)
             return TrainingJob(
                 self,
                 context_key,
@@ -618,7 +618,7 @@ class ModelHost:
                 ),
             )
 
-    def refused_merge(self, context_key: str) -> ModelState | None:
+    def take_refused_merge(self, context_key: str) -> ModelState | None:
         """The latest merge of `context_key` the promotion rule refused since the served model
         (kept with `PromotionRule.fine_tune_refused`), for the next training to fine-tune too;
         handed out once."""
