@@ -450,6 +450,11 @@ class Agent:
             raise ConfigError(
                 "config.yaml", [("privacy.dp", "DP-SGD needs torch, which is not installed")]
             )
+        if self._config.dp is not None and self._config.training.seed is not None:
+            _LOGGER.warning(
+                "training.seed is set: anyone who knows it can replay the DP noise; "
+                "leave it null on a phone whose privacy rests on DP"
+            )
         self._requests: queue.Queue[TrainRequest | DistilRequest | None] = queue.Queue()
         self.kinds = self._config.exchange_mode.kinds
         self.knowledge: PhoneKnowledge | None = None
@@ -1025,7 +1030,7 @@ class Agent:
         trainer = self._trainer.trainer(slot.spec, slot.weights, data, distill=distill)
         with self._host_lock:
             # a second run on the same minutes would spend the DP budget twice
-            refused = self.host.refused_merge(key) if self._config.dp is None else None
+            refused = self.host.take_refused_merge(key) if self._config.dp is None else None
             job = TrainingJob(
                 self.host,
                 key,

@@ -150,6 +150,9 @@ class TrainingSettings:
     prox_mu: float = 0.01  # keeps a phone's few minutes from dragging the shared model away
     val_fraction: float = 0.2
     threads: int = 1
+    # None: fresh randomness every run, which DP-SGD's guarantee needs. A number makes every run
+    # repeatable (tests, reproducible comparisons): anyone who knows it can replay the DP noise.
+    seed: int | None = None
 
 
 @dataclass(frozen=True)
@@ -303,6 +306,11 @@ _CONFIG_SCHEMA = vol.Schema(
                 vol.Optional("prox_mu"): _number(0.0, 1000.0),
                 vol.Optional("val_fraction"): _number(0.0, 0.9),
                 vol.Optional("threads"): _integer(1, 64),
+                vol.Optional("seed"): vol.Any(
+                    None,
+                    _integer(0, 2**31 - 1),
+                    msg="expected null or an integer from 0 to 2**31-1",
+                ),
             }
         ),
         vol.Optional("privacy"): _section(
@@ -482,6 +490,7 @@ training:            # mobile-data mode: the phone trains on what it sensed in t
   prox_mu: {t.prox_mu:g}      # pull towards the model the space sent (FedProx)
   val_fraction: {t.val_fraction:g}  # the latest minutes held out for early stopping
   threads: {t.threads}          # CPU threads for training
+  seed: null         # null: fresh randomness each run (DP needs it); a number repeats runs
 
 privacy:
   dp: null           # e.g. {{noise_multiplier: 1.1, max_grad_norm: 1.0, delta: 1.0e-5,

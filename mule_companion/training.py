@@ -13,10 +13,11 @@ chunks, so a stop request (SIGTERM) or the progress bar never waits long.
 from __future__ import annotations
 
 import importlib.util
+import itertools
 import logging
 import secrets
 import threading
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from mlmule_core.families import FamilySpec
 from mlmule_core.host import TrainingJob
@@ -43,6 +44,7 @@ class PhoneTrainer:
     settings: TrainingSettings
     dp: DPConfig | None = None
     progress: bool = False  # show a tqdm bar (interactive runs)
+    _runs: itertools.count[int] = field(default_factory=itertools.count, repr=False)
 
     @property
     def backend(self) -> str:
@@ -62,9 +64,15 @@ class PhoneTrainer:
             val_fraction=s.val_fraction,
             max_seconds=s.max_seconds,
             dp=self.dp,
-            # fresh randomness every run: DP's noise must never repeat
-            seed=secrets.randbelow(2**31),
+            seed=self._seed(),
         )
+
+    def _seed(self) -> int:
+        """Fresh randomness every run, as DP's noise must never repeat; with `training.seed`,
+        the n-th run of this process seeds from it and n, so runs differ yet repeat exactly."""
+        if self.settings.seed is None:
+            return secrets.randbelow(2**31)
+        return (self.settings.seed + next(self._runs)) % 2**31
 
     def trainer(
         self,

@@ -63,6 +63,7 @@ def test_settings_are_read_into_their_places(tmp_path: Path) -> None:
         tmp_path / "config.yaml",
         training__epochs=3,
         training__max_seconds=4.5,
+        training__seed=42,
         privacy__dp={"noise_multiplier": 1.5, "max_epsilon": 8},
         protocol__retry_after=2,
         store__max_mib=1,
@@ -70,6 +71,7 @@ def test_settings_are_read_into_their_places(tmp_path: Path) -> None:
     )
     config = load_config(path)
     assert (config.training.epochs, config.training.max_seconds) == (3, 4.5)
+    assert config.training.seed == 42
     assert config.dp is not None
     assert (config.dp.noise_multiplier, config.dp.max_grad_norm) == (1.5, 1.0)
     assert config.dp_budget == 8.0
@@ -106,6 +108,10 @@ def test_a_phone_exchanges_both_kinds_until_told_otherwise_and_the_mode_names_wh
         ({"training__epochs": 0}, ("training.epochs", "expected an integer >= 1 and <= 1000")),
         ({"training__epochs": True}, ("training.epochs", "expected an integer >= 1 and <= 1000")),
         ({"training__epoch": 5}, ("training.epoch", "unknown key")),
+        (
+            {"training__seed": -1},
+            ("training.seed", "expected null or an integer from 0 to 2**31-1"),
+        ),
         ({"colour": "blue"}, ("colour", "unknown key")),
         ({"name": ...}, ("name", "required, but missing")),
         ({"training__backend": "gpu"}, ("training.backend", "expected one of auto, torch, numpy")),

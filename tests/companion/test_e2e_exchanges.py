@@ -122,19 +122,16 @@ def test_mobile_data_mode_the_phone_trains_on_what_it_sensed_there_and_the_space
         assert home.version(KITCHEN) == 2
 
         # next visit: the phone merges the space's v2 into its own and judges the merge on its
-        # latest kitchen minutes; its privacy budget too small for another run, it answers with
-        # the merge if the rule served it, and otherwise keeps its own, which the space holds
-        def judged() -> str | None:
+        # latest kitchen minutes. The space's v2 blends the phone's run with its starter: the
+        # merge is not clearly better than the phone's own model there (0.3910 against 0.3923
+        # with the seeded run; the rule asks a merge for a gain of a standard error), so the
+        # phone keeps its own and, its privacy budget too small for another run, sends nothing
+        # back; the space holds that model already
+        def refused() -> bool:
             events = phone.activity().get("events", [])
-            receipts = [e["event"] for e in events if e["event"] in ("took", "refused")]
-            return receipts[1] if len(receipts) == 2 else None  # the first: v1 adopted
+            return any(e["event"] == "refused" for e in events)
 
-        encounter(
-            home,
-            KITCHEN_SPACE,
-            mule,
-            lambda: judged() == "refused" or (judged() == "took" and len(home.received) == 2),
-        )
+        encounter(home, KITCHEN_SPACE, mule, refused)
         phone.wait_for(lambda: sessions(phone, home) == 2, 10, "the phone did not see the bye")
         assert phone.stop() == 0
     finally:
@@ -143,18 +140,11 @@ def test_mobile_data_mode_the_phone_trains_on_what_it_sensed_there_and_the_space
     status = phone.status()
     [model] = status["models"]
     assert model["context_key"] == KITCHEN
-    if judged() == "took":
-        merged = home.received[1]
-        assert merged.outcome.accepted, merged.outcome
-        assert inspect(merged.delivery.payload)["header"]["version"] == 3
-        assert home.version(KITCHEN) == 3
-        assert (model["version"], model["sha256"]) == (3, merged.delivery.snapshot.sha256)
-    else:
-        [refusal] = [e for e in phone.activity()["events"] if e["event"] == "refused"]
-        assert "kept_current" in refusal["detail"]
-        assert len(home.received) == 1
-        assert home.version(KITCHEN) == 2
-        assert (model["version"], model["sha256"]) == (2, trained.delivery.snapshot.sha256)
+    [refusal] = [e for e in phone.activity()["events"] if e["event"] == "refused"]
+    assert "kept_current" in refusal["detail"]
+    assert len(home.received) == 1
+    assert home.version(KITCHEN) == 2
+    assert (model["version"], model["sha256"]) == (2, trained.delivery.snapshot.sha256)
     assert model["training"]["runs"] == 1
     assert 0 < model["training"]["samples"] < rows  # only the minutes spent in the kitchen
     assert model["privacy"]["runs"] == 1

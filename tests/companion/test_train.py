@@ -21,6 +21,9 @@ from opacus.accountants import RDPAccountant
 from sklearn.datasets import make_classification
 from sklearn.utils.class_weight import compute_class_weight
 
+from mule_companion.config import TrainingSettings
+from mule_companion.training import PhoneTrainer
+
 BINARY = FamilySpec("occupancy-mlp", "occupancy", 8, (16, 8), 1, ("vacant", "occupied"))
 MULTI = FamilySpec("activity-mlp", "activity", 8, (16,), 4, ("sleep", "cook", "work", "away"))
 
@@ -236,6 +239,15 @@ def test_seed_decides_the_batch_order() -> None:
     c, _ = train(BINARY, start(BINARY), x, y, TrainConfig(max_epochs=2, seed=2))
     assert l2_distance(a, b) == 0.0
     assert l2_distance(a, c) > 0.0
+
+
+def test_a_phone_draws_fresh_randomness_per_run_unless_told_a_seed() -> None:
+    restarts = [PhoneTrainer(TrainingSettings(seed=5)) for _ in range(2)]
+    runs = [[trainer.config().seed for _ in range(3)] for trainer in restarts]
+    assert runs[0] == runs[1]  # a seeded phone repeats its runs after a restart
+    assert len(set(runs[0])) == 3  # yet no two of its runs share their noise
+    fresh = PhoneTrainer(TrainingSettings())
+    assert len({fresh.config().seed for _ in range(8)}) > 1
 
 
 def test_bad_training_input_is_refused() -> None:

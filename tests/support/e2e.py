@@ -25,6 +25,7 @@ KITCHEN_SPACE = "01JKITCHENSPACE"  # HA names a space by its subentry id
 FAST = ProtocolConfig(retry_after=1.0, max_retries=20)
 PHONE_PROTOCOL = {"retry_after": 1.0, "max_retries": 20}
 PHONE_NETWORK = {"reconnect_min_delay": 1, "reconnect_max_delay": 2}
+PHONE_SEED = 7  # the phone's training repeats exactly, DP noise included: no outcome is luck
 
 
 @pytest.fixture
@@ -36,10 +37,16 @@ def phone(tmp_path: Path) -> Iterator[CompanionProcess]:
         companion.kill()
 
 
-def new_phone(companion: CompanionProcess, **settings: object) -> str:
-    """Set the phone up with fast protocol timers; returns its pairing code."""
+def new_phone(
+    companion: CompanionProcess, *, training: dict[str, object] | None = None, **settings: object
+) -> str:
+    """Set the phone up with fast protocol timers and seeded training (plus `training`, and
+    other config.yaml sections in `settings`); returns its pairing code."""
     code = companion.init("phone")
-    companion.configure(**{"protocol": PHONE_PROTOCOL, "network": PHONE_NETWORK, **settings})
+    seeded = {"seed": PHONE_SEED, **(training or {})}
+    companion.configure(
+        **{"protocol": PHONE_PROTOCOL, "network": PHONE_NETWORK, **settings, "training": seeded}
+    )
     return code
 
 
