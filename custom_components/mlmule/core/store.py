@@ -19,7 +19,7 @@ import hashlib
 import json
 import re
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 
 from .errors import MlmuleError
@@ -207,7 +207,8 @@ class SnapshotStore:
             key: {
                 "current": self._current[key],
                 "last_used": self._last_used.get(key, 0.0),
-                "versions": [asdict(s) for s in versions],
+                # flat fields of plain values: vars() is asdict() without its deep copy
+                "versions": [vars(s) for s in versions],
             }
             for key, versions in sorted(self._versions.items())
         }
