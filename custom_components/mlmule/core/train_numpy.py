@@ -330,9 +330,17 @@ class NumpyBackend:
         self._config = config
         self._weights = copy_weights(weights)
         self._reference = copy_weights(weights)
+        # The trainable tensors are views into one flat buffer, so that Adam updates them all
+        # in one vectorised pass (per-tensor numpy calls dominated a small model's step).
         names = trainable_names(spec)
-        self._m = {name: np.zeros_like(self._weights[name]) for name in names}
-        self._v = {name: np.zeros_like(self._weights[name]) for name in names}
+        self._flat = np.concatenate([self._weights[name].ravel() for name in names])
+        offset = 0
+        for name in names:
+            value = self._weights[name]
+            self._weights[name] = self._flat[offset : offset + value.size].reshape(value.shape)
+            offset += value.size
+        self._m = np.zeros_like(self._flat)
+        self._v = np.zeros_like(self._flat)
         self._t = 0
 
     def step(
@@ -356,18 +364,16 @@ class NumpyBackend:
         lr = self._config.learning_rate
         correction1 = 1.0 - self.beta1**self._t
         correction2_sqrt = math.sqrt(1.0 - self.beta2**self._t)
-        for name, grad in grads.items():
-            param = self._weights[name]
-            # torch's (coupled) Adam weight decay: the L2 term joins the gradient.
-            decayed = grad + np.float32(self._config.weight_decay) * param
-            m = self._m[name]
-            v = self._v[name]
-            m *= np.float32(self.beta1)
-            m += np.float32(1.0 - self.beta1) * decayed
-            v *= np.float32(self.beta2)
-            v += np.float32(1.0 - self.beta2) * decayed * decayed
-            denominator = np.sqrt(v) / np.float32(correction2_sqrt) + np.float32(self.eps)
-            param -= np.float32(lr / correction1) * m / denominator
+        # the gradients come in trainable order, the flat buffer's
+        gradient = np.concatenate([grad.ravel() for grad in grads.values()])
+        # torch's (coupled) Adam weight decay: the L2 term joins the gradient.
+        decayed = gradient + np.float32(self._config.weight_decay) * self._flat
+        self._m *= np.float32(self.beta1)
+        self._m += np.float32(1.0 - self.beta1) * decayed
+        self._v *= np.float32(self.beta2)
+        self._v += np.float32(1.0 - self.beta2) * decayed * decayed
+        denominator = np.sqrt(self._v) / np.float32(correction2_sqrt) + np.float32(self.eps)
+        self._flat -= np.float32(lr / correction1) * self._m / denominator
         return loss
 
     def raw_logits(self, x: FloatArray) -> FloatArray:
