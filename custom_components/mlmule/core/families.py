@@ -29,6 +29,7 @@ size is its own architecture (arch hash), so weights merge only within a size; k
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import math
@@ -500,6 +501,12 @@ def graph_format(spec: FamilySpec) -> str:
 def arch_hash(spec: FamilySpec, schema: FeatureSchema) -> str:
     """SHA-256 of the structure, the parameter shapes and the schema hash; never the values."""
     _check_schema_fits(spec, schema)
+    return _structure_hash(spec, schema.schema_hash())
+
+
+@functools.lru_cache(maxsize=64)
+def _structure_hash(spec: FamilySpec, schema_hash: str) -> str:
+    """`arch_hash` once per spec and schema: every model a host writes or reads needs it."""
     # Temporal families add their graph format and conv; MLP hashes stay what they were.
     conv = {} if spec.conv is None else {"conv": spec.conv.as_list()}
     structure = {
@@ -513,7 +520,7 @@ def arch_hash(spec: FamilySpec, schema: FeatureSchema) -> str:
         "n_classes": spec.n_classes,
         "labels": list(spec.labels),
         "parameters": [[name, list(shape)] for name, shape in parameter_shapes(spec).items()],
-        "schema": schema.schema_hash(),
+        "schema": schema_hash,
     }
     canonical = json.dumps(structure, sort_keys=True, separators=(",", ":"))
     return hashlib.sha256(canonical.encode("utf-8")).hexdigest()
@@ -638,9 +645,7 @@ def from_onnx(model: OnnxModel) -> tuple[FamilySpec, FeatureSchema, Weights]:
     if missing:
         raise NonCanonicalModel(f"model metadata lacks {sorted(missing)}")
     try:
-        spec = FamilySpec.from_json(metadata[META_SPEC])
-        schema = FeatureSchema.from_json(metadata[META_SCHEMA])
-        digest = arch_hash(spec, schema)
+        spec, schema, digest = _declared(metadata[META_SPEC], metadata[META_SCHEMA])
     except MlmuleError as err:
         raise NonCanonicalModel(f"model metadata is unusable: {err}") from err
     if metadata[META_ARCH_HASH] != digest:
@@ -666,6 +671,16 @@ def from_onnx(model: OnnxModel) -> tuple[FamilySpec, FeatureSchema, Weights]:
     if _structure(model) != _structure(expected):
         raise NonCanonicalModel("graph differs from the canonical graph of its declared family")
     return spec, schema, weights
+
+
+@functools.lru_cache(maxsize=64)
+def _declared(spec_json: str, schema_json: str) -> tuple[FamilySpec, FeatureSchema, str]:
+    """The spec, schema and architecture hash a model's metadata declares. A host reads the
+    same few texts in every snapshot it receives; both objects are immutable, so one parse
+    serves them all (a text that fails raises every time: errors are not cached)."""
+    spec = FamilySpec.from_json(spec_json)
+    schema = FeatureSchema.from_json(schema_json)
+    return spec, schema, arch_hash(spec, schema)
 
 
 def _caller_metadata(metadata: Mapping[str, str]) -> dict[str, str]:

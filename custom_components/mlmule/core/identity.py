@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import functools
 import hashlib
 import json
 import os
@@ -73,10 +74,17 @@ def identity_id(public_key: bytes) -> str:
     return base64.b32encode(digest).decode("ascii").lower()
 
 
+@functools.lru_cache(maxsize=256)
+def _loaded_public_key(public_key: bytes) -> Ed25519PublicKey:
+    """The key object of raw key bytes; a peer's key verifies every message of its encounters,
+    and loading it costs a tenth of a verification."""
+    return Ed25519PublicKey.from_public_bytes(public_key)
+
+
 def verify(public_key: bytes, data: bytes, signature: bytes) -> None:
     """Check an Ed25519 signature; raises `BadSignature` if it does not hold."""
     try:
-        Ed25519PublicKey.from_public_bytes(public_key).verify(signature, data)
+        _loaded_public_key(public_key).verify(signature, data)
     except (InvalidSignature, ValueError) as err:
         raise BadSignature("the Ed25519 signature does not verify") from err
 

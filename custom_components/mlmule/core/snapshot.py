@@ -889,7 +889,9 @@ class ReplayGuard:
         self._seen.setdefault(origin, {})[context_key] = version
         if self.path is not None:
             document = {"version": REPLAY_FILE_VERSION, "seen": self._seen}
-            atomic_write_text(self.path, json.dumps(document, indent=1, sort_keys=True) + "\n")
+            # compact: an indent makes json use its pure-Python encoder, and this is written
+            # on every snapshot taken
+            atomic_write_text(self.path, json.dumps(document, sort_keys=True) + "\n")
 
 
 def _replay_state(text: str) -> dict[str, dict[str, int]]:
