@@ -43,7 +43,7 @@ from mlmule_core.weights import Weights, weights_digest
 from mlmule_world.config import stream
 
 from .config import HOUR
-from .data import RELAY_SPACE, Architecture, SpaceSite, Unit, is_fixed
+from .data import RELAY_SPACE, Architecture, SpaceSite, TaskData, Unit, is_fixed
 from .mobility import Meeting, Visit
 from .peers import (
     Exchanges,
@@ -645,6 +645,12 @@ class MLMuleCarryMerge(MLMule):
     name = "mlmule_carry_merge"
     mule_carries = "merge"
 
+    @classmethod
+    def same_run_as(cls, data: TaskData) -> str | None:
+        # in mobile-data mode the phone trains and merges itself: what it carries from a
+        # space is the same either way (`Exchanges._mule_delivered`)
+        return None if is_fixed(data.task) else MLMule.name
+
 
 class MLMuleNoFilter(MLMule):
     name = "mlmule_no_filter"
@@ -666,6 +672,12 @@ class MLMuleNoFineTune(MLMule):
 class MLMuleGated(MLMule):
     name = "mlmule_gated"
     strategy_options = MappingProxyType({"gate": "guests", "gate_epsilon": GUEST_GATE_EPSILON})
+
+    @classmethod
+    def same_run_as(cls, data: TaskData) -> str | None:
+        # the gate judges a guest's model on the space's labels; in mobile-data mode a space
+        # has none (no evaluators: the gate keeps every merge) and phones take no guests
+        return None if is_fixed(data.task) else MLMule.name
 
 
 METHOD_CLASSES: dict[str, type[Method]] = {

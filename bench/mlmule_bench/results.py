@@ -152,6 +152,7 @@ def _entry(
     hit = [value for value in reached if value is not None]
     rejected: dict[str, int] = {}
     promotions: dict[str, int] = {}  # the promotion rule's verdicts, summed over seeds
+    twins = {run.get("details", {}).get("same_run_as") for run in runs}
     for run in runs:
         for reason, count in run["ledger"]["rejected"].items():
             rejected[reason] = rejected.get(reason, 0) + count
@@ -183,6 +184,8 @@ def _entry(
             "reached": f"{len(hit)}/{len(reached)}",
         },
         "wall_seconds": spread([run["wall_seconds"] for run in runs]),
+        # the method whose runs these are, where this one would have repeated them
+        "same_run_as": twins.pop() if len(twins) == 1 else None,
         "rejected": dict(sorted(rejected.items())),
         "promotions": dict(sorted(promotions.items())),
         "ratio_to_local": (
@@ -259,14 +262,16 @@ def markdown_tables(document: Mapping[str, Any]) -> str:
             glob_text = "-" if glob is None else f"{glob['median']:.3f}"
             regressions = entry.get("regressions", {}).get("median")
             regression_text = "-" if regressions is None else f"{regressions:.0f}"
+            twin = entry.get("same_run_as")
+            label = method if twin is None else f"{method} (= {twin})"
             lines.append(
-                f"| {method} | {final['median']:.3f} [{final['min']:.3f}-{final['max']:.3f}] "
+                f"| {label} | {final['median']:.3f} [{final['min']:.3f}-{final['max']:.3f}] "
                 f"| {glob_text} | {ratio['median']:.3f} | {hours} | {regression_text} "
                 f"| {entry['bytes_moved']['median'] / 1e6:.1f} "
                 f"| {entry['exchanges']['median']:.0f} "
                 f"| {entry['raw_samples_moved']['median']:.0f} |"
                 if ratio is not None
-                else f"| {method} | {final['median']:.3f} | {glob_text} | - | {hours} "
+                else f"| {label} | {final['median']:.3f} | {glob_text} | - | {hours} "
                 f"| {regression_text} | - | - | - |"
             )
         lines.append("")

@@ -291,6 +291,13 @@ class Method:
         self.sim = sim
         self.root = root
 
+    @classmethod
+    def same_run_as(cls, data: TaskData) -> str | None:
+        """The method whose run on `data` this one's would repeat step for step (its knob has
+        no effect on that task), so that run is reused instead of repeated; None to run."""
+        del data
+        return None
+
     def on_visits(self, visits: Sequence[Visit]) -> None:
         """A batch of visits sharing no space and no phone."""
 

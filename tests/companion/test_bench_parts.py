@@ -19,7 +19,14 @@ from mlmule_bench.data import (
     dirichlet_partition,
     held_out_start,
 )
-from mlmule_bench.methods import FedAvg, FedAvgFineTuned, Gossip, MLMule
+from mlmule_bench.methods import (
+    FedAvg,
+    FedAvgFineTuned,
+    Gossip,
+    MLMule,
+    MLMuleCarryMerge,
+    MLMuleGated,
+)
 from mlmule_bench.mobility import (
     Meeting,
     Visit,
@@ -29,7 +36,15 @@ from mlmule_bench.mobility import (
     visits,
 )
 from mlmule_bench.peers import Budget, Exchanges, Peer
-from mlmule_bench.results import markdown_targets, spread, target_checks, time_to_target
+from mlmule_bench.results import (
+    markdown_tables,
+    markdown_targets,
+    spread,
+    summarise,
+    target_checks,
+    time_to_target,
+)
+from mlmule_bench.run import run_task
 from mlmule_bench.simulate import Method, Simulation
 from mlmule_bench.training import LocalExecutor
 from mlmule_core.families import FamilySpec
@@ -363,6 +378,39 @@ def test_fedavg_ft_shares_fedavg_s_global_model_and_serves_its_fine_tune(tmp_pat
     assert plain.global_scores == tuned.global_scores
     assert plain.final_global is not None
     assert tuned.scores != tuned.global_scores  # a client serves its own fine-tune
+
+
+def test_ablations_whose_knob_acts_only_where_spaces_train_reuse_ml_mule_s_mobile_runs(
+    tmp_path: Path,
+) -> None:
+    """Carrying a running merge and the guest gate act only in fixed-data mode: on a
+    mobile-data task their runs would be ML Mule's step for step (checked here by running
+    them), so a benchmark run reuses ML Mule's and says so."""
+    mobile = _simulation(TINY, "phone_activity", 0)
+    plain = mobile.run(MLMule)
+    for ablation in (MLMuleCarryMerge, MLMuleGated):
+        assert ablation.same_run_as(mobile.data) == MLMule.name
+        really = mobile.run(ablation)
+        assert (really.scores, really.final_units) == (plain.scores, plain.final_units)
+        assert really.ledger.as_dict() == plain.ledger.as_dict()
+        assert ablation.same_run_as(_simulation(TINY, "digits", 0).data) is None
+
+    methods = ["mlmule", "mlmule_carry_merge", "mlmule_gated"]
+    task_run = run_task(TINY, "phone_activity", 0, LocalExecutor(), methods=methods)
+    mine, *reused = task_run.runs
+    assert mine.wall_seconds > 0
+    for run in reused:
+        assert run.details["same_run_as"] == "mlmule"
+        assert (run.scores, run.wall_seconds) == (mine.scores, 0.0)
+    document = summarise(
+        TINY.with_overrides(seeds=(0,), tasks=("phone_activity",), methods=tuple(methods)),
+        [task_run.to_json()],
+        backend="local",
+        wall_seconds=1.0,
+    )
+    assert document["per_method"]["mlmule_gated"]["phone_activity"]["same_run_as"] == "mlmule"
+    assert document["per_method"]["mlmule"]["phone_activity"]["same_run_as"] is None
+    assert "| mlmule_gated (= mlmule) |" in markdown_tables(document)
 
 
 def test_a_sweep_reads_its_values_and_changes_one_setting() -> None:
