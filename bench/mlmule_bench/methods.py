@@ -555,6 +555,13 @@ class MLMule(PeerMethod):
     uses_relays = True
     promotes = True
     mule_carries: str | None = None  # None: the configuration's
+    # an ablation whose knob acts only where spaces train: in mobile-data mode its run is
+    # ML Mule's step for step
+    fixed_data_only = False
+
+    @classmethod
+    def same_run_as(cls, data: TaskData) -> str | None:
+        return MLMule.name if cls.fixed_data_only and not is_fixed(data.task) else None
 
     def __init__(self, sim: Simulation, root: Path) -> None:
         super().__init__(sim, root)
@@ -644,12 +651,9 @@ class MLMuleCarryMerge(MLMule):
 
     name = "mlmule_carry_merge"
     mule_carries = "merge"
-
-    @classmethod
-    def same_run_as(cls, data: TaskData) -> str | None:
-        # in mobile-data mode the phone trains and merges itself: what it carries from a
-        # space is the same either way (`Exchanges._mule_delivered`)
-        return None if is_fixed(data.task) else MLMule.name
+    # in mobile-data mode the phone trains and merges itself: what it carries from a space is
+    # the same either way (`Exchanges._mule_delivered`)
+    fixed_data_only = True
 
 
 class MLMuleNoFilter(MLMule):
@@ -672,12 +676,9 @@ class MLMuleNoFineTune(MLMule):
 class MLMuleGated(MLMule):
     name = "mlmule_gated"
     strategy_options = MappingProxyType({"gate": "guests", "gate_epsilon": GUEST_GATE_EPSILON})
-
-    @classmethod
-    def same_run_as(cls, data: TaskData) -> str | None:
-        # the gate judges a guest's model on the space's labels; in mobile-data mode a space
-        # has none (no evaluators: the gate keeps every merge) and phones take no guests
-        return None if is_fixed(data.task) else MLMule.name
+    # the gate judges a guest's model on the space's labels; in mobile-data mode a space has
+    # none (no evaluators: the gate keeps every merge) and phones take no guests
+    fixed_data_only = True
 
 
 METHOD_CLASSES: dict[str, type[Method]] = {

@@ -387,13 +387,15 @@ def test_ablations_whose_knob_acts_only_where_spaces_train_reuse_ml_mule_s_mobil
     mobile-data task their runs would be ML Mule's step for step (checked here by running
     them), so a benchmark run reuses ML Mule's and says so."""
     mobile = _simulation(TINY, "phone_activity", 0)
+    fixed = _simulation(TINY, "digits", 0)
     plain = mobile.run(MLMule)
+    assert MLMule.same_run_as(mobile.data) is None
     for ablation in (MLMuleCarryMerge, MLMuleGated):
         assert ablation.same_run_as(mobile.data) == MLMule.name
         really = mobile.run(ablation)
         assert (really.scores, really.final_units) == (plain.scores, plain.final_units)
         assert really.ledger.as_dict() == plain.ledger.as_dict()
-        assert ablation.same_run_as(_simulation(TINY, "digits", 0).data) is None
+        assert ablation.same_run_as(fixed.data) is None
 
     methods = ["mlmule", "mlmule_carry_merge", "mlmule_gated"]
     task_run = run_task(TINY, "phone_activity", 0, LocalExecutor(), methods=methods)
