@@ -521,8 +521,8 @@ def test_mlmule_single_merge_is_the_documented_formula(
     local = local_state(local_weights, n_local)
     state = model_state(incoming_weights, age=age, samples=n_in)
     result = merge(make_strategy("mlmule", alpha_max=alpha_max), local, [state])
-    # alpha = alpha_max * n_in / (n_in + n_local); staleness (1 + age / 6 h) ** -1.
-    mix = alpha_max * n_in / (n_in + n_local) / (1 + (NOW - state.data_time) / (6 * HOUR))
+    # alpha = alpha_max * n_in / (n_in + n_local); staleness (1 + age / 3 days) ** -1.
+    mix = alpha_max * n_in / (n_in + n_local) / (1 + (NOW - state.data_time) / (3 * DAY))
     assert result.decisions[0].weight == pytest.approx(mix, rel=1e-9)
     for name, value in result.weights.items():
         expected = (1 - mix) * local_weights[name].astype(np.float64) + mix * incoming_weights[name]

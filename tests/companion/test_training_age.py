@@ -112,9 +112,9 @@ def test_ml_mule_discounts_by_the_time_since_training() -> None:
         result = make_strategy("mlmule").aggregate(local, [incoming], now=NOW, context=context)
         assert result.decisions[0].accepted, label
         shares[label] = result.decisions[0].weight
-    # the same data time: only the training age tells them apart. s = 1 / (1 + age / 6 h)
-    assert shares["an hour"] == pytest.approx(0.5 / (1 + 1 / 6))
-    assert shares["three days"] == pytest.approx(0.5 / (1 + 72 / 6))
+    # the same data time: only the training age tells them apart. s = 1 / (1 + age / 72 h)
+    assert shares["an hour"] == pytest.approx(0.5 / (1 + 1 / 72))
+    assert shares["three days"] == pytest.approx(0.5 / 2)
 
 
 def test_the_freshness_filter_ages_by_training_and_old_snapshots_by_their_data() -> None:

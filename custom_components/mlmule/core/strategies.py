@@ -92,6 +92,8 @@ ADAPTIVE_CLIP_MIN_HISTORY: Final = 3
 STALENESS_KINDS: Final = ("polynomial", "constant", "hinge")
 FEDASYNC_CLOCKS: Final = ("time", "version")
 GATE_SCOPES: Final = ("guests", "all")
+# ML Mule's freshness half-life, calibrated on the benchmark (module docs, "Defaults")
+MLMULE_HALF_LIFE: Final = 3 * DAY
 
 Float64Array = npt.NDArray[np.float64]
 
@@ -671,7 +673,7 @@ class MLMule(MergingStrategy):
         alpha_max: float = 1.0,
         staleness: str = "polynomial",
         exponent: float = 1.0,
-        half_life: float = 6 * HOUR,
+        half_life: float = MLMULE_HALF_LIFE,
         hinge_after: float = 0.0,
         freshness_filter: bool = True,
         filter_k: float = 3.0,
