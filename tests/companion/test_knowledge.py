@@ -346,7 +346,7 @@ def test_the_ensemble_weighs_freshness_and_score() -> None:
     cache = KnowledgeCache()
     assert cache.ensemble(OCCUPANCY, now=NOW) is None
     cache.add("fresh", knowledge(1.0, trained_at=NOW, score=0.8), received_at=NOW)
-    cache.add("old", knowledge(0.0, trained_at=NOW - 6 * 3600, score=0.8), received_at=NOW)
+    cache.add("old", knowledge(0.0, trained_at=NOW - 3 * 86400, score=0.8), received_at=NOW)
     # the one trained a half-life ago counts half: (1 * 1 + 0.5 * 0) / 1.5
     ensemble = cache.ensemble(OCCUPANCY, now=NOW)
     assert ensemble is not None

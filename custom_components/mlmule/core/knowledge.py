@@ -75,7 +75,7 @@ from .snapshot import (
     verified_frame,
 )
 from .storage import atomic_write_text
-from .strategies import Staleness
+from .strategies import MLMULE_HALF_LIFE, Staleness
 from .weights import FloatArray
 
 __all__ = [
@@ -558,7 +558,6 @@ def _check_distribution(probabilities: FloatArray, tolerance: float) -> None:
 # The cache
 
 CACHE_FILE_VERSION: Final = 1
-DEFAULT_HALF_LIFE: Final = 6 * 3600.0  # as the weight path's freshness (docs/architecture.md)
 UNSCORED: Final = 0.5  # the score weight of knowledge whose producer stated no score
 MIN_SCORE_WEIGHT: Final = 0.05
 
@@ -572,7 +571,7 @@ class CacheEntry:
     received_at: float
     version: int = 0  # the contributor's version of it, kept so that a relay can pass it on
 
-    def weight(self, now: float, half_life: float = DEFAULT_HALF_LIFE) -> float:
+    def weight(self, now: float, half_life: float = MLMULE_HALF_LIFE) -> float:
         """Freshness (`(1 + age / half_life) ** -1` on the age since training, as ML Mule's
         pull) times the score weight (the producer's score, `UNSCORED` without one)."""
         freshness = Staleness(half_life=half_life, exponent=1.0).weight(
@@ -717,7 +716,7 @@ class KnowledgeCache:
         context_key: str,
         *,
         now: float,
-        half_life: float = DEFAULT_HALF_LIFE,
+        half_life: float = MLMULE_HALF_LIFE,
         exclude: frozenset[str] = frozenset(),
     ) -> FloatArray | None:
         """The freshness- and score-weighted mean of the key's probabilities (`CacheEntry
