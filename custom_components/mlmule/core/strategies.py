@@ -41,15 +41,20 @@ scored 0.600 with data ages and 0.767 with training ages, on a patched simulator
 on data age stays outside the strategies, before any of them sees a state: the host's
 `max_age_seconds` (90 days by default), which `snapshot.unpack` enforces on `data_time`.
 
-**Defaults, calibration pending.** ML Mule's `half_life` of 6 h with `exponent` 1 and the
-filter's `k` 3, floor 6 h and ceiling 30 days are kept from before the switch to training
-ages. Measured on the benchmark's digits task with training ages, they gave merge shares of
-about 0.22, and replacing the discount by a constant share of 0.5 did no better (0.863 against
-0.870 with it); so a longer half-life, which moves shares towards that constant, is not
-justified by the evidence either. A model carried for a day since its training keeps a fifth
-of a fresh one's pull, and the filter refuses only models far older than the ones this space
-usually sees. A calibration of the half-life and the filter over a full benchmark sweep is
-still to be done (docs/architecture.md, "Freshness").
+**Defaults, calibrated on the benchmark** (`bench/mlmule_bench`, 5 seeds, ML Mule's other
+defaults; `bench/results/learning_sweep_mlmule_options_half_life*.json`). `half_life` is
+`MLMULE_HALF_LIFE`, 3 days, with `exponent` 1: a model trained a day before it arrives keeps
+three quarters of a fresh one's pull, one trained three days before half. Swept over 6 hours,
+1, 3 and 10 days: digits 0.660, 0.739, 0.780 and 0.763 macro-F1; paper 0.940, 0.943, 0.940;
+phone activity 0.475, 0.475, 0.479; hapt 0.251, 0.241, 0.260; occupancy 0.983 throughout (10
+days on digits only). Six hours dated from when ages were taken from the data; counted from
+training, a model a mule brings a day after its training kept a fifth of a fresh one's pull,
+and homes learned little from each other. The longer
+half-life costs next-day regressions where merges now move models more (digits 78 -> 111 per
+run, paper 74 -> 113): each is judged by the promotion rule all the same. The freshness filter
+(`k` 3, floor 6 hours, ceiling 30 days) refuses only models far older than the ones this space
+usually sees; `mlmule_no_filter` measures it against no filter in the benchmark
+(bench/results/README.md, "Ablations").
 
 Strategies keep adaptive state: the recent ages for the freshness filter, and the recent
 update norms for adaptive clipping. `state_dict()` returns it as a JSON-able dict (the space
@@ -664,7 +669,7 @@ class MLMule(MergingStrategy):
     Defaults: `alpha_max` 1 makes a fresh merge the pairwise sample-weighted mean (FedAvg between
     the two), so staleness and the filter are exactly what sets ML Mule apart. `exponent` 1
     makes `half_life` what its name says: the age at which a snapshot counts half. Why these
-    values, and what is still to calibrate: module docs.
+    values: module docs.
     """
 
     def __init__(
