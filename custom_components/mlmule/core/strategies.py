@@ -51,12 +51,11 @@ days on digits only). Six hours dated from when ages were taken from the data; c
 training, a model a mule brings a day after its training kept a fifth of a fresh one's pull,
 and homes learned little from each other. The longer half-life costs next-day regressions
 where merges now move models more (digits 78 -> 111 per run, paper 74 -> 113): each is judged
-by the promotion rule all the same. The freshness filter
-(`k` 3, floor 6 hours, ceiling 30 days) refuses only models far older than the ones this space
-usually sees. Against no filter (`mlmule_no_filter`, 3-day half-life) the benchmark ends
-within 0.004 on every task, with more next-day regressions on four tasks of five: it is kept as
-a guard against snapshots far older than usual, not for accuracy (bench/results/README.md,
-"Ablations").
+by the promotion rule all the same. The freshness filter (`k` 3, floor 6 hours, ceiling 30
+days) refuses only models far older than the ones this space usually sees. Against no filter
+(`mlmule_no_filter`, 3-day half-life) the benchmark ends within 0.004 on every task, with more
+next-day regressions on four tasks of five: it is kept as a guard against snapshots far older
+than usual, not for accuracy (bench/results/README.md, "Ablations").
 
 Strategies keep adaptive state: the recent ages for the freshness filter, and the recent
 update norms for adaptive clipping. `state_dict()` returns it as a JSON-able dict (the space
