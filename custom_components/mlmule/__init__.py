@@ -52,7 +52,6 @@ from .const import (
     CONF_TOPIC_PREFIX,
     DATA_CLOCK,
     DEFAULT_GATE_EPSILON,
-    DEFAULT_HALF_LIFE_HOURS,
     DEFAULT_HISTORY_DAYS,
     DEFAULT_MAX_SNAPSHOT_MIB,
     DEFAULT_MAX_UNAVAILABLE,
@@ -273,9 +272,9 @@ def host_settings(
         "gate": "guests",
         "gate_epsilon": float(options.get(CONF_GATE_EPSILON, DEFAULT_GATE_EPSILON)),
     }
-    if strategy != "fedavg":
-        hours = float(options.get(CONF_HALF_LIFE_HOURS, DEFAULT_HALF_LIFE_HOURS))
-        strategy_options["half_life"] = hours * 3600.0
+    # without a saved half-life each strategy keeps its own calibrated default
+    if strategy != "fedavg" and (hours := options.get(CONF_HALF_LIFE_HOURS)) is not None:
+        strategy_options["half_life"] = float(hours) * 3600.0
     max_bytes = int(options.get(CONF_MAX_SNAPSHOT_MIB, DEFAULT_MAX_SNAPSHOT_MIB)) * 2**20
     return HostSettings(
         strategy=strategy,

@@ -11,7 +11,6 @@ from homeassistant.util.hass_dict import HassKey
 from .core.clock import ReplayClock
 from .core.hysteresis import HysteresisConfig
 from .core.snapshot import DEFAULT_LIMITS
-from .core.strategies import HOUR, MLMULE_HALF_LIFE
 
 DOMAIN: Final = "mlmule"
 LOGGER: Final = logging.getLogger(__package__)
@@ -62,7 +61,6 @@ CONF_GATE_EPSILON: Final = "gate_epsilon"
 CONF_MAX_SNAPSHOT_MIB: Final = "max_snapshot_mib"
 DEFAULT_HISTORY_DAYS: Final = 10  # the recorder's default retention
 DEFAULT_STRATEGY: Final = "mlmule"
-DEFAULT_HALF_LIFE_HOURS: Final = MLMULE_HALF_LIFE / HOUR
 DEFAULT_GATE_EPSILON: Final = 0.02
 DEFAULT_MAX_SNAPSHOT_MIB: Final = DEFAULT_LIMITS.max_bytes // 2**20
 

@@ -109,7 +109,6 @@ async def set_up_home(
         {
             "history_days": scenario.history_days,
             "strategy": "mlmule",
-            "half_life_hours": 72.0,
             "gate_epsilon": 0.02,
             "max_snapshot_mib": 4,
         },

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pytest
 from homeassistant import config_entries
 from homeassistant.core import HomeAssistant
 from homeassistant.data_entry_flow import FlowResultType
@@ -10,6 +11,11 @@ from pytest_homeassistant_custom_component.typing import MqttMockHAClient
 
 from custom_components.mlmule import host_settings
 from custom_components.mlmule.const import CONF_HOME_NAME, CONF_TOPIC_PREFIX, DOMAIN
+from custom_components.mlmule.core.strategies import (
+    FEDASYNC_HALF_LIFE,
+    MLMULE_HALF_LIFE,
+    make_strategy,
+)
 
 
 async def test_user_step_creates_the_hub(hass: HomeAssistant, mqtt_mock: MqttMockHAClient) -> None:
@@ -97,3 +103,34 @@ async def test_options_change_how_spaces_merge_and_reload_the_hub(
         "half_life": 43200.0,
     }
     assert settings.limits.max_bytes == 2 * 2**20
+
+
+@pytest.mark.parametrize(
+    ("strategy", "half_life"), [("mlmule", MLMULE_HALF_LIFE), ("fedasync", FEDASYNC_HALF_LIFE)]
+)
+async def test_an_empty_half_life_keeps_each_strategys_calibrated_default(
+    hass: HomeAssistant, mqtt_mock: MqttMockHAClient, strategy: str, half_life: float
+) -> None:
+    entry = MockConfigEntry(
+        domain=DOMAIN, data={CONF_HOME_NAME: "Home", CONF_TOPIC_PREFIX: "mlmule"}
+    )
+    entry.add_to_hass(hass)
+    assert await hass.config_entries.async_setup(entry.entry_id)
+    await hass.async_block_till_done()
+
+    result = await hass.config_entries.options.async_init(entry.entry_id)
+    options = {
+        "history_days": 10,
+        "strategy": strategy,
+        "gate_epsilon": 0.02,
+        "max_snapshot_mib": 4,
+    }
+    result = await hass.config_entries.options.async_configure(result["flow_id"], options)
+    assert result["type"] is FlowResultType.CREATE_ENTRY
+    await hass.async_block_till_done()
+    assert "half_life_hours" not in entry.options
+
+    settings = host_settings(entry.options)
+    assert "half_life" not in settings.strategy_options
+    described = make_strategy(settings.strategy, **settings.strategy_options).describe()
+    assert (described["gate"], described["half_life"]) == ("guests", half_life)

@@ -100,6 +100,8 @@ FEDASYNC_CLOCKS: Final = ("time", "version")
 GATE_SCOPES: Final = ("guests", "all")
 # ML Mule's freshness half-life, calibrated on the benchmark (module docs, "Defaults")
 MLMULE_HALF_LIFE: Final = 3 * DAY
+# FedAsync's staleness scale on the "time" clock: the benchmark's `fedasync` runs with it
+FEDASYNC_HALF_LIFE: Final = 6 * HOUR
 
 Float64Array = npt.NDArray[np.float64]
 
@@ -630,7 +632,7 @@ class FedAsync(MergingStrategy):
         _check_real("alpha", alpha, low=0.0, high=1.0, low_open=True)
         _check_choice("clock", clock, FEDASYNC_CLOCKS)
         if half_life is None:
-            half_life = 6 * HOUR if clock == "time" else 1.0
+            half_life = FEDASYNC_HALF_LIFE if clock == "time" else 1.0
         self.alpha = float(alpha)
         self.clock = clock
         self.staleness = Staleness(staleness, half_life, exponent, hinge_after)
