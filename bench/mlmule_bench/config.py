@@ -33,7 +33,7 @@ METHODS = (
     "mlmule_carry_merge",
     "mlmule_no_filter",
     "mlmule_personal",
-    "mlmule_gated",
+    "mlmule_no_gate",
     "mlmule_no_fine_tune",
 )
 MLMULE_METHODS = frozenset(name for name in METHODS if name.startswith("mlmule"))

@@ -554,6 +554,10 @@ class MLMule(PeerMethod):
     name = "mlmule"
     uses_relays = True
     promotes = True
+    # the product's guest gate (`host_settings` in the integration): it judges a guest's model
+    # on the space's labels; in mobile-data mode a space has none (no evaluators: the gate
+    # keeps every merge) and phones take no guests
+    strategy_options = MappingProxyType({"gate": "guests", "gate_epsilon": GUEST_GATE_EPSILON})
     mule_carries: str | None = None  # None: the configuration's
     # an ablation whose knob acts only where spaces train: in mobile-data mode its run is
     # ML Mule's step for step
@@ -658,7 +662,7 @@ class MLMuleCarryMerge(MLMule):
 
 class MLMuleNoFilter(MLMule):
     name = "mlmule_no_filter"
-    strategy_options = MappingProxyType({"freshness_filter": False})
+    strategy_options = MappingProxyType({**MLMule.strategy_options, "freshness_filter": False})
 
 
 class MLMulePersonal(MLMule):
@@ -673,11 +677,11 @@ class MLMuleNoFineTune(MLMule):
     promotion_options = MappingProxyType({"fine_tune_refused": False})
 
 
-class MLMuleGated(MLMule):
-    name = "mlmule_gated"
-    strategy_options = MappingProxyType({"gate": "guests", "gate_epsilon": GUEST_GATE_EPSILON})
-    # the gate judges a guest's model on the space's labels; in mobile-data mode a space has
-    # none (no evaluators: the gate keeps every merge) and phones take no guests
+class MLMuleNoGate(MLMule):
+    """Guests' snapshots merge without the validation gate (the promotion rule still judges)."""
+
+    name = "mlmule_no_gate"
+    strategy_options = MappingProxyType({})
     fixed_data_only = True
 
 
@@ -695,7 +699,7 @@ METHOD_CLASSES: dict[str, type[Method]] = {
         MLMuleCarryMerge,
         MLMuleNoFilter,
         MLMulePersonal,
-        MLMuleGated,
+        MLMuleNoGate,
         MLMuleNoFineTune,
     )
 }

@@ -28,7 +28,7 @@ STYLE = {
     "mlmule_carry_merge": ("tab:green", "-."),
     "mlmule_no_filter": ("tab:orange", ":"),
     "mlmule_personal": ("tab:purple", "-."),
-    "mlmule_gated": ("tab:pink", "--"),
+    "mlmule_no_gate": ("tab:pink", "--"),
     "mlmule_no_fine_tune": ("tab:red", ":"),
 }
 TITLES = {

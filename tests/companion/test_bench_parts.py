@@ -25,7 +25,7 @@ from mlmule_bench.methods import (
     Gossip,
     MLMule,
     MLMuleCarryMerge,
-    MLMuleGated,
+    MLMuleNoGate,
 )
 from mlmule_bench.mobility import (
     Meeting,
@@ -390,14 +390,14 @@ def test_ablations_whose_knob_acts_only_where_spaces_train_reuse_ml_mule_s_mobil
     fixed = _simulation(TINY, "digits", 0)
     plain = mobile.run(MLMule)
     assert MLMule.same_run_as(mobile.data) is None
-    for ablation in (MLMuleCarryMerge, MLMuleGated):
+    for ablation in (MLMuleCarryMerge, MLMuleNoGate):
         assert ablation.same_run_as(mobile.data) == MLMule.name
         really = mobile.run(ablation)
         assert (really.scores, really.final_units) == (plain.scores, plain.final_units)
         assert really.ledger.as_dict() == plain.ledger.as_dict()
         assert ablation.same_run_as(fixed.data) is None
 
-    methods = ["mlmule", "mlmule_carry_merge", "mlmule_gated"]
+    methods = ["mlmule", "mlmule_carry_merge", "mlmule_no_gate"]
     task_run = run_task(TINY, "phone_activity", 0, LocalExecutor(), methods=methods)
     mine, *reused = task_run.runs
     assert mine.wall_seconds > 0
@@ -410,9 +410,9 @@ def test_ablations_whose_knob_acts_only_where_spaces_train_reuse_ml_mule_s_mobil
         backend="local",
         wall_seconds=1.0,
     )
-    assert document["per_method"]["mlmule_gated"]["phone_activity"]["same_run_as"] == "mlmule"
+    assert document["per_method"]["mlmule_no_gate"]["phone_activity"]["same_run_as"] == "mlmule"
     assert document["per_method"]["mlmule"]["phone_activity"]["same_run_as"] is None
-    assert "| mlmule_gated (= mlmule) |" in markdown_tables(document)
+    assert "| mlmule_no_gate (= mlmule) |" in markdown_tables(document)
 
 
 def test_a_sweep_reads_its_values_and_changes_one_setting() -> None:

@@ -42,20 +42,20 @@ on data age stays outside the strategies, before any of them sees a state: the h
 `max_age_seconds` (90 days by default), which `snapshot.unpack` enforces on `data_time`.
 
 **Defaults, calibrated on the benchmark** (`bench/mlmule_bench`, 5 seeds, ML Mule's other
-defaults; `bench/results/learning_sweep_mlmule_options_half_life*.json`). `half_life` is
-`MLMULE_HALF_LIFE`, 3 days, with `exponent` 1: a model trained a day before it arrives keeps
-three quarters of a fresh one's pull, one trained three days before half. Swept over 6 hours,
-1, 3 and 10 days: digits 0.660, 0.739, 0.780 and 0.763 macro-F1; paper 0.940, 0.943, 0.940;
-phone activity 0.475, 0.475, 0.479; hapt 0.251, 0.241, 0.260; occupancy 0.983 throughout (10
-days on digits only). Six hours dated from when ages were taken from the data; counted from
-training, a model a mule brings a day after its training kept a fifth of a fresh one's pull,
-and homes learned little from each other. The longer half-life costs next-day regressions
-where merges now move models more (digits 78 -> 111 per run, paper 74 -> 113): each is judged
-by the promotion rule all the same. The freshness filter (`k` 3, floor 6 hours, ceiling 30
-days) refuses only models far older than the ones this space usually sees. Against no filter
-(`mlmule_no_filter`, 3-day half-life) the benchmark ends within 0.004 on every task, with more
-next-day regressions on four tasks of five: it is kept as a guard against snapshots far older
-than usual, not for accuracy (bench/results/README.md, "Ablations").
+defaults but the guest gate; `bench/results/learning_sweep_mlmule_options_half_life*.json`).
+`half_life` is `MLMULE_HALF_LIFE`, 3 days, with `exponent` 1: a model trained a day before it
+arrives keeps three quarters of a fresh one's pull, one trained three days before half. Swept
+over 6 hours, 1, 3 and 10 days: digits 0.660, 0.739, 0.780 and 0.763 macro-F1; paper 0.940,
+0.943, 0.940; phone activity 0.475, 0.475, 0.479; hapt 0.251, 0.241, 0.260; occupancy 0.983
+throughout (10 days on digits only). Six hours dated from when ages were taken from the data;
+counted from training, a model a mule brings a day after its training kept a fifth of a fresh
+one's pull, and homes learned little from each other. The longer half-life costs next-day
+regressions where merges now move models more (digits 78 -> 111 per run, paper 74 -> 113): each
+is judged by the promotion rule all the same. The freshness filter (`k` 3, floor 6 hours,
+ceiling 30 days) refuses only models far older than the ones this space usually sees. Against no
+filter (`mlmule_no_filter`, 3-day half-life) the benchmark ends within 0.002 on every task, with
+more next-day regressions on four tasks of five: it is kept as a guard against snapshots far
+older than usual, not for accuracy (bench/results/README.md, "Ablations").
 
 Strategies keep adaptive state: the recent ages for the freshness filter, and the recent
 update norms for adaptive clipping. `state_dict()` returns it as a JSON-able dict (the space
