@@ -74,9 +74,12 @@ from mlmule_core.features import FeatureSchema  # noqa: E402
 from mlmule_core.host import ModelHost, TrainingJob, score  # noqa: E402
 from mlmule_core.identity import TrustStore  # noqa: E402
 from mlmule_core.knowledge import (  # noqa: E402
+    DEFAULT_KNOWLEDGE_COMPRESSION,
     DEFAULT_PROXY_SIZE,
+    KNOWLEDGE_COMPRESSIONS,
     Knowledge,
     KnowledgeCache,
+    KnowledgeCompression,
     knowledge_of,
     proxy_set,
     seal_knowledge,
@@ -110,20 +113,23 @@ METHODS = (
     "mlmule_weights",
     "mlmule_knowledge",
     "mlmule_both",
-    "mlmule_knowledge_int8",
+    "mlmule_knowledge_fp16",
     "fedcache_real",
 )
 MODES = {
     "mlmule_weights": ("weights",),
     "mlmule_knowledge": ("knowledge",),
     "mlmule_both": ("weights", "knowledge"),
-    "mlmule_knowledge_int8": ("knowledge",),
+    "mlmule_knowledge_fp16": ("knowledge",),
     "fedcache_real": ("real",),
 }
-# method -> (proxy rows, compression) of its knowledge snapshots, where not the defaults
-SMALL_KNOWLEDGE = {"mlmule_knowledge_int8": (128, "int8")}
+# method -> (proxy rows, compression) of its knowledge snapshots, where not the product's
+# defaults (int8 on DEFAULT_PROXY_SIZE rows): the defaults before they were measured
+OTHER_KNOWLEDGE_FORMAT: dict[str, tuple[int, KnowledgeCompression]] = {
+    "mlmule_knowledge_fp16": (256, "fp16")
+}
 DISTILL_WEIGHT = 0.5  # the distillation term's mass against the labelled term's
-REAL_ROWS = 256  # fedcache_real: the real samples a producer's knowledge covers (= proxy size)
+REAL_ROWS = DEFAULT_PROXY_SIZE  # fedcache_real: the real samples a producer's knowledge covers
 REAL_CONTRIBUTORS = 4  # fedcache_real: the freshest contributors a peer keeps samples of
 SCORED_MIN = 10  # fewer held-out samples: knowledge goes unscored
 HASH_BYTES = 32  # fedcache_real: what relates one sample (FedCache sends a hash per sample)
@@ -403,7 +409,9 @@ class HeteroMethod(PeerMethod):
             arch_of_home=setting.arch_of_home,
         )
         (self.key,) = sim.data.context_keys
-        rows, self.compression = SMALL_KNOWLEDGE.get(self.name, (DEFAULT_PROXY_SIZE, "fp16"))
+        rows, self.compression = OTHER_KNOWLEDGE_FORMAT.get(
+            self.name, (DEFAULT_PROXY_SIZE, DEFAULT_KNOWLEDGE_COMPRESSION)
+        )
         self.proxy = proxy_set(setting.schema, size=rows)
         self.units = {unit.learner: unit for unit in sim.data.units}
         self.learners = self.build_learners()
@@ -620,7 +628,7 @@ class HeteroMethod(PeerMethod):
             peer.host.identity,
             version=version,
             created_at=now,
-            compression=self.compression,  # type: ignore[arg-type]
+            compression=self.compression,
         )
 
     # -- distillation
@@ -809,7 +817,8 @@ def distillation_times(config: BenchConfig, seed: int, repeats: int = 3) -> dict
 def snapshot_sizes(config: BenchConfig, seed: int) -> dict[str, Any]:
     """Bytes of one signed snapshot per task: the weights of each model size, as a host
     exports them (uncompressed, the product's default, and fp16/int8), and one knowledge
-    snapshot (fp16, the default, and int8) on the key's proxy set."""
+    snapshot (int8, the default, and fp16) on the key's proxy set, and on proxy sets of other
+    sizes."""
     sizes: dict[str, Any] = {}
     identity = seeded_identity(seed, "space", "sizes")
     for task in TASKS:
@@ -851,27 +860,29 @@ def snapshot_sizes(config: BenchConfig, seed: int) -> dict[str, Any]:
                 )
                 for compression in ("fp16", "int8")
             }
-            # what a smaller proxy set would cost (int8): the size is K-core's DEFAULT_PROXY_SIZE
-            entry["knowledge_int8_by_proxy_size"] = {
-                str(rows): len(
-                    seal_knowledge(
-                        knowledge_of(
-                            arch.spec,
-                            arch.initial,
-                            arch.schema,
-                            key,
-                            samples=0,
-                            score=None,
-                            trained_at=world.start,
-                            proxy=proxy_set(setting.schema, size=rows),
-                        ),
-                        identity,
-                        version=1,
-                        created_at=world.start,
-                        compression="int8",
+            entry["knowledge_by_proxy_size"] = {
+                compression: {
+                    str(rows): len(
+                        seal_knowledge(
+                            knowledge_of(
+                                arch.spec,
+                                arch.initial,
+                                arch.schema,
+                                key,
+                                samples=0,
+                                score=None,
+                                trained_at=world.start,
+                                proxy=proxy_set(setting.schema, size=rows),
+                            ),
+                            identity,
+                            version=1,
+                            created_at=world.start,
+                            compression=compression,
+                        )
                     )
-                )
-                for rows in (64, 128, 256)
+                    for rows in (64, 128, 256)
+                }
+                for compression in KNOWLEDGE_COMPRESSIONS
             }
         sizes[task] = entry
     return sizes

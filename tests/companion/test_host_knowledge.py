@@ -11,7 +11,13 @@ from mlmule_core import families
 from mlmule_core.features import room_schema
 from mlmule_core.host import ModelHost
 from mlmule_core.identity import Identity
-from mlmule_core.knowledge import payload_kind, seal_knowledge, unpack_knowledge
+from mlmule_core.knowledge import (
+    knowledge_of,
+    payload_kind,
+    proxy_set,
+    seal_knowledge,
+    unpack_knowledge,
+)
 from mlmule_core.onnx import OnnxModel
 from mlmule_core.promotion import Change
 from mlmule_core.train_numpy import TrainConfig
@@ -154,6 +160,30 @@ def test_a_host_without_labels_caches_and_relays_knowledge(
     reopened = ModelHost(tmp_path / "mule", mule.identity, mule.trust)
     assert reopened.knowledge.as_dict() == mule.knowledge.as_dict()
     assert reopened.status()["knowledge"][KEY][teacher.identity.id]["score"] is not None
+
+
+def test_knowledge_cached_on_an_older_proxy_set_is_not_relayed(
+    homes: tuple[ModelHost, ModelHost, ModelHost],
+) -> None:
+    """Knowledge a host cached before an update changed the key's proxy set (256 rows, the
+    earlier default) is held, not passed on: every receiver would refuse it."""
+    _, teacher, mule = homes
+    slot = teacher.slot(KEY)
+    older = knowledge_of(
+        slot.spec,
+        slot.weights,
+        slot.schema,
+        KEY,
+        samples=10,
+        score=None,
+        trained_at=NOW,
+        proxy=proxy_set(slot.schema, size=256),
+    )
+    assert mule.knowledge.add(teacher.identity.id, older, received_at=NOW)
+    assert mule.relayed_knowledge(KEY, now=NOW + 50) == []
+    mule.receive_knowledge(teacher.knowledge_snapshot(KEY, now=NOW + 30), now=NOW + 40)
+    [relayed] = mule.relayed_knowledge(KEY, now=NOW + 50)
+    assert unpack_knowledge(relayed, trust=mule.identity, expected_proxy=mule.expected_proxy())
 
 
 def test_its_own_knowledge_coming_back_changes_nothing(

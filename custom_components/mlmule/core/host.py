@@ -43,6 +43,7 @@ from .families import FamilySpec
 from .features import FeatureSchema
 from .identity import Identity, Verifier
 from .knowledge import (
+    DEFAULT_KNOWLEDGE_COMPRESSION,
     KnowledgeCache,
     KnowledgeCompression,
     KnowledgeSnapshot,
@@ -903,7 +904,7 @@ class ModelHost:
         context_key: str,
         *,
         now: float | None = None,
-        compression: KnowledgeCompression = "fp16",
+        compression: KnowledgeCompression = DEFAULT_KNOWLEDGE_COMPRESSION,
     ) -> bytes:
         """The current model's knowledge of `context_key`, signed by this host. Its version is
         the model's, so knowledge of one model is accepted once by each receiver."""
@@ -942,13 +943,20 @@ class ModelHost:
         context_key: str,
         *,
         now: float | None = None,
-        compression: KnowledgeCompression = "fp16",
+        compression: KnowledgeCompression = DEFAULT_KNOWLEDGE_COMPRESSION,
     ) -> list[bytes]:
         """The cached knowledge of other contributors for `context_key`, re-signed by this host
-        with the contributor first in the lineage (a relay space or a mule passing it on)."""
+        with the contributor first in the lineage (a relay space or a mule passing it on).
+        Knowledge cached on another proxy set than the key's model uses now (before an update
+        changed the set) is not passed on: receivers would refuse it."""
         now = self.settings.clock() if now is None else now
         with self.lock:
-            entries = self.knowledge.entries(context_key)
+            current = self.expected_proxy().get(context_key)
+            entries = [
+                e
+                for e in self.knowledge.entries(context_key)
+                if current in (None, e.knowledge.proxy_id)
+            ]
         return [
             seal_knowledge(
                 entry.knowledge,

@@ -27,8 +27,11 @@ differ in their window share the proxy set.
 The container is the signed snapshot container (`snapshot.py`), header `payload: "knowledge"`
 (listed in `critical`), `proxy_id`, `proxy_size`, `n_outputs` and optional `score`; its body
 is the probability matrix `[proxy_size, n_outputs]`, row-major, in the tensor section's format:
-float16 (default) or int8 with one scale. `arch_hash` names the producer's architecture,
-`schema_hash` its feature schema. See docs/protocol.md, "Knowledge containers".
+int8 with one scale (default) or float16. The defaults, int8 on 128 proxy rows, were measured in
+the knowledge benchmark against float16 on 256 rows: level within the seed spread, at a third of
+the bytes (bench/results/README.md, "Knowledge between different models"). `arch_hash` names
+the producer's architecture, `schema_hash` its feature schema. See docs/protocol.md, "Knowledge
+containers".
 """
 
 from __future__ import annotations
@@ -79,7 +82,9 @@ from .strategies import MLMULE_HALF_LIFE, Staleness
 from .weights import FloatArray
 
 __all__ = [
+    "DEFAULT_KNOWLEDGE_COMPRESSION",
     "DEFAULT_PROXY_SIZE",
+    "KNOWLEDGE_COMPRESSIONS",
     "KNOWLEDGE_FORMAT",
     "CacheEntry",
     "Knowledge",
@@ -98,11 +103,12 @@ _LOGGER = logging.getLogger(__name__)
 
 KNOWLEDGE_FORMAT: Final = "mlmule-knowledge/1"
 PROXY_GENERATOR: Final = "mlmule-proxy/1"  # bump when the generated inputs change
-DEFAULT_PROXY_SIZE: Final = 256
+DEFAULT_PROXY_SIZE: Final = 128
 MAX_PROXY_SIZE: Final = 4096
 MAX_OUTPUTS: Final = families.MAX_CLASSES
 KnowledgeCompression = Literal["fp16", "int8"]
 KNOWLEDGE_COMPRESSIONS: Final[tuple[KnowledgeCompression, ...]] = ("fp16", "int8")
+DEFAULT_KNOWLEDGE_COMPRESSION: Final[KnowledgeCompression] = "int8"
 PROBABILITIES: Final = "probabilities"  # the body's one tensor
 
 # How far a decoded row may stray from a probability distribution: rounding only.
@@ -365,7 +371,7 @@ def seal_knowledge(
     version: int,
     created_at: float,
     lineage: Sequence[str] = (),
-    compression: KnowledgeCompression = "fp16",
+    compression: KnowledgeCompression = DEFAULT_KNOWLEDGE_COMPRESSION,
     limits: SnapshotLimits = DEFAULT_LIMITS,
 ) -> bytes:
     """Sign `knowledge` into a container. A relay passes on a contributor's knowledge with the
