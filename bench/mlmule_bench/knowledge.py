@@ -72,7 +72,7 @@ from mlmule_core import families  # noqa: E402
 from mlmule_core.errors import MlmuleError  # noqa: E402
 from mlmule_core.features import FeatureSchema  # noqa: E402
 from mlmule_core.host import ModelHost, TrainingJob, score  # noqa: E402
-from mlmule_core.identity import TrustStore  # noqa: E402
+from mlmule_core.identity import Identity, TrustStore  # noqa: E402
 from mlmule_core.knowledge import (  # noqa: E402
     DEFAULT_KNOWLEDGE_COMPRESSION,
     DEFAULT_PROXY_SIZE,
@@ -839,46 +839,22 @@ def snapshot_sizes(config: BenchConfig, seed: int) -> dict[str, Any]:
                     "weights_int8": len(host.export(key, compression="int8")),
                     "parameters": int(sum(v.size for v in arch.initial.values())),
                 }
-            knowledge = knowledge_of(
-                arch.spec,
-                arch.initial,
-                arch.schema,
-                key,
-                samples=0,
-                score=None,
-                trained_at=world.start,
-            )
+            # knowledge of the largest size's starting model
             entry["knowledge"] = {
-                compression: len(
-                    seal_knowledge(
-                        knowledge,
-                        identity,
-                        version=1,
-                        created_at=world.start,
-                        compression=compression,
-                    )
+                compression: _knowledge_bytes(
+                    arch,
+                    key,
+                    identity,
+                    world.start,
+                    compression=compression,
+                    rows=DEFAULT_PROXY_SIZE,
                 )
-                for compression in ("fp16", "int8")
+                for compression in KNOWLEDGE_COMPRESSIONS
             }
             entry["knowledge_by_proxy_size"] = {
                 compression: {
-                    str(rows): len(
-                        seal_knowledge(
-                            knowledge_of(
-                                arch.spec,
-                                arch.initial,
-                                arch.schema,
-                                key,
-                                samples=0,
-                                score=None,
-                                trained_at=world.start,
-                                proxy=proxy_set(setting.schema, size=rows),
-                            ),
-                            identity,
-                            version=1,
-                            created_at=world.start,
-                            compression=compression,
-                        )
+                    str(rows): _knowledge_bytes(
+                        arch, key, identity, world.start, compression=compression, rows=rows
                     )
                     for rows in (64, 128, 256)
                 }
@@ -886,6 +862,31 @@ def snapshot_sizes(config: BenchConfig, seed: int) -> dict[str, Any]:
             }
         sizes[task] = entry
     return sizes
+
+
+def _knowledge_bytes(
+    arch: Architecture,
+    key: str,
+    identity: Identity,
+    at: float,
+    *,
+    compression: KnowledgeCompression,
+    rows: int,
+) -> int:
+    """Bytes of one signed knowledge snapshot of `arch`'s starting model on `rows` proxy rows."""
+    knowledge = knowledge_of(
+        arch.spec,
+        arch.initial,
+        arch.schema,
+        key,
+        samples=0,
+        score=None,
+        trained_at=at,
+        proxy=proxy_set(arch.schema, size=rows),
+    )
+    return len(
+        seal_knowledge(knowledge, identity, version=1, created_at=at, compression=compression)
+    )
 
 
 # --- the document --------------------------------------------------------------------------------

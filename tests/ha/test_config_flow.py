@@ -66,15 +66,20 @@ async def test_only_one_hub_per_instance(hass: HomeAssistant, mqtt_mock: MqttMoc
     assert result["reason"] == "single_instance_allowed"
 
 
-async def test_options_change_how_spaces_merge_and_reload_the_hub(
-    hass: HomeAssistant, mqtt_mock: MqttMockHAClient
-) -> None:
+async def _set_up_hub(hass: HomeAssistant) -> MockConfigEntry:
     entry = MockConfigEntry(
         domain=DOMAIN, data={CONF_HOME_NAME: "Home", CONF_TOPIC_PREFIX: "mlmule"}
     )
     entry.add_to_hass(hass)
     assert await hass.config_entries.async_setup(entry.entry_id)
     await hass.async_block_till_done()
+    return entry
+
+
+async def test_options_change_how_spaces_merge_and_reload_the_hub(
+    hass: HomeAssistant, mqtt_mock: MqttMockHAClient
+) -> None:
+    entry = await _set_up_hub(hass)
     first_exchange = entry.runtime_data.exchange
 
     result = await hass.config_entries.options.async_init(entry.entry_id)
@@ -111,12 +116,7 @@ async def test_options_change_how_spaces_merge_and_reload_the_hub(
 async def test_an_empty_half_life_keeps_each_strategys_calibrated_default(
     hass: HomeAssistant, mqtt_mock: MqttMockHAClient, strategy: str, half_life: float
 ) -> None:
-    entry = MockConfigEntry(
-        domain=DOMAIN, data={CONF_HOME_NAME: "Home", CONF_TOPIC_PREFIX: "mlmule"}
-    )
-    entry.add_to_hass(hass)
-    assert await hass.config_entries.async_setup(entry.entry_id)
-    await hass.async_block_till_done()
+    entry = await _set_up_hub(hass)
 
     result = await hass.config_entries.options.async_init(entry.entry_id)
     options = {
