@@ -122,9 +122,8 @@ class PhoneKnowledge:
     def offer_for(self, home_id: str, context_key: str, *, now: float) -> Sealed | None:
         """The phone's knowledge of `context_key` for `home_id`: its cache's ensemble without
         that home's contribution; None when nothing else is known."""
-        if self._on_old_proxy_set(context_key):
-            return None
-        entries = [e for e in self.cache.entries(context_key) if e.contributor != home_id]
+        current = self.cache.entries(context_key, proxy_id=expected_proxies().get(context_key))
+        entries = [e for e in current if e.contributor != home_id]
         probabilities = self.cache.ensemble(context_key, now=now, exclude=frozenset({home_id}))
         if probabilities is None or not entries:
             return None
@@ -159,24 +158,14 @@ class PhoneKnowledge:
         )
         return Sealed(info, container)
 
-    def _on_old_proxy_set(self, context_key: str) -> bool:
-        """Whether the key's cached knowledge was made on another proxy set than its knowledge
-        must use now (cached before an update changed the set); the next knowledge on the
-        current set replaces it."""
-        entries = self.cache.entries(context_key)
-        return bool(entries) and entries[0].knowledge.proxy_id != expected_proxies().get(
-            context_key
-        )
-
     def distillation(
         self, context_key: str, *, now: float, exclude: frozenset[str]
     ) -> tuple[Distillation, int] | None:
         """The distillation term towards the ensemble of the cache without `exclude` (the
         phone's own model: distilling towards itself adds nothing) on the key's proxy set, and
         how many contributors it holds; None when no one else's knowledge is cached."""
-        if self._on_old_proxy_set(context_key):
-            return None
-        contributors = [e for e in self.cache.entries(context_key) if e.contributor not in exclude]
+        current = self.cache.entries(context_key, proxy_id=expected_proxies().get(context_key))
+        contributors = [e for e in current if e.contributor not in exclude]
         ensemble = self.cache.ensemble(context_key, now=now, exclude=exclude)
         if ensemble is None or not contributors:
             return None

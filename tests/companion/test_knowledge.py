@@ -25,7 +25,7 @@ from mlmule_core.errors import (
     WrongPayload,
     WrongProxySet,
 )
-from mlmule_core.families import MODEL_SIZES, ModelSize
+from mlmule_core.families import DEFAULT_MODEL_SIZE, MODEL_SIZES, ModelSize
 from mlmule_core.features import ROOM_FEATURES, FeatureSchema
 from mlmule_core.identity import Identity, TrustEntry, TrustStore
 from mlmule_core.knowledge import (
@@ -71,8 +71,10 @@ def schema(window: tuple[int, ...] = (0,)) -> FeatureSchema:
     )
 
 
-def starter_knowledge(context_key: str, *, score: float | None = 0.8) -> Knowledge:
-    model = load_starter(context_key)
+def starter_knowledge(
+    context_key: str, *, score: float | None = 0.8, model_size: ModelSize = DEFAULT_MODEL_SIZE
+) -> Knowledge:
+    model = load_starter(context_key, model_size=model_size)
     return knowledge_of(
         model.spec,
         model.weights,
@@ -192,15 +194,7 @@ def test_knowledge_is_far_smaller_than_the_weights_it_stands_for(model_size: Mod
             1,
         )
         weights = len(pack(model.onnx_bytes, meta, MULE))
-        knowledge = knowledge_of(
-            model.spec,
-            model.weights,
-            model.schema,
-            context_key,
-            samples=120,
-            score=0.8,
-            trained_at=NOW - 3600,
-        )
+        knowledge = starter_knowledge(context_key, model_size=model_size)
         default = len(sealed(knowledge))
         fp16 = len(sealed(knowledge, compression="fp16"))
         # the body is proxy_size x n_outputs x 1 (int8, the default) or 2 bytes, plus a header

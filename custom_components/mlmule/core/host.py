@@ -951,12 +951,9 @@ class ModelHost:
         changed the set) is not passed on: receivers would refuse it."""
         now = self.settings.clock() if now is None else now
         with self.lock:
-            current = self.expected_proxy().get(context_key)
-            entries = [
-                e
-                for e in self.knowledge.entries(context_key)
-                if current in (None, e.knowledge.proxy_id)
-            ]
+            entries = self.knowledge.entries(
+                context_key, proxy_id=self.expected_proxy().get(context_key)
+            )
         return [
             seal_knowledge(
                 entry.knowledge,
@@ -1059,8 +1056,7 @@ class ModelHost:
         None without cached knowledge on the key's proxy set."""
         with self.lock:
             proxy = proxy_set(self.slot(context_key).schema)
-            entries = self.knowledge.entries(context_key)
-            if not entries or entries[0].knowledge.proxy_id != proxy.id:
+            if not self.knowledge.entries(context_key, proxy_id=proxy.id):
                 return None
             now = self.settings.clock() if now is None else now
             targets = self.knowledge.ensemble(

@@ -709,10 +709,15 @@ class KnowledgeCache:
         self._save()
         return True
 
-    def entries(self, context_key: str) -> list[CacheEntry]:
-        """The key's entries, contributors in sorted order."""
+    def entries(self, context_key: str, *, proxy_id: str | None = None) -> list[CacheEntry]:
+        """The key's entries, contributors in sorted order. With `proxy_id`: none if they were
+        made on another proxy set (cached before an update changed the key's set; the next
+        knowledge on the current set replaces them)."""
         held = self._entries.get(context_key, {})
-        return [held[name] for name in sorted(held)]
+        entries = [held[name] for name in sorted(held)]
+        if proxy_id is not None and entries and entries[0].knowledge.proxy_id != proxy_id:
+            return []
+        return entries
 
     def context_keys(self) -> list[str]:
         return sorted(self._entries)
