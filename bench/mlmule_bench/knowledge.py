@@ -35,13 +35,11 @@ carrying, or the space relaying) sends what it carries: the weights the last lea
 (adopted, as a mule does, only within its size) and the freshness- and score-weighted ensemble
 of its knowledge cache (`KnowledgeCache.ensemble`, the receiver's own contribution left out),
 re-signed by it as one knowledge snapshot. Knowledge is cached per contributor; a learner's
-next round (right after new knowledge if its budget allows, else nightly) distils: labelled
-cross-entropy plus `DISTILL_WEIGHT` times the cross-entropy to its cache's ensemble on the
-proxy set, and the promotion rule judges the result like any training.
-
-Until `train_numpy` has its own distillation term (K-core), the soft-target term is computed
-exactly with the product's trainer: each proxy row appears once per class with that class's
-probability as its sample weight (cross-entropy is linear in the target distribution).
+next round (right after new knowledge if its budget allows, else nightly) distils with the
+product's trainer (`train_numpy.Trainer` with a `Distillation` term: the labelled loss plus
+`DISTILL_WEIGHT` times the cross-entropy to its cache's ensemble on the proxy set, as
+`ModelHost.start_distillation`), and the promotion rule judges the result as a distillation.
+`mlmule_knowledge_w05` distils at half that weight, to measure the product's choice.
 """
 
 from __future__ import annotations
@@ -71,7 +69,7 @@ import numpy.typing as npt  # noqa: E402
 from mlmule_core import families  # noqa: E402
 from mlmule_core.errors import MlmuleError  # noqa: E402
 from mlmule_core.features import FeatureSchema  # noqa: E402
-from mlmule_core.host import ModelHost, TrainingJob, score  # noqa: E402
+from mlmule_core.host import DISTILL_WEIGHT, ModelHost, TrainingJob, score  # noqa: E402
 from mlmule_core.identity import Identity, TrustStore  # noqa: E402
 from mlmule_core.knowledge import (  # noqa: E402
     DEFAULT_KNOWLEDGE_COMPRESSION,
@@ -85,8 +83,8 @@ from mlmule_core.knowledge import (  # noqa: E402
     seal_knowledge,
     unpack_knowledge,
 )
-from mlmule_core.promotion import HeldOut, split_holdout  # noqa: E402
-from mlmule_core.train_numpy import NumpyBackend, TrainConfig, Trainer  # noqa: E402
+from mlmule_core.promotion import Change, HeldOut, split_holdout  # noqa: E402
+from mlmule_core.train_numpy import Distillation, NumpyBackend, Trainer  # noqa: E402
 from mlmule_world.config import stream  # noqa: E402
 
 from .config import DAY, BenchConfig, Budget  # noqa: E402
@@ -114,6 +112,7 @@ METHODS = (
     "mlmule_knowledge",
     "mlmule_both",
     "mlmule_knowledge_fp16",
+    "mlmule_knowledge_w05",
     "fedcache_real",
 )
 MODES = {
@@ -121,6 +120,7 @@ MODES = {
     "mlmule_knowledge": ("knowledge",),
     "mlmule_both": ("weights", "knowledge"),
     "mlmule_knowledge_fp16": ("knowledge",),
+    "mlmule_knowledge_w05": ("knowledge",),
     "fedcache_real": ("real",),
 }
 # method -> (proxy rows, compression) of its knowledge snapshots, where not the product's
@@ -128,7 +128,8 @@ MODES = {
 OTHER_KNOWLEDGE_FORMAT: dict[str, tuple[int, KnowledgeCompression]] = {
     "mlmule_knowledge_fp16": (256, "fp16")
 }
-DISTILL_WEIGHT = 0.5  # the distillation term's mass against the labelled term's
+# method -> its distillation term's weight, where not the product's (`host.DISTILL_WEIGHT`)
+OTHER_DISTILL_WEIGHT = {"mlmule_knowledge_w05": 0.5}
 REAL_ROWS = DEFAULT_PROXY_SIZE  # fedcache_real: the real samples a producer's knowledge covers
 REAL_CONTRIBUTORS = 4  # fedcache_real: the freshest contributors a peer keeps samples of
 SCORED_MIN = 10  # fewer held-out samples: knowledge goes unscored
@@ -275,60 +276,6 @@ class HeteroPopulation(Population):
 # --- distillation --------------------------------------------------------------------------------
 
 
-def soft_rows(
-    binary: bool, x: FloatArray, targets: FloatArray
-) -> tuple[FloatArray, npt.NDArray[np.int64], FloatArray]:
-    """Soft targets as weighted hard rows: each row once per class, weighted by its
-    probability, so the weighted cross-entropy is the cross-entropy to the soft targets."""
-    if binary:
-        p = targets[:, 0]
-        rows = np.concatenate([x, x])
-        labels = np.concatenate([np.ones(len(x), np.int64), np.zeros(len(x), np.int64)])
-        weights = np.concatenate([p, 1.0 - p])
-    else:
-        k = targets.shape[1]
-        rows = np.repeat(x, k, axis=0)
-        labels = np.tile(np.arange(k, dtype=np.int64), len(x))
-        weights = targets.reshape(-1)
-    keep = weights > 1e-3
-    return (
-        np.ascontiguousarray(rows[keep], dtype=np.float32),
-        labels[keep],
-        weights[keep].astype(np.float32),
-    )
-
-
-class DistillTrainer(Trainer):
-    """The product's trainer on labelled data plus `weight` x the soft-target term on `proxy`
-    (validation and early stopping stay on labelled samples only)."""
-
-    def __init__(
-        self,
-        spec: families.FamilySpec,
-        weights: Any,
-        x: Any,
-        y: Any,
-        config: TrainConfig | None,
-        *,
-        proxy: FloatArray,
-        targets: FloatArray,
-        weight: float = DISTILL_WEIGHT,
-        backend: Any = NumpyBackend,
-    ) -> None:
-        super().__init__(spec, weights, x, y, config, backend=backend)
-        rows, labels, soft = soft_rows(spec.binary, proxy, targets)
-        scale = weight * float(self._sample_weight.sum()) / len(proxy)
-        self._x = np.concatenate([self._x, rows])
-        self._y = np.concatenate([self._y, labels])
-        self._sample_weight = np.concatenate([self._sample_weight, soft * np.float32(scale)])
-
-
-@dataclass
-class Distillation:
-    proxy: FloatArray  # the inputs, as the learner's model reads them
-    targets: FloatArray
-
-
 class KnowledgeExecutor(LocalExecutor):
     """Rounds in this process; a round whose learner holds knowledge distils (a TrainingJob of
     the host commits it under the promotion rule). Wall time per round is recorded."""
@@ -353,14 +300,8 @@ class KnowledgeExecutor(LocalExecutor):
         )
         try:
             slot = host.slot(need.context_key)
-            trainer = DistillTrainer(
-                slot.spec,
-                slot.weights,
-                train_x,
-                train_y,
-                need.config,
-                proxy=chosen.proxy,
-                targets=chosen.targets,
+            trainer = Trainer(
+                slot.spec, slot.weights, train_x, train_y, need.config, distill=chosen
             )
             job = TrainingJob(
                 host,
@@ -370,12 +311,12 @@ class KnowledgeExecutor(LocalExecutor):
                 data_time=need.data_time,
                 window=window,
                 labelled=HeldOut.of(need.x, need.y),
+                change=Change.DISTILL,
             )
             report = job.commit(now=need.now)
         except MlmuleError as err:
             return err
         self.seconds["distil"].append(time.perf_counter() - began)
-        host.counters["distilled"] += 1
         return report
 
 
@@ -416,6 +357,7 @@ class HeteroMethod(PeerMethod):
             self.name, (DEFAULT_PROXY_SIZE, DEFAULT_KNOWLEDGE_COMPRESSION)
         )
         self.proxy = proxy_set(setting.schema, size=rows)
+        self.distill_weight = OTHER_DISTILL_WEIGHT.get(self.name, DISTILL_WEIGHT)
         self.units = {unit.learner: unit for unit in sim.data.units}
         self.learners = self.build_learners()
         # mobile-data mode: the spaces relay (and, with weights, merge) what phones bring
@@ -473,9 +415,9 @@ class HeteroMethod(PeerMethod):
         self.sim.ledger.exchanges += moved > 0
 
     def labels_before_training(self, learner: Peer, unit: Unit, now: float) -> None:
-        """As the learning benchmark: a host that has not trained yet judges a merge on every
-        labelled sample it holds."""
-        if learner.host.counters["trained"]:
+        """As the learning benchmark: a host that has not trained (nor distilled) yet judges a
+        merge on every labelled sample it holds."""
+        if learner.host.counters["trained"] or learner.host.counters["distilled"]:
             return
         x, y, _ = unit.window(now, self.sim.history)
         if y.size:
@@ -645,14 +587,16 @@ class HeteroMethod(PeerMethod):
                 return None
             x = np.concatenate([e[0] for e in entries.values()])
             p = np.concatenate([e[1] for e in entries.values()])
-            return Distillation(x, p)
+            return Distillation(x, p, self.distill_weight)
         cache = self.caches.get(need.peer.name)
         ensemble = (
             cache.ensemble(self.key, now=need.now, exclude=frozenset({need.peer.host.identity.id}))
             if cache is not None
             else None
         )
-        return None if ensemble is None else Distillation(self.proxy.x, ensemble)
+        return (
+            None if ensemble is None else Distillation(self.proxy.x, ensemble, self.distill_weight)
+        )
 
     def on_period_end(self, now: float) -> None:
         self.train_leftovers(now)
@@ -772,13 +716,14 @@ def _run_pair(args: tuple[dict[str, Any], str, int, tuple[str, ...]]) -> dict[st
 
 def distillation_times(config: BenchConfig, seed: int, repeats: int = 3) -> dict[str, Any]:
     """One distillation round per task and model size on a learner's full training window,
-    towards a peer's knowledge on the proxy set: numpy (what HA runs) and torch (the
-    companion's backend when torch is installed). Median seconds of `repeats`."""
+    towards a peer's knowledge on the proxy set, with the product's trainer: numpy (what HA
+    runs) and torch (the companion's `DistillingTorchBackend`, when torch is installed).
+    Median seconds of `repeats`."""
     try:
-        from mlmule_models.train import TorchBackend  # noqa: PLC0415
+        from mule_companion.distill_torch import DistillingTorchBackend  # noqa: PLC0415
     except ImportError:
-        TorchBackend = None  # noqa: N806
-    times: dict[str, Any] = {"torch_available": TorchBackend is not None}
+        DistillingTorchBackend = None  # noqa: N806
+    times: dict[str, Any] = {"torch_available": DistillingTorchBackend is not None}
     for task in TASKS:
         setting, _, world = heterogeneous(config, task, seed)
         unit = max(setting.data.units, key=lambda u: u.y.size)
@@ -789,23 +734,24 @@ def distillation_times(config: BenchConfig, seed: int, repeats: int = 3) -> dict
             arch = next(
                 a for h, a in setting.arch_of_home.items() if setting.size_of_home[h] == size
             )
-            targets = families.forward(arch.spec, arch.initial, proxy.x)
+            distill = Distillation(
+                proxy.x, families.forward(arch.spec, arch.initial, proxy.x), DISTILL_WEIGHT
+            )
             entry: dict[str, Any] = {"samples": int(y.size), "proxy": proxy.size}
-            for label, backend in (("numpy", NumpyBackend), ("torch", TorchBackend)):
+            for label, backend in (("numpy", NumpyBackend), ("torch", DistillingTorchBackend)):
                 if backend is None:
                     entry[label] = None
                     continue
                 seconds = []
                 for _ in range(repeats):
                     began = time.perf_counter()
-                    DistillTrainer(
+                    Trainer(
                         arch.spec,
                         arch.initial,
                         x,
                         y,
                         train_config,
-                        proxy=proxy.x,
-                        targets=targets,
+                        distill=distill,
                         backend=backend,
                     ).result()
                     seconds.append(time.perf_counter() - began)
@@ -948,6 +894,7 @@ def summarise(
             "missing_features": {task: sorted(MISSING[task]) for task in TASKS},
             "uniform": "<task>_uniform: every home compact, the world's own sensors (control)",
             "distill_weight": DISTILL_WEIGHT,
+            "distill_weight_variants": OTHER_DISTILL_WEIGHT,
         },
         "seeds": list(config.seeds),
         "metric": {

@@ -1,5 +1,5 @@
 """The knowledge benchmark end to end on a tiny world: the CLI, knowledge.json, and the pieces
-it stands on (the heterogeneous homes, the soft-target term, what moves between sizes)."""
+it stands on (the heterogeneous homes, the product's distillation, what moves between sizes)."""
 
 from __future__ import annotations
 
@@ -18,11 +18,10 @@ from mlmule_bench.knowledge import (
     heterogeneous,
     main,
     missing_columns,
-    soft_rows,
 )
 from mlmule_core import families
+from mlmule_core.host import DISTILL_WEIGHT
 from mlmule_core.knowledge import DEFAULT_KNOWLEDGE_COMPRESSION
-from mlmule_core.train_numpy import weighted_loss
 
 
 @pytest.fixture(scope="module")
@@ -95,6 +94,11 @@ def test_distillation_time_is_measured_on_both_sides(document: dict[str, Any]) -
             assert (entry["torch"] is not None) == times["torch_available"]
 
 
+def test_knowledge_is_distilled_at_the_products_weight(document: dict[str, Any]) -> None:
+    assert document["setting"]["distill_weight"] == DISTILL_WEIGHT
+    assert document["setting"]["distill_weight_variants"] == {"mlmule_knowledge_w05": 0.5}
+
+
 def test_homes_differ_in_model_size_and_sensor_set() -> None:
     setting, visits, _ = heterogeneous(TINY, "occupancy", 0)
     assert visits
@@ -114,32 +118,3 @@ def test_the_uniform_control_has_one_size_and_the_worlds_sensors() -> None:
     setting, _, _ = heterogeneous(TINY, "phone_activity", 0, mixed=False)
     assert set(setting.size_of_home.values()) == {families.DEFAULT_MODEL_SIZE}
     assert not setting.reduced_homes
-
-
-@pytest.mark.parametrize("binary", [True, False])
-def test_soft_rows_give_the_cross_entropy_to_the_soft_targets(binary: bool) -> None:
-    rng = np.random.default_rng(3)
-    k = 1 if binary else 4
-    raw = rng.normal(size=(5, k)).astype(np.float32)
-    if binary:
-        targets = rng.uniform(0.05, 0.95, size=(5, 1)).astype(np.float32)
-        p = 1 / (1 + np.exp(-raw[:, 0]))
-        expected = -np.mean(targets[:, 0] * np.log(p) + (1 - targets[:, 0]) * np.log(1 - p))
-    else:
-        targets = rng.dirichlet(np.ones(k), size=5).astype(np.float32)
-        log_p = raw - np.log(np.exp(raw).sum(axis=1, keepdims=True))
-        expected = -np.mean((targets * log_p).sum(axis=1))
-    index = np.arange(5, dtype=np.float32)[:, None]
-    rows, labels, weights = soft_rows(binary, index, targets)
-    spec = families.FamilySpec(
-        family=families.OCCUPANCY_MLP if binary else families.ACTIVITY_MLP,
-        task="occupancy" if binary else "activity",
-        n_inputs=1,
-        hidden=(2,),
-        n_classes=k,
-        labels=("vacant", "occupied") if binary else tuple("abcd"),
-    )
-    # every row's logits are its source row's; the weighted loss is the mean soft-target loss
-    # (weights of a row sum to 1)
-    loss = weighted_loss(spec, raw[rows[:, 0].astype(int)], labels, weights)
-    assert loss == pytest.approx(expected, rel=1e-4)
