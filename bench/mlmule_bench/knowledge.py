@@ -18,7 +18,8 @@ visits; no relay places), start (each size's seeded weights) and budget (one rou
 learner per day, as `learning.json`), every change judged by the product's promotion rule:
 
 - `local`: nothing moves;
-- `mlmule_weights`: weight snapshots, merged (freshness-aware strategy) only within a size;
+- `mlmule_weights`: weight snapshots, merged (freshness-aware strategy) only within a size,
+  a space gating a guest's on its labels (the product's guest gate);
 - `mlmule_knowledge`: knowledge snapshots (`core/knowledge.py`: fp16 probabilities on the key's
   proxy set, signed); the learner distils from its cache;
 - `mlmule_both`: both;
@@ -89,7 +90,7 @@ from mlmule_world.config import stream  # noqa: E402
 
 from .config import DAY, BenchConfig, Budget  # noqa: E402
 from .data import Architecture, TaskData, Unit, build_task, build_world, held_out_start  # noqa: E402
-from .methods import PeerMethod  # noqa: E402
+from .methods import GUEST_GATE, PeerMethod, gate_evaluators  # noqa: E402
 from .mobility import Visit, visits  # noqa: E402
 from .peers import Peer, Population, TrainNeed, seeded_identity  # noqa: E402
 from .results import spread, write_json  # noqa: E402
@@ -336,6 +337,9 @@ class HeteroMethod(PeerMethod):
     """A method on the heterogeneous setting: hosts of each home's size, promotion rule on."""
 
     promotes = True
+    # the product's guest gate on a space's labels (fixed-data mode), as the learning
+    # benchmark's `mlmule`: weights only (knowledge is judged by the promotion rule alone)
+    strategy_options = GUEST_GATE
     modes: tuple[str, ...] = ()
 
     def __init__(self, sim: Simulation, root: Path) -> None:
@@ -402,7 +406,7 @@ class HeteroMethod(PeerMethod):
         self.labels_before_training(learner, unit, now)
         moved = 0
         if "weights" in self.modes:
-            moved += self.weights_in(learner, other, now)
+            moved += self.weights_in(learner, other, unit, now)
         moved += self.knowledge_in(learner, other, now)
         need = self.sim.need(learner, self.key, unit, now) if moved else None
         if need is not None:
@@ -444,15 +448,23 @@ class HeteroMethod(PeerMethod):
     def same_size(self, a: Peer, b: Peer) -> bool:
         return a.host.expected_arch().get(self.key) == b.host.expected_arch().get(self.key)
 
-    def weights_in(self, learner: Peer, other: Peer, now: float) -> int:
+    def weights_in(self, learner: Peer, other: Peer, unit: Unit, now: float) -> int:
         """The other side's weights, merged by the learner: only within a model size (the
-        offer names the architecture, so nothing else is fetched)."""
+        offer names the architecture, so nothing else is fetched); a space gates a guest's on
+        its labels."""
         if not other.host.has(self.key) or not self.same_size(learner, other):
             return 0
         payload = other.host.export(self.key)
         if not self.fresh(learner, payload):
             return 0
-        outcome = learner.host.receive(payload, now=now, guest=other.home != learner.home)
+        outcome = learner.host.receive(
+            payload,
+            now=now,
+            guest=other.home != learner.home,
+            evaluators=gate_evaluators(learner, unit, now, self.sim.history)
+            if self.fixed
+            else None,
+        )
         if not outcome.accepted and outcome.reason not in {"unchanged", "held_before"}:
             self.sim.ledger.reject(outcome.reason)
         return self._moved(payload, self.weights_bytes)

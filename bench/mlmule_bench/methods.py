@@ -59,6 +59,19 @@ from .simulate import Method, Simulation
 # at most this much held-out accuracy.
 GUEST_GATE_EPSILON = 0.02
 HELD_OUT_FRACTION = 0.2  # the coordinator keeps the last fifth of its training set for the gate
+# the strategy options that turn it on (`host_settings` in the integration)
+GUEST_GATE = MappingProxyType({"gate": "guests", "gate_epsilon": GUEST_GATE_EPSILON})
+
+
+def gate_evaluators(
+    peer: Peer, unit: Unit, now: float, history: float
+) -> dict[str, Callable[[Weights], float]]:
+    """The gate's held-out data: the newest fifth of what the space would train on now."""
+    x, y, _ = unit.window(now, history)
+    held = int(y.size * HELD_OUT_FRACTION)
+    if held == 0:
+        return {}
+    return {unit.context_key: peer.host.evaluator(unit.context_key, x[-held:], y[-held:])}
 
 
 class PeerMethod(Method):
@@ -557,7 +570,7 @@ class MLMule(PeerMethod):
     # the product's guest gate (`host_settings` in the integration): it judges a guest's model
     # on the space's labels; in mobile-data mode a space has none (no evaluators: the gate
     # keeps every merge) and phones take no guests
-    strategy_options = MappingProxyType({"gate": "guests", "gate_epsilon": GUEST_GATE_EPSILON})
+    strategy_options = GUEST_GATE
     mule_carries: str | None = None  # None: the configuration's
     # an ablation whose knob acts only where spaces train: in mobile-data mode its run is
     # ML Mule's step for step
@@ -617,12 +630,7 @@ class MLMule(PeerMethod):
     def evaluators(
         self, peer: Peer, unit: Unit, now: float
     ) -> dict[str, Callable[[Weights], float]]:
-        """The gate's held-out data: the newest fifth of what the space would train on now."""
-        x, y, _ = unit.window(now, self.sim.history)
-        held = int(y.size * HELD_OUT_FRACTION)
-        if held == 0:
-            return {}
-        return {unit.context_key: peer.host.evaluator(unit.context_key, x[-held:], y[-held:])}
+        return gate_evaluators(peer, unit, now, self.sim.history)
 
     def on_hour(self, now: float) -> None:
         self.exchanges.tick(now)
