@@ -18,27 +18,28 @@ build the data it distils from (issue 13; `mlmule_core.knowledge` holds the core
 
 from __future__ import annotations
 
-import hashlib
 import logging
 from collections.abc import Mapping
-from dataclasses import dataclass
 from functools import cache
 from pathlib import Path
 
 import numpy as np
+from mlmule_core.errors import FamilyError
+from mlmule_core.features import FeatureSchema
 from mlmule_core.host import DISTILL_WEIGHT, ModelSlot
 from mlmule_core.identity import Identity, Verifier
 from mlmule_core.knowledge import (
     Knowledge,
     KnowledgeCache,
     KnowledgeSnapshot,
+    ProxySet,
     knowledge_of,
     proxy_id,
     proxy_set,
     seal_knowledge,
     unpack_knowledge,
 )
-from mlmule_core.protocol import PayloadKind, SnapshotInfo
+from mlmule_core.knowledge_offers import SealedKnowledge
 from mlmule_core.snapshot import ReplayGuard, SnapshotLimits
 from mlmule_core.starter import load_starter, starter_index
 from mlmule_core.train_numpy import Distillation
@@ -49,17 +50,15 @@ REPLAY_SUFFIX = "#knowledge"
 
 
 @cache
+def starter_schemas() -> Mapping[str, FeatureSchema]:
+    """Each context key's schema, whose proxy set its knowledge is computed on: its starter's."""
+    return {key: load_starter(key).schema for key in starter_index()}
+
+
+@cache
 def expected_proxies() -> Mapping[str, str]:
     """The proxy set every context key's knowledge must be computed on: its starter's schema's."""
-    return {key: proxy_id(load_starter(key).schema) for key in starter_index()}
-
-
-@dataclass(frozen=True)
-class Sealed:
-    """A knowledge snapshot the phone made, and how an offer names it."""
-
-    info: SnapshotInfo
-    container: bytes
+    return {key: proxy_id(schema) for key, schema in starter_schemas().items()}
 
 
 class PhoneKnowledge:
@@ -76,8 +75,17 @@ class PhoneKnowledge:
         limits: SnapshotLimits,
         replay: ReplayGuard,
         max_age: float | None,
+        schemas: Mapping[str, FeatureSchema] | None = None,
     ) -> None:
+        """`schemas`: the keys the phone exchanges knowledge of, with the schema of each one's
+        proxy set (default: the starters', `starter_schemas`)."""
         self.cache = KnowledgeCache(path, max_entries=max_entries)
+        self._schemas = starter_schemas() if schemas is None else dict(schemas)
+        self._proxies = (
+            expected_proxies()
+            if schemas is None
+            else {key: proxy_id(schema) for key, schema in self._schemas.items()}
+        )
         self._identity = identity
         self._trust = trust
         self._limits = limits
@@ -91,7 +99,7 @@ class PhoneKnowledge:
         snapshot = unpack_knowledge(
             container,
             trust=self._trust,
-            expected_proxy=expected_proxies(),
+            expected_proxy=self._proxies,
             limits=self._limits,
             now=now,
             max_age=self._max_age,
@@ -115,14 +123,14 @@ class PhoneKnowledge:
             score=None,
             trained_at=meta.last_trained,
             data_time=meta.data_time,
-            proxy=proxy_set(load_starter(slot.context_key).schema),
+            proxy=self._proxy_set(slot.context_key),
         )
         return self.cache.add(self._identity.id, own, received_at=meta.created_at)
 
-    def offer_for(self, home_id: str, context_key: str, *, now: float) -> Sealed | None:
+    def offer_for(self, home_id: str, context_key: str, *, now: float) -> SealedKnowledge | None:
         """The phone's knowledge of `context_key` for `home_id`: its cache's ensemble without
         that home's contribution; None when nothing else is known."""
-        current = self.cache.entries(context_key, proxy_id=expected_proxies().get(context_key))
+        current = self.cache.entries(context_key, proxy_id=self._proxies.get(context_key))
         entries = [e for e in current if e.contributor != home_id]
         probabilities = self.cache.ensemble(context_key, now=now, exclude=frozenset({home_id}))
         if probabilities is None or not entries:
@@ -147,16 +155,7 @@ class PhoneKnowledge:
         container = seal_knowledge(
             knowledge, self._identity, version=self._version, created_at=now, limits=self._limits
         )
-        info = SnapshotInfo(
-            context_key=context_key,
-            version=self._version,
-            sha256=hashlib.sha256(container).hexdigest(),
-            size=len(container),
-            arch=knowledge.family,
-            data_time=int(knowledge.newest_data),
-            kind=PayloadKind.KNOWLEDGE,
-        )
-        return Sealed(info, container)
+        return SealedKnowledge.of(container)
 
     def distillation(
         self, context_key: str, *, now: float, exclude: frozenset[str]
@@ -164,10 +163,16 @@ class PhoneKnowledge:
         """The distillation term towards the ensemble of the cache without `exclude` (the
         phone's own model: distilling towards itself adds nothing) on the key's proxy set, and
         how many contributors it holds; None when no one else's knowledge is cached."""
-        current = self.cache.entries(context_key, proxy_id=expected_proxies().get(context_key))
+        current = self.cache.entries(context_key, proxy_id=self._proxies.get(context_key))
         contributors = [e for e in current if e.contributor not in exclude]
         ensemble = self.cache.ensemble(context_key, now=now, exclude=exclude)
         if ensemble is None or not contributors:
             return None
-        proxy = proxy_set(load_starter(context_key).schema)
+        proxy = self._proxy_set(context_key)
         return Distillation(proxy.x, ensemble, DISTILL_WEIGHT), len(contributors)
+
+    def _proxy_set(self, context_key: str) -> ProxySet:
+        schema = self._schemas.get(context_key)
+        if schema is None:
+            raise FamilyError(f"no proxy set is known for {context_key!r}", reason="no_starter")
+        return proxy_set(schema)

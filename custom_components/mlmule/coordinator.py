@@ -34,6 +34,7 @@ from .core.errors import MlmuleError
 from .core.families import DEFAULT_MODEL_SIZE, ModelSize
 from .core.host import HostError, ModelHost, Outcome, TrainingJob
 from .core.hysteresis import Hysteresis, HysteresisConfig
+from .core.knowledge_offers import SealedKnowledge
 from .core.promotion import PromotionDecision
 from .core.protocol import DEFAULT_EXCHANGE_MODE, ExchangeMode, Mode, PayloadKind
 from .core.space import (
@@ -47,7 +48,7 @@ from .core.space import (
 )
 from .core.train_numpy import TrainConfig, TrainReport
 from .history import async_state_changes
-from .knowledge import Sealed, SpaceKnowledge
+from .knowledge import SpaceKnowledge
 from .repairs import RejectionWatch, async_check_space_entities
 
 if TYPE_CHECKING:
@@ -297,7 +298,7 @@ class ExchangingCoordinator[DataT, SettingsT: PeerSettings](DataUpdateCoordinato
         """What this space swaps with phones for `context_key`: weights, knowledge or both."""
         return frozenset(PayloadKind)
 
-    async def async_knowledge_offer(self, context_key: str) -> Sealed:
+    async def async_knowledge_offer(self, context_key: str) -> SealedKnowledge:
         """This space's knowledge of `context_key`, signed (in an executor: it runs the model
         on the key's proxy set)."""
         return await self.async_job(

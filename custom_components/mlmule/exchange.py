@@ -46,8 +46,8 @@ from .core.protocol import (
 
 if TYPE_CHECKING:
     from .coordinator import SpaceCoordinator
+    from .core.knowledge_offers import SealedKnowledge
     from .data import MlmuleConfigEntry
-    from .knowledge import Sealed
     from .relay import RelayCoordinator
 
     type ExchangeSpace = SpaceCoordinator | RelayCoordinator
@@ -122,7 +122,9 @@ class Exchange:
     async def async_serve(self, space: ExchangeSpace) -> None:
         """Offer the space's current models, and its knowledge where it exchanges knowledge
         (call again whenever one changes)."""
-        served: list[tuple[str, Mode, frozenset[PayloadKind], Any, bytes, Sealed | None]] = []
+        served: list[
+            tuple[str, Mode, frozenset[PayloadKind], Any, bytes, SealedKnowledge | None]
+        ] = []
         for context_key, mode in space.exchanged_keys().items():
             slot = space.host.slot(context_key)
             kinds = space.exchange_kinds(context_key)

@@ -18,8 +18,10 @@ from mlmule_core.knowledge import (
     seal_knowledge,
     unpack_knowledge,
 )
+from mlmule_core.knowledge_offers import KnowledgeOffers
 from mlmule_core.onnx import OnnxModel
 from mlmule_core.promotion import Change
+from mlmule_core.protocol import PayloadKind
 from mlmule_core.train_numpy import TrainConfig
 
 from mule_companion.distill_torch import DistillingTorchBackend
@@ -270,3 +272,59 @@ def test_a_phone_distils_with_its_torch_step(homes: tuple[ModelHost, ModelHost, 
     assert job.decision is not None
     assert job.decision.change is Change.DISTILL
     assert job.decision.served
+
+
+def test_a_relay_offers_the_freshest_knowledge_on_the_current_proxy_set(
+    homes: tuple[ModelHost, ModelHost, ModelHost],
+) -> None:
+    """A relay hands back the freshest contribution it can pass on; fresher knowledge cached
+    on an older proxy set is skipped. A space offers its own, sealed once per model version."""
+    space, teacher, mule = homes
+    relay = KnowledgeOffers(mule, relay=True)
+    own = relay.offer(KEY, now=NOW + 30)
+    assert unpack_knowledge(
+        own.container, trust=mule.identity, expected_proxy=None
+    ).contributor == (mule.identity.id)
+    slot = space.slot(KEY)
+    fresher_on_the_older_set = knowledge_of(
+        slot.spec,
+        slot.weights,
+        slot.schema,
+        KEY,
+        samples=10,
+        score=None,
+        trained_at=NOW + 1000,
+        proxy=proxy_set(slot.schema, size=256),
+    )
+    assert mule.knowledge.add(space.identity.id, fresher_on_the_older_set, received_at=NOW)
+    mule.receive_knowledge(teacher.knowledge_snapshot(KEY, now=NOW + 30), now=NOW + 40)
+    offered = relay.offer(KEY, now=NOW + 50)
+    received = unpack_knowledge(
+        offered.container, trust=mule.identity, expected_proxy=mule.expected_proxy()
+    )
+    assert received.contributor == teacher.identity.id
+    assert (offered.info.kind, offered.info.size) == (PayloadKind.KNOWLEDGE, len(offered.container))
+    assert relay.offer(KEY, now=NOW + 60) is offered  # sealed once: no second container
+    # a space with labels offers its own model's knowledge, whatever it caches
+    space_offers = KnowledgeOffers(teacher, relay=False).offer(KEY, now=NOW + 70)
+    assert space_offers.info.version == teacher.slot(KEY).version
+
+
+def test_training_with_a_distillation_term_is_judged_as_a_distillation(
+    homes: tuple[ModelHost, ModelHost, ModelHost],
+) -> None:
+    """`train(distill=...)`: the round trains towards the cache's ensemble as well, counts as a
+    distillation, and the rule judges it as one."""
+    space, teacher, _ = homes
+    outcome = space.receive_knowledge(
+        teacher.knowledge_snapshot(KEY, now=NOW + 30), now=NOW + 40, distill=False
+    )
+    assert outcome.reason == "cached"
+    distill = space.distillation(KEY, now=NOW + 50)
+    assert distill is not None
+    trained = space.counters["trained"]
+    space.train(
+        KEY, *data(200, 7), config=DISTIL, data_time=NOW + 50, now=NOW + 60, distill=distill
+    )
+    assert space.decisions[KEY].change is Change.DISTILL
+    assert (space.counters["distilled"], space.counters["trained"]) == (1, trained)

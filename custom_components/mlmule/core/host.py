@@ -594,11 +594,14 @@ class ModelHost:
         *,
         config: TrainConfig | None = None,
         data_time: float,
+        distill: Distillation | None = None,
     ) -> TrainingJob:
         """A training job warm-started from the current model of `context_key`.
 
         `x`, `y` are time-ordered; the latest `promotion.holdout_fraction` of them are held out
-        of training, and the promotion rule judges the result on them."""
+        of training, and the promotion rule judges the result on them. With `distill` (see
+        `distillation`) the job trains towards the knowledge cache too, and is judged as a
+        distillation."""
         train_x, train_y, window = split_holdout(x, y, self.settings.promotion.holdout_fraction)
         labelled = HeldOut.of(x, y)
         with self.lock:
@@ -607,15 +610,17 @@ class ModelHost:
             return TrainingJob(
                 self,
                 context_key,
-                Trainer(slot.spec, slot.weights, train_x, train_y, config),
+                Trainer(slot.spec, slot.weights, train_x, train_y, config, distill=distill),
                 samples=int(train_y.shape[0]),
                 data_time=data_time,
                 window=window,
                 labelled=labelled,
+                change=Change.TRAINING if distill is None else Change.DISTILL,
                 fine_tuning=None
                 if refused is None
                 else FineTuning(
-                    refused, Trainer(slot.spec, refused.weights, train_x, train_y, config)
+                    refused,
+                    Trainer(slot.spec, refused.weights, train_x, train_y, config, distill=distill),
                 ),
             )
 
@@ -635,10 +640,13 @@ class ModelHost:
         config: TrainConfig | None = None,
         data_time: float,
         now: float | None = None,
+        distill: Distillation | None = None,
     ) -> TrainReport:
         """Train to completion (within the config's bounds); the promotion rule decides whether
         the result becomes the next version (`decisions[context_key]`)."""
-        job = self.start_training(context_key, x, y, config=config, data_time=data_time)
+        job = self.start_training(
+            context_key, x, y, config=config, data_time=data_time, distill=distill
+        )
         return job.commit(now=now)
 
     def receive(
