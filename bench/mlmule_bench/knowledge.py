@@ -20,7 +20,7 @@ learner per day, as `learning.json`), every change judged by the product's promo
 - `local`: nothing moves;
 - `mlmule_weights`: weight snapshots, merged (freshness-aware strategy) only within a size,
   a space gating a guest's on its labels (the product's guest gate);
-- `mlmule_knowledge`: knowledge snapshots (`core/knowledge.py`: fp16 probabilities on the key's
+- `mlmule_knowledge`: knowledge snapshots (`core/knowledge.py`: int8 probabilities on the key's
   proxy set, signed); the learner distils from its cache;
 - `mlmule_both`: both;
 - `fedcache_real` (reference, simulator only): knowledge on the producers' real samples, which
@@ -68,9 +68,8 @@ from typing import Any  # noqa: E402
 import numpy as np  # noqa: E402
 import numpy.typing as npt  # noqa: E402
 from mlmule_core import families  # noqa: E402
-from mlmule_core.errors import MlmuleError  # noqa: E402
 from mlmule_core.features import FeatureSchema  # noqa: E402
-from mlmule_core.host import DISTILL_WEIGHT, ModelHost, TrainingJob, score  # noqa: E402
+from mlmule_core.host import DISTILL_WEIGHT, ModelHost, score  # noqa: E402
 from mlmule_core.identity import Identity, TrustStore  # noqa: E402
 from mlmule_core.knowledge import (  # noqa: E402
     DEFAULT_KNOWLEDGE_COMPRESSION,
@@ -84,7 +83,7 @@ from mlmule_core.knowledge import (  # noqa: E402
     seal_knowledge,
     unpack_knowledge,
 )
-from mlmule_core.promotion import Change, HeldOut, split_holdout  # noqa: E402
+from mlmule_core.promotion import HeldOut  # noqa: E402
 from mlmule_core.train_numpy import Distillation, NumpyBackend, Trainer  # noqa: E402
 from mlmule_world.config import stream  # noqa: E402
 
@@ -278,47 +277,23 @@ class HeteroPopulation(Population):
 
 
 class KnowledgeExecutor(LocalExecutor):
-    """Rounds in this process; a round whose learner holds knowledge distils (a TrainingJob of
-    the host commits it under the promotion rule). Wall time per round is recorded."""
+    """Rounds in this process, as the learning benchmark runs them (`ModelHost.train`, with the
+    learner's distillation term where it has one); the wall time of each round is recorded,
+    plain and distilling apart."""
 
     def __init__(self) -> None:
-        self.distillation_for: Any = None  # (peer, key, now) -> Distillation | None
         self.seconds: dict[str, list[float]] = {"train": [], "distil": []}
 
     def run(self, needs: Sequence[TrainNeed]) -> list[Outcome]:
-        return [self._round(need) for need in needs]
+        return [self._timed(need) for need in needs]
 
-    def _round(self, need: TrainNeed) -> Outcome:
-        chosen = self.distillation_for(need) if self.distillation_for else None
+    def _timed(self, need: TrainNeed) -> Outcome:
         began = time.perf_counter()
-        if chosen is None:
-            outcome = self._one(need)
-            self.seconds["train"].append(time.perf_counter() - began)
-            return outcome
-        host = need.peer.host
-        train_x, train_y, window = split_holdout(
-            need.x, need.y, host.settings.promotion.holdout_fraction
+        outcome = self._one(need)
+        self.seconds["train" if need.distill is None else "distil"].append(
+            time.perf_counter() - began
         )
-        try:
-            slot = host.slot(need.context_key)
-            trainer = Trainer(
-                slot.spec, slot.weights, train_x, train_y, need.config, distill=chosen
-            )
-            job = TrainingJob(
-                host,
-                need.context_key,
-                trainer,
-                samples=int(train_y.shape[0]),
-                data_time=need.data_time,
-                window=window,
-                labelled=HeldOut.of(need.x, need.y),
-                change=Change.DISTILL,
-            )
-            report = job.commit(now=need.now)
-        except MlmuleError as err:
-            return err
-        self.seconds["distil"].append(time.perf_counter() - began)
-        return report
+        return outcome
 
 
 # --- the methods ---------------------------------------------------------------------------------
@@ -380,8 +355,7 @@ class HeteroMethod(PeerMethod):
         self.versions: dict[str, int] = {}
         self.last_sent: dict[tuple[str, str], object] = {}  # (sender, receiver) -> what
         self.delivered: dict[str, set[bytes]] = {}  # peer -> hashes of snapshots it has had
-        executor: KnowledgeExecutor = sim.executor  # type: ignore[assignment]
-        executor.distillation_for = self.distillation if self.modes else None
+        sim.distillation_for = self.distillation
 
     # -- what moves
 
@@ -590,19 +564,19 @@ class HeteroMethod(PeerMethod):
 
     # -- distillation
 
-    def distillation(self, need: TrainNeed) -> Distillation | None:
+    def distillation(self, learner: Peer, key: str, now: float) -> Distillation | None:
         """What a learner's round distils towards: its cache's ensemble on the proxy set (the
         FedCache reference: the real samples it holds, with their producers' predictions)."""
         if "real" in self.modes:
-            entries = self.real.get(need.peer.name)
+            entries = self.real.get(learner.name)
             if not entries:
                 return None
             x = np.concatenate([e[0] for e in entries.values()])
             p = np.concatenate([e[1] for e in entries.values()])
             return Distillation(x, p, self.distill_weight)
-        cache = self.caches.get(need.peer.name)
+        cache = self.caches.get(learner.name)
         ensemble = (
-            cache.ensemble(self.key, now=need.now, exclude=frozenset({need.peer.host.identity.id}))
+            cache.ensemble(key, now=now, exclude=frozenset({learner.host.identity.id}))
             if cache is not None
             else None
         )

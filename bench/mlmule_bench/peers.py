@@ -38,7 +38,7 @@ from mlmule_core.protocol import (
     SpaceEndpoint,
 )
 from mlmule_core.protocol.wire import is_chunk
-from mlmule_core.train_numpy import TrainConfig, TrainReport
+from mlmule_core.train_numpy import Distillation, TrainConfig, TrainReport
 from mlmule_core.weights import Weights
 from mlmule_world.config import stream
 
@@ -105,6 +105,7 @@ class TrainNeed:
     data_time: float
     config: TrainConfig
     now: float
+    distill: Distillation | None = None  # a distilling round: towards the learner's knowledge
 
 
 # A generator of the training rounds it needs; each gets its report (None: not trained).

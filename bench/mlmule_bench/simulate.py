@@ -27,7 +27,7 @@ from pathlib import Path
 import numpy as np
 from mlmule_core.families import FamilySpec
 from mlmule_core.host import score
-from mlmule_core.train_numpy import TrainReport
+from mlmule_core.train_numpy import Distillation, TrainReport
 from mlmule_core.weights import Weights
 from mlmule_world.config import stream
 
@@ -41,6 +41,8 @@ from .training import Executor
 # each run's directory private).
 _SHM = Path("/dev/shm")  # noqa: S108
 SCRATCH = _SHM if _SHM.is_dir() else None
+# (learner, context key, now) -> the distillation term of its next round, or None
+DistillationFor = Callable[[Peer, str, float], Distillation | None]
 
 
 @dataclass
@@ -108,6 +110,9 @@ class Simulation:
         self._progress = progress
         self.budget = Budget(start, self.period)
         self.ledger = Ledger()
+        # a method whose learners distil sets this: the term a learner's next round trains
+        # towards (None: a plain round)
+        self.distillation_for: DistillationFor | None = None
 
     # -- training, shared by every method
 
@@ -132,6 +137,11 @@ class Simulation:
             data_time=newest,
             config=self.config.budget.train_config(seed),
             now=now,
+            distill=(
+                None
+                if self.distillation_for is None
+                else self.distillation_for(peer, context_key, now)
+            ),
         )
 
     def train(self, needs: Sequence[TrainNeed]) -> list[TrainReport | None]:
@@ -167,6 +177,7 @@ class Simulation:
         """Run one method from scratch: fresh hosts in a scratch directory, fresh budget."""
         self.budget = Budget(self.start, self.period)
         self.ledger = Ledger()
+        self.distillation_for = None
         root = scratch_dir("mlmule-bench-")
         try:
             began = time.perf_counter()

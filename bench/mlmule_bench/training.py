@@ -61,6 +61,7 @@ class LocalExecutor:
                 config=need.config,
                 data_time=need.data_time,
                 now=need.now,
+                distill=need.distill,
             )
         except MlmuleError as err:  # e.g. a sample count past what a snapshot header holds
             return err
@@ -89,7 +90,8 @@ class _FinishedRun:
 class RayExecutor:
     """Batches of rounds as Ray tasks, on a local Ray instance or the cluster at `address`.
 
-    A batch of one runs locally: the result is the same and a task costs more than the round.
+    A batch of one runs locally: the result is the same and a task costs more than the round;
+    so do distilling rounds (the remote task is plain training).
     """
 
     name = "ray"
@@ -113,6 +115,17 @@ class RayExecutor:
         self.batches = 0  # batches that went out as Ray tasks
 
     def run(self, needs: Sequence[TrainNeed]) -> list[Outcome]:
+        distilling = [need for need in needs if need.distill is not None]
+        if distilling:
+            plain = [need for need in needs if need.distill is None]
+            by_need = dict(
+                zip(
+                    map(id, [*plain, *distilling]),
+                    [*self.run(plain), *self._local.run(distilling)],
+                    strict=True,
+                )
+            )
+            return [by_need[id(need)] for need in needs]
         if len(needs) < 2:
             return self._local.run(needs)
         self.batches += 1
