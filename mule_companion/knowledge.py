@@ -23,30 +23,24 @@ from collections.abc import Mapping
 from functools import cache
 from pathlib import Path
 
-import numpy as np
 from mlmule_core.errors import FamilyError
 from mlmule_core.features import FeatureSchema
 from mlmule_core.host import DISTILL_WEIGHT, ModelSlot
 from mlmule_core.identity import Identity, Verifier
 from mlmule_core.knowledge import (
-    Knowledge,
     KnowledgeCache,
     KnowledgeSnapshot,
     ProxySet,
-    knowledge_of,
     proxy_id,
     proxy_set,
-    seal_knowledge,
     unpack_knowledge,
 )
-from mlmule_core.knowledge_offers import SealedKnowledge
+from mlmule_core.knowledge_offers import Combiner, SealedKnowledge, own_entry
 from mlmule_core.snapshot import ReplayGuard, SnapshotLimits
 from mlmule_core.starter import load_starter, starter_index
 from mlmule_core.train_numpy import Distillation
 
 _LOGGER = logging.getLogger(__name__)
-# knowledge versions count up apart from the same signer's model versions
-REPLAY_SUFFIX = "#knowledge"
 
 
 @cache
@@ -91,7 +85,7 @@ class PhoneKnowledge:
         self._limits = limits
         self._replay = replay
         self._max_age = max_age
-        self._version = 0
+        self._combiner = Combiner(identity, limits=limits)
 
     def receive(self, container: bytes, *, now: float) -> tuple[KnowledgeSnapshot, bool]:
         """Verify a knowledge snapshot and cache it; raises the `SnapshotError` that refuses it.
@@ -104,7 +98,7 @@ class PhoneKnowledge:
             now=now,
             max_age=self._max_age,
         )
-        replay_key = snapshot.meta.context_key + REPLAY_SUFFIX
+        replay_key = snapshot.replay_key
         self._replay.check(snapshot.origin, replay_key, snapshot.meta.version)
         changed = self.cache.add(snapshot.contributor, snapshot.knowledge, received_at=now)
         # recorded once cached: a crash before must not make the home's next try a replay
@@ -113,49 +107,19 @@ class PhoneKnowledge:
 
     def learn_own(self, slot: ModelSlot) -> bool:
         """Put the knowledge of the model the phone holds into its cache, as its own."""
-        meta = slot.meta
-        own = knowledge_of(
-            slot.spec,
-            slot.weights,
-            slot.schema,
-            slot.context_key,
-            samples=meta.samples,
-            score=None,
-            trained_at=meta.last_trained,
-            data_time=meta.data_time,
+        own = own_entry(
+            slot,
+            self._identity.id,
+            received_at=slot.meta.created_at,
             proxy=self._proxy_set(slot.context_key),
         )
-        return self.cache.add(self._identity.id, own, received_at=meta.created_at)
+        return self.cache.add(own.contributor, own.knowledge, received_at=own.received_at)
 
     def offer_for(self, home_id: str, context_key: str, *, now: float) -> SealedKnowledge | None:
-        """The phone's knowledge of `context_key` for `home_id`: its cache's ensemble without
+        """The phone's knowledge of `context_key` for `home_id`: its cache combined, without
         that home's contribution; None when nothing else is known."""
         current = self.cache.entries(context_key, proxy_id=self._proxies.get(context_key))
-        entries = [e for e in current if e.contributor != home_id]
-        probabilities = self.cache.ensemble(context_key, now=now, exclude=frozenset({home_id}))
-        if probabilities is None or not entries:
-            return None
-        own = [e for e in entries if e.contributor == self._identity.id]
-        base = (own or sorted(entries, key=lambda e: e.knowledge.trained_at))[-1].knowledge
-        scores = [e.knowledge.score for e in entries if e.knowledge.score is not None]
-        knowledge = Knowledge(
-            context_key=context_key,
-            task=base.task,
-            proxy_id=base.proxy_id,
-            family=base.family,
-            probabilities=probabilities,
-            samples=max(e.knowledge.samples for e in entries),
-            score=float(np.mean(scores)) if scores else None,
-            trained_at=max(e.knowledge.trained_at for e in entries),
-            schema_hash=base.schema_hash,
-            data_time=max(e.knowledge.newest_data for e in entries),
-        )
-        # strictly newer than anything sealed before, across restarts too (wall seconds)
-        self._version = max(self._version + 1, int(now))
-        container = seal_knowledge(
-            knowledge, self._identity, version=self._version, created_at=now, limits=self._limits
-        )
-        return SealedKnowledge.of(container)
+        return self._combiner.seal([e for e in current if e.contributor != home_id], now=now)
 
     def distillation(
         self, context_key: str, *, now: float, exclude: frozenset[str]

@@ -298,11 +298,20 @@ class ExchangingCoordinator[DataT, SettingsT: PeerSettings](DataUpdateCoordinato
         """What this space swaps with phones for `context_key`: weights, knowledge or both."""
         return frozenset(PayloadKind)
 
-    async def async_knowledge_offer(self, context_key: str) -> SealedKnowledge:
-        """This space's knowledge of `context_key`, signed (in an executor: it runs the model
-        on the key's proxy set)."""
+    async def async_knowledge_offer(
+        self, context_key: str, mode: Mode, mule: str | None = None
+    ) -> SealedKnowledge:
+        """This space's knowledge of `context_key` for `mule` (None: any), signed (in an
+        executor: it runs the model on the key's proxy set). In mobile-data mode the space
+        has no labels for the key and passes on what it knows (`core/knowledge_offers.py`)."""
         return await self.async_job(
-            partial(self.knowledge.offer, context_key, now=self.clock.now())
+            partial(
+                self.knowledge.offer,
+                context_key,
+                now=self.clock.now(),
+                receiver=mule,
+                labelled=mode is Mode.FIXED,
+            )
         )
 
     async def async_receive_knowledge(

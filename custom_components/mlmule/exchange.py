@@ -129,7 +129,7 @@ class Exchange:
             slot = space.host.slot(context_key)
             kinds = space.exchange_kinds(context_key)
             knowledge = (
-                await space.async_knowledge_offer(context_key)
+                await space.async_knowledge_offer(context_key, mode)
                 if PayloadKind.KNOWLEDGE in kinds
                 else None
             )
@@ -185,10 +185,23 @@ class Exchange:
         if not self._may_exchange(space, mule):
             LOGGER.info("%s: not exchanging with %s (not allowed here)", space.settings.name, mule)
             return False
+        space_id = space.settings.space_id
+        # the knowledge offered to this phone: without what it contributed itself
+        knowledge = [
+            await space.async_knowledge_offer(context_key, mode, mule)
+            for context_key, mode in space.exchanged_keys().items()
+            if PayloadKind.KNOWLEDGE in space.exchange_kinds(context_key)
+        ]
+
+        def open_encounter() -> list[Action]:
+            for sealed in knowledge:
+                self.endpoint.serve_knowledge(
+                    space_id, sealed.info.context_key, sealed.info, sealed.container
+                )
+            return self.endpoint.open(space_id, mule, time.time())
+
         try:
-            actions = await self._async_call(
-                lambda: self.endpoint.open(space.settings.space_id, mule, time.time())
-            )
+            actions = await self._async_call(open_encounter)
         except ProtocolError as err:
             LOGGER.warning(
                 "%s: cannot start an exchange with %s: %s", space.settings.name, mule, err

@@ -12,17 +12,18 @@ from mlmule_core.features import room_schema
 from mlmule_core.host import ModelHost
 from mlmule_core.identity import Identity
 from mlmule_core.knowledge import (
+    combined_knowledge,
     knowledge_of,
     payload_kind,
     proxy_set,
     seal_knowledge,
     unpack_knowledge,
 )
-from mlmule_core.knowledge_offers import KnowledgeOffers
+from mlmule_core.knowledge_offers import KnowledgeOffers, own_entry
 from mlmule_core.onnx import OnnxModel
 from mlmule_core.promotion import Change
 from mlmule_core.protocol import PayloadKind
-from mlmule_core.train_numpy import TrainConfig
+from mlmule_core.train_numpy import Distillation, TrainConfig
 
 from mule_companion.distill_torch import DistillingTorchBackend
 from tests.support.hosts import KEY, NOW, data, occupancy_model, trust_of
@@ -144,6 +145,8 @@ def test_distillation_runs_in_bounded_chunks(
 def test_a_host_without_labels_caches_and_relays_knowledge(
     homes: tuple[ModelHost, ModelHost, ModelHost], tmp_path: Path
 ) -> None:
+    """A host without labels caches what arrives and passes it on, signed by itself (its own
+    model, a starter, has learnt nothing to add)."""
     space, teacher, mule = homes
     outcome = mule.receive_knowledge(teacher.knowledge_snapshot(KEY, now=NOW + 30), now=NOW + 40)
     assert outcome.reason == "cached"
@@ -151,13 +154,15 @@ def test_a_host_without_labels_caches_and_relays_knowledge(
     # the same knowledge again is not newer
     again = mule.receive_knowledge(teacher.knowledge_snapshot(KEY, now=NOW + 31), now=NOW + 41)
     assert (again.accepted, again.reason) == (False, "replayed")
-    [relayed] = mule.relayed_knowledge(KEY, now=NOW + 50)
-    received = unpack_knowledge(relayed, trust=mule.identity, expected_proxy=None)
-    assert received.origin == mule.identity.id
-    assert received.contributor == teacher.identity.id
-    outcome = space.receive_knowledge(relayed, now=NOW + 60, config=DISTIL)
+    offered = KnowledgeOffers(mule, relay=True).offer(KEY, now=NOW + 50, receiver=space.identity.id)
+    received = unpack_knowledge(offered.container, trust=mule.identity, expected_proxy=None)
+    assert received.contributor == received.origin == mule.identity.id
+    teacher_p = mule.knowledge.entries(KEY)[0].knowledge.probabilities
+    # re-sealed in int8: half a quantisation step, then rows renormalised
+    np.testing.assert_allclose(received.knowledge.probabilities, teacher_p, atol=1.5 / 127)
+    outcome = space.receive_knowledge(offered.container, now=NOW + 60, config=DISTIL)
     assert outcome.reason == "distilled", outcome.detail
-    assert [e.contributor for e in space.knowledge.entries(KEY)] == [teacher.identity.id]
+    assert [e.contributor for e in space.knowledge.entries(KEY)] == [mule.identity.id]
     # the cache survives a restart
     reopened = ModelHost(tmp_path / "mule", mule.identity, mule.trust)
     assert reopened.knowledge.as_dict() == mule.knowledge.as_dict()
@@ -182,18 +187,38 @@ def test_knowledge_cached_on_an_older_proxy_set_is_not_relayed(
         proxy=proxy_set(slot.schema, size=256),
     )
     assert mule.knowledge.add(teacher.identity.id, older, received_at=NOW)
-    assert mule.relayed_knowledge(KEY, now=NOW + 50) == []
+    offers = KnowledgeOffers(mule, relay=True)
+    own_p = own_entry(mule.slot(KEY), mule.identity.id, received_at=NOW).knowledge.probabilities
+    alone = unpack_knowledge(
+        offers.offer(KEY, now=NOW + 50).container,
+        trust=mule.identity,
+        expected_proxy=mule.expected_proxy(),
+    )
+    np.testing.assert_allclose(alone.knowledge.probabilities, own_p, atol=0.01)
     mule.receive_knowledge(teacher.knowledge_snapshot(KEY, now=NOW + 30), now=NOW + 40)
-    [relayed] = mule.relayed_knowledge(KEY, now=NOW + 50)
-    assert unpack_knowledge(relayed, trust=mule.identity, expected_proxy=mule.expected_proxy())
+    both = unpack_knowledge(
+        offers.offer(KEY, now=NOW + 60).container,
+        trust=mule.identity,
+        expected_proxy=mule.expected_proxy(),
+    )
+    assert not np.allclose(both.knowledge.probabilities, own_p, atol=0.01)
 
 
 def test_its_own_knowledge_coming_back_changes_nothing(
     homes: tuple[ModelHost, ModelHost, ModelHost],
 ) -> None:
+    """Relayed with the space first in its lineage, the space's own knowledge is held."""
     space, _, mule = homes
-    mule.receive_knowledge(space.knowledge_snapshot(KEY, now=NOW + 30), now=NOW + 40)
-    [relayed] = mule.relayed_knowledge(KEY, now=NOW + 50)
+    own = unpack_knowledge(
+        space.knowledge_snapshot(KEY, now=NOW + 30), trust=space.identity, expected_proxy=None
+    )
+    relayed = seal_knowledge(
+        own.knowledge,
+        mule.identity,
+        version=own.meta.version,
+        created_at=NOW + 50,
+        lineage=(space.identity.id,),
+    )
     outcome = space.receive_knowledge(relayed, now=NOW + 60)
     assert (outcome.accepted, outcome.reason, outcome.changed) == (True, "held_before", False)
     assert space.knowledge.entries(KEY) == []
@@ -274,57 +299,66 @@ def test_a_phone_distils_with_its_torch_step(homes: tuple[ModelHost, ModelHost, 
     assert job.decision.served
 
 
-def test_a_relay_offers_the_freshest_knowledge_on_the_current_proxy_set(
+def test_an_offer_leaves_out_the_receivers_own_knowledge_and_is_sealed_once(
     homes: tuple[ModelHost, ModelHost, ModelHost],
 ) -> None:
-    """A relay hands back the freshest contribution it can pass on; fresher knowledge cached
-    on an older proxy set is skipped. A space offers its own, sealed once per model version."""
+    """A peer without labels offers each receiver what it knows without that receiver's own
+    contribution, sealed once per state of its cache and model; a space with labels offers its
+    own model's knowledge, whatever it caches."""
     space, teacher, mule = homes
-    relay = KnowledgeOffers(mule, relay=True)
-    own = relay.offer(KEY, now=NOW + 30)
-    assert unpack_knowledge(
-        own.container, trust=mule.identity, expected_proxy=None
-    ).contributor == (mule.identity.id)
-    slot = space.slot(KEY)
-    fresher_on_the_older_set = knowledge_of(
-        slot.spec,
-        slot.weights,
-        slot.schema,
-        KEY,
-        samples=10,
-        score=None,
-        trained_at=NOW + 1000,
-        proxy=proxy_set(slot.schema, size=256),
-    )
-    assert mule.knowledge.add(space.identity.id, fresher_on_the_older_set, received_at=NOW)
+    # a model that has learnt something (a merge, in a relay): its knowledge is offered too
+    mule.train(KEY, *data(300, 9), config=WEAK, data_time=NOW + 10, now=NOW + 20)
     mule.receive_knowledge(teacher.knowledge_snapshot(KEY, now=NOW + 30), now=NOW + 40)
-    offered = relay.offer(KEY, now=NOW + 50)
-    received = unpack_knowledge(
-        offered.container, trust=mule.identity, expected_proxy=mule.expected_proxy()
+    mule.receive_knowledge(space.knowledge_snapshot(KEY, now=NOW + 30), now=NOW + 40)
+    relay = KnowledgeOffers(mule, relay=True)
+    to_teacher = relay.offer(KEY, now=NOW + 50, receiver=teacher.identity.id)
+    to_space = relay.offer(KEY, now=NOW + 50, receiver=space.identity.id)
+    to_anyone = relay.offer(KEY, now=NOW + 50)
+    assert len({to_teacher.info.sha256, to_space.info.sha256, to_anyone.info.sha256}) == 3
+    assert (to_space.info.kind, to_space.info.size) == (
+        PayloadKind.KNOWLEDGE,
+        len(to_space.container),
     )
-    assert received.contributor == teacher.identity.id
-    assert (offered.info.kind, offered.info.size) == (PayloadKind.KNOWLEDGE, len(offered.container))
-    assert relay.offer(KEY, now=NOW + 60) is offered  # sealed once: no second container
-    # a space with labels offers its own model's knowledge, whatever it caches
-    space_offers = KnowledgeOffers(teacher, relay=False).offer(KEY, now=NOW + 70)
-    assert space_offers.info.version == teacher.slot(KEY).version
+    # versions count up: receivers never take a later offer for a replay
+    assert to_teacher.info.version < to_space.info.version < to_anyone.info.version
+    assert relay.offer(KEY, now=NOW + 60, receiver=space.identity.id) is to_space
+    # the space gets the teacher's knowledge and the mule's own, not its own coming back
+    got = unpack_knowledge(to_space.container, trust=mule.identity, expected_proxy=None)
+    [teacher_entry] = [e for e in mule.knowledge.entries(KEY) if e.contributor != space.identity.id]
+    own = own_entry(mule.slot(KEY), mule.identity.id, received_at=NOW + 50)
+    expected = combined_knowledge([teacher_entry, own], now=NOW + 50)
+    assert expected is not None
+    np.testing.assert_allclose(got.knowledge.probabilities, expected.probabilities, atol=0.01)
+    # a space with labels offers its own model's knowledge
+    labelled = KnowledgeOffers(teacher, relay=False).offer(KEY, now=NOW + 70)
+    assert labelled.info.version == teacher.slot(KEY).version
+    assert (
+        unpack_knowledge(
+            labelled.container, trust=teacher.identity, expected_proxy=None
+        ).contributor
+        == teacher.identity.id
+    )
 
 
-def test_training_with_a_distillation_term_is_judged_as_a_distillation(
+def test_a_distillation_that_loses_never_costs_the_training(
     homes: tuple[ModelHost, ModelHost, ModelHost],
 ) -> None:
-    """`train(distill=...)`: the round trains towards the cache's ensemble as well, counts as a
-    distillation, and the rule judges it as one."""
+    """`train(distill=...)` also trains a run towards the knowledge, judged first as a
+    distillation; when the rule refuses it, the plain run is judged and served as training."""
     space, teacher, _ = homes
-    outcome = space.receive_knowledge(
+    space.train(KEY, *data(3000, 8), config=STRONG, data_time=NOW + 25, now=NOW + 26)
+    space.receive_knowledge(
         teacher.knowledge_snapshot(KEY, now=NOW + 30), now=NOW + 40, distill=False
     )
-    assert outcome.reason == "cached"
-    distill = space.distillation(KEY, now=NOW + 50)
-    assert distill is not None
-    trained = space.counters["trained"]
-    space.train(
-        KEY, *data(200, 7), config=DISTIL, data_time=NOW + 50, now=NOW + 60, distill=distill
-    )
-    assert space.decisions[KEY].change is Change.DISTILL
-    assert (space.counters["distilled"], space.counters["trained"]) == (1, trained)
+    good = space.distillation(KEY, now=NOW + 50)
+    assert good is not None
+    # the opposite of what the teacher knows, pulled hard: the distilled run must lose
+    wrong = Distillation(good.x, 1.0 - good.targets, weight=50.0)
+    trained, version = space.counters["trained"], space.slot(KEY).version
+    refused = space.promotions["kept_current"]
+    space.train(KEY, *data(3000, 7), config=STRONG, data_time=NOW + 50, now=NOW + 60, distill=wrong)
+    assert (space.counters["distilled"], space.counters["trained"]) == (1, trained + 1)
+    assert space.promotions["kept_current"] == refused + 1  # the distillation
+    decision = space.decisions[KEY]
+    assert (decision.change, decision.served) == (Change.TRAINING, True)
+    assert space.slot(KEY).version == version + 1

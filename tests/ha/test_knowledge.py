@@ -7,6 +7,7 @@ from __future__ import annotations
 import hashlib
 import json
 import time
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -458,12 +459,15 @@ async def test_a_relay_keeps_knowledge_and_hands_it_back(
     own = phone_knowledge(phone, version=1)
     carry_knowledge(phone, own)
     await hass.async_add_executor_job(phone.connect)
-    try:
-        await walk_in(hass, phone, lambda: bool(knowledge_verdicts(phone)))
-        await walk_out(hass)
+
+    def handed() -> list[Any]:
         with phone.lock:
-            phone.delivered.clear()
-        await walk_in(hass, phone, lambda: any(ok for _, ok, _ in phone.delivered))
+            return [
+                d for d, ok, _ in phone.delivered if ok and d.snapshot.kind is PayloadKind.KNOWLEDGE
+            ]
+
+    try:
+        await walk_in(hass, phone, lambda: bool(knowledge_verdicts(phone)) and bool(handed()))
     finally:
         await hass.async_add_executor_job(phone.stop)
 
@@ -471,15 +475,27 @@ async def test_a_relay_keeps_knowledge_and_hands_it_back(
     (entry,) = relay.host.knowledge.entries(KEY)
     assert entry.contributor == phone.identity.id
     assert relay.host.start_distillation(KEY) is None  # no labels to distil with
-    # on its next visit the phone is handed the relay's cache: its own knowledge, signed by
-    # the relay's home, not the relay's starter model's predictions
-    handed = [d for d, ok, _ in phone.delivered if ok and d.snapshot.kind is PayloadKind.KNOWLEDGE]
-    (delivery,) = handed
+    # the relay knew no one else's knowledge, so it handed the phone its own model's (and
+    # never hands a phone its own knowledge back)
+    (delivery,) = handed()
     back = unpack_knowledge(delivery.payload, trust=phone.host.trust, expected_proxy=None)
+    assert back.contributor == hub.runtime_data.identity.id
+    # another phone is handed what this one knew, passed on in the relay home's name (its
+    # own model, a starter, has learnt nothing to add)
+    passed_on = await hass.async_add_executor_job(
+        partial(
+            relay.knowledge.offer,
+            KEY,
+            now=relay.clock.now(),
+            receiver="another-phone",
+            labelled=False,
+        )
+    )
+    passed = unpack_knowledge(passed_on.container, trust=phone.host.trust, expected_proxy=None)
     sent = unpack_knowledge(own, trust=phone.identity, expected_proxy=None)
-    assert back.contributor == phone.identity.id  # the relay passes it on, naming its maker
+    assert passed.contributor == hub.runtime_data.identity.id
     # re-sealed in int8 (the default): half a quantisation step, then rows renormalised
     np.testing.assert_allclose(
-        back.knowledge.probabilities, sent.knowledge.probabilities, atol=1.5 / 127
+        passed.knowledge.probabilities, sent.knowledge.probabilities, atol=1.5 / 127
     )
     assert state(hass, "sensor.office_knowledge_cache").state == "1"

@@ -260,12 +260,6 @@ def _replay_key(meta: SnapshotMeta) -> str:
     )
 
 
-def _knowledge_replay_key(received: KnowledgeSnapshot) -> str:
-    """What a signer's knowledge versions count up within: per context key and contributor
-    (a relay passes on several contributors' knowledge, each with its own versions)."""
-    return f"knowledge:{received.meta.context_key}@{received.contributor}"
-
-
 def predicted(
     spec: FamilySpec, weights: Mapping[str, FloatArray], x: FloatArray
 ) -> npt.NDArray[np.int64]:
@@ -305,13 +299,15 @@ class TrainingJob:
         labelled: HeldOut | None = None,
         change: Change = Change.TRAINING,
         fine_tuning: FineTuning | None = None,
+        distilling: Trainer | None = None,
     ) -> None:
         """`window`: the latest labelled samples, kept out of `trainer`'s data, on which the
         promotion rule judges the result (`promotion.split_holdout`); `labelled`: every
         labelled sample of the run, window included, on which later merges are judged (see
         `ModelHost.hold_out`). `change`: training, or distillation (`start_distillation`).
         `fine_tuning`: the same training from a refused merge, run after `trainer` (see
-        `commit`)."""
+        `commit`). `distilling`: the same training with a distillation term, from the served
+        model, judged as a distillation before `trainer` (see `commit`)."""
         self._host = host
         self.change = change
         self.context_key = context_key
@@ -321,6 +317,7 @@ class TrainingJob:
         self._window = window
         self._labelled = labelled
         self._fine_tuning = fine_tuning
+        self._distilling = distilling
         self._base_version = host.slot(context_key).version
         self.decision: PromotionDecision | None = None
 
@@ -328,7 +325,8 @@ class TrainingJob:
     def trainers(self) -> tuple[Trainer, ...]:
         """The runs of this job, in the order they train."""
         tuning = () if self._fine_tuning is None else (self._fine_tuning.trainer,)
-        return (self._trainer, *tuning)
+        distilling = () if self._distilling is None else (self._distilling,)
+        return (self._trainer, *tuning, *distilling)
 
     @property
     def steps(self) -> int:
@@ -346,7 +344,9 @@ class TrainingJob:
         """Finish training, and store the result as the host's next version if the promotion
         rule serves it (`decision` says what it decided). With a fine-tuned refused merge, that
         one is judged first and the plain training only if it is refused: the merge carries
-        what the host's window cannot show, and the plain run keeps the host learning."""
+        what the host's window cannot show, and the plain run keeps the host learning. A
+        distilling run is judged next, as a distillation: knowledge never costs the host its
+        own training either."""
         host = self._host
         with host.lock:
             slot = host.slot(self.context_key)
@@ -361,14 +361,17 @@ class TrainingJob:
             if self._window is not None:
                 host.hold_out(self.context_key, self._window, labelled=self._labelled)
             host.counters["distilled" if self.change is Change.DISTILL else "trained"] += 1
-            runs = [(slot.state(), self._trainer)]
+            runs = [(slot.state(), self._trainer, self.change)]
+            if self._distilling is not None:
+                host.counters["distilled"] += 1
+                runs.insert(0, (slot.state(), self._distilling, Change.DISTILL))
             if self._fine_tuning is not None:
-                runs.insert(0, (self._fine_tuning.start, self._fine_tuning.trainer))
-            for start, trainer in runs:
+                runs.insert(0, (self._fine_tuning.start, self._fine_tuning.trainer, self.change))
+            for start, trainer, change in runs:
                 weights, report = trainer.result()
-                self.decision = host.judge(self.context_key, self.change, weights, now=now)
+                self.decision = host.judge(self.context_key, change, weights, now=now)
                 if self.decision.served:
-                    if trainer is not self._trainer:
+                    if self._fine_tuning is not None and trainer is self._fine_tuning.trainer:
                         host.counters["fine_tuned_merges"] += 1
                     host.commit(
                         self.context_key,
@@ -600,8 +603,8 @@ class ModelHost:
 
         `x`, `y` are time-ordered; the latest `promotion.holdout_fraction` of them are held out
         of training, and the promotion rule judges the result on them. With `distill` (see
-        `distillation`) the job trains towards the knowledge cache too, and is judged as a
-        distillation."""
+        `distillation`) the job also trains a run towards the knowledge cache, judged first,
+        as a distillation (`TrainingJob.commit`)."""
         train_x, train_y, window = split_holdout(x, y, self.settings.promotion.holdout_fraction)
         labelled = HeldOut.of(x, y)
         with self.lock:
@@ -610,18 +613,19 @@ class ModelHost:
             return TrainingJob(
                 self,
                 context_key,
-                Trainer(slot.spec, slot.weights, train_x, train_y, config, distill=distill),
+                Trainer(slot.spec, slot.weights, train_x, train_y, config),
                 samples=int(train_y.shape[0]),
                 data_time=data_time,
                 window=window,
                 labelled=labelled,
-                change=Change.TRAINING if distill is None else Change.DISTILL,
                 fine_tuning=None
                 if refused is None
                 else FineTuning(
-                    refused,
-                    Trainer(slot.spec, refused.weights, train_x, train_y, config, distill=distill),
+                    refused, Trainer(slot.spec, refused.weights, train_x, train_y, config)
                 ),
+                distilling=None
+                if distill is None
+                else Trainer(slot.spec, slot.weights, train_x, train_y, config, distill=distill),
             )
 
     def take_refused_merge(self, context_key: str) -> ModelState | None:
@@ -946,36 +950,6 @@ class ModelHost:
             limits=self.settings.limits,
         )
 
-    def relayed_knowledge(
-        self,
-        context_key: str,
-        *,
-        now: float | None = None,
-        compression: KnowledgeCompression = DEFAULT_KNOWLEDGE_COMPRESSION,
-    ) -> list[bytes]:
-        """The cached knowledge of other contributors for `context_key`, re-signed by this host
-        with the contributor first in the lineage (a relay space or a mule passing it on).
-        Knowledge cached on another proxy set than the key's model uses now (before an update
-        changed the set) is not passed on: receivers would refuse it."""
-        now = self.settings.clock() if now is None else now
-        with self.lock:
-            entries = self.knowledge.entries(
-                context_key, proxy_id=self.expected_proxy().get(context_key)
-            )
-        return [
-            seal_knowledge(
-                entry.knowledge,
-                self.identity,
-                version=entry.version,
-                created_at=max(now, entry.knowledge.trained_at),
-                lineage=(entry.contributor,),
-                compression=compression,
-                limits=self.settings.limits,
-            )
-            for entry in entries
-            if entry.contributor != self.identity.id
-        ]
-
     def receive_knowledge(
         self,
         data: bytes,
@@ -1006,7 +980,7 @@ class ModelHost:
                     now=now,
                     max_age=self.settings.max_age_seconds,
                 )
-                replay_key = _knowledge_replay_key(received)
+                replay_key = received.replay_key
                 self.replay_guard.check(received.origin, replay_key, received.meta.version)
             except SnapshotError as err:
                 return self._reject(err.reason, str(err))

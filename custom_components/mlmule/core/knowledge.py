@@ -363,6 +363,13 @@ class KnowledgeSnapshot(SnapshotHeader):
     def contributor(self) -> str:
         return self.meta.lineage[0] if self.meta.lineage else self.origin
 
+    @property
+    def replay_key(self) -> str:
+        """What its signer's knowledge versions count up within: per context key and
+        contributor (a relay passes on several contributors' knowledge, each with its own
+        versions), apart from the signer's model versions."""
+        return f"knowledge:{self.meta.context_key}@{self.contributor}"
+
 
 def seal_knowledge(
     knowledge: Knowledge,
@@ -634,6 +641,44 @@ class CacheEntry:
             raise CorruptStateFile(f"a knowledge cache entry is unusable: {err}") from err
 
 
+def _weighted_mean(entries: Sequence[CacheEntry], now: float, half_life: float) -> FloatArray:
+    weights = np.array([e.weight(now, half_life) for e in entries], dtype=np.float64)
+    stacked = np.stack([e.knowledge.probabilities.astype(np.float64) for e in entries])
+    mean = np.tensordot(weights / weights.sum(), stacked, axes=1)
+    return np.asarray(mean, dtype=np.float32)
+
+
+def combined_knowledge(
+    entries: Sequence[CacheEntry],
+    *,
+    now: float,
+    prefer: str | None = None,
+    half_life: float = MLMULE_HALF_LIFE,
+) -> Knowledge | None:
+    """Several contributors' knowledge of one key (on one proxy set) as one, which a peer
+    without labels passes on (MoMoDistill's model over models): their freshness- and
+    score-weighted ensemble (`CacheEntry.weight`), the most samples and newest training and
+    data among them, their mean stated score. Family, task and schema are `prefer`'s entry's,
+    else the most recently trained one's. None without entries."""
+    if not entries:
+        return None
+    preferred = [e for e in entries if e.contributor == prefer]
+    base = (preferred or sorted(entries, key=lambda e: e.knowledge.trained_at))[-1].knowledge
+    scores = [e.knowledge.score for e in entries if e.knowledge.score is not None]
+    return Knowledge(
+        context_key=base.context_key,
+        task=base.task,
+        proxy_id=base.proxy_id,
+        family=base.family,
+        probabilities=_weighted_mean(entries, now, half_life),
+        samples=max(e.knowledge.samples for e in entries),
+        score=float(np.mean(scores)) if scores else None,
+        trained_at=max(e.knowledge.trained_at for e in entries),
+        schema_hash=base.schema_hash,
+        data_time=max(e.knowledge.newest_data for e in entries),
+    )
+
+
 def _stored_probabilities(raw_shape: Any, encoded: Any) -> FloatArray:
     shape = tuple(int(d) for d in raw_shape)
     if len(shape) != 2 or not (0 < shape[0] <= MAX_PROXY_SIZE and 0 < shape[1] <= MAX_OUTPUTS):
@@ -733,12 +778,7 @@ class KnowledgeCache:
         """The freshness- and score-weighted mean of the key's probabilities (`CacheEntry
         .weight`), without the contributors in `exclude`; None when nothing is left."""
         chosen = [e for e in self.entries(context_key) if e.contributor not in exclude]
-        if not chosen:
-            return None
-        weights = np.array([e.weight(now, half_life) for e in chosen], dtype=np.float64)
-        stacked = np.stack([e.knowledge.probabilities.astype(np.float64) for e in chosen])
-        mean = np.tensordot(weights / weights.sum(), stacked, axes=1)
-        return np.asarray(mean, dtype=np.float32)
+        return _weighted_mean(chosen, now, half_life) if chosen else None
 
     def as_dict(self) -> dict[str, Any]:
         """Per key and contributor: what is held, without the probabilities (for status)."""

@@ -1,25 +1,39 @@
-"""The knowledge a space or a relay space offers the phones it meets (issue 13), around the
-host's knowledge path (`ModelHost.knowledge_snapshot`, `ModelHost.relayed_knowledge`).
+"""The knowledge a peer offers the peers it meets (issue 13), around the host's knowledge path.
 
-A space offers its own model's knowledge. A relay has no labels and learns nothing itself: it
-hands back the freshest knowledge a phone brought it (re-signed by the relay's home, the
-contributor first in its lineage), its own model's while it keeps none. What is offered is
-sealed once per model version or cached contribution: sealing again would give receivers a
-second container of the same version, which they refuse as a replay.
+- **A space with labels for a key** offers its own model's knowledge
+  (`ModelHost.knowledge_snapshot`), sealed once per model version: sealing again would give
+  receivers a second container of the same version, which they refuse as a replay.
+- **A peer without labels for a key** (a relay space, a space in mobile-data mode, a phone
+  carrying between spaces) learns nothing itself from knowledge: it passes on what it knows,
+  combined into one snapshot (`knowledge.combined_knowledge`, MoMoDistill's model over
+  models): the knowledge it cached and its own model's (unless that model has learnt nothing
+  yet, a starter), without the receiver's own contribution, which would only echo back. With
+  nothing else to offer it offers its own model's knowledge, so that a phone, which offers
+  knowledge only to a space that offered some, brings it its own. It signs the result itself,
+  so a receiver needs to trust only the peer in front of it (`Combiner`).
 
-Home Assistant's spaces (`custom_components/mlmule/knowledge.py`) and the benchmark's both
-offer through `KnowledgeOffers`.
+Home Assistant's spaces (`custom_components/mlmule/knowledge.py`), the phone
+(`mule_companion/knowledge.py`) and the benchmark offer through this module.
 """
 
 from __future__ import annotations
 
 import hashlib
 import threading
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
-from .host import ModelHost
+from .host import ModelHost, ModelSlot
+from .identity import Identity
+from .knowledge import (
+    CacheEntry,
+    ProxySet,
+    combined_knowledge,
+    knowledge_of,
+    seal_knowledge,
+)
 from .protocol import PayloadKind, SnapshotInfo
-from .snapshot import inspect
+from .snapshot import DEFAULT_LIMITS, SnapshotLimits, inspect
 
 
 @dataclass(frozen=True)
@@ -50,6 +64,48 @@ class SealedKnowledge:
         return cls(info, container)
 
 
+class Combiner:
+    """Seals combined knowledge under one identity, each version strictly newer than any it
+    sealed before, across restarts too (wall seconds)."""
+
+    def __init__(self, identity: Identity, *, limits: SnapshotLimits = DEFAULT_LIMITS) -> None:
+        self.identity = identity
+        self._limits = limits
+        self._version = 0
+
+    def seal(self, entries: Sequence[CacheEntry], *, now: float) -> SealedKnowledge | None:
+        """`entries` combined (descriptive fields from this peer's own entry, if one is among
+        them) and signed; None without entries."""
+        knowledge = combined_knowledge(entries, now=now, prefer=self.identity.id)
+        if knowledge is None:
+            return None
+        self._version = max(self._version + 1, int(now))
+        container = seal_knowledge(
+            knowledge, self.identity, version=self._version, created_at=now, limits=self._limits
+        )
+        return SealedKnowledge.of(container)
+
+
+def own_entry(
+    slot: ModelSlot, contributor: str, *, received_at: float, proxy: ProxySet | None = None
+) -> CacheEntry:
+    """The knowledge of the model in `slot` (on `proxy`, default its schema's proxy set), as a
+    cache entry of `contributor`, unscored."""
+    meta = slot.meta
+    knowledge = knowledge_of(
+        slot.spec,
+        slot.weights,
+        slot.schema,
+        slot.context_key,
+        samples=meta.samples,
+        score=None,
+        trained_at=meta.last_trained,
+        data_time=meta.data_time,
+        proxy=proxy,
+    )
+    return CacheEntry(contributor, knowledge, received_at, slot.version)
+
+
 class KnowledgeOffers:
     """The knowledge offers of one space or relay space (thread-safe)."""
 
@@ -57,32 +113,51 @@ class KnowledgeOffers:
         self.host = host
         self.relay = relay
         self._lock = threading.Lock()
-        self._sealed: dict[str, tuple[object, SealedKnowledge]] = {}
+        self._combiner = Combiner(host.identity, limits=host.settings.limits)
+        # (context key, receiver) -> what the offer was made of, and the offer
+        self._sealed: dict[tuple[str, str | None], tuple[object, SealedKnowledge]] = {}
+        self._own: dict[str, CacheEntry] = {}  # context key -> its model's knowledge
 
-    def offer(self, context_key: str, *, now: float) -> SealedKnowledge:
-        """This home's knowledge of `context_key` to offer."""
+    def offer(
+        self, context_key: str, *, now: float, receiver: str | None = None, labelled: bool = True
+    ) -> SealedKnowledge:
+        """This home's knowledge of `context_key` for `receiver` (a mule id; None: anyone).
+        `labelled`: the space learns the key from labels of its own (fixed-data mode)."""
         host = self.host
         with self._lock, host.lock:
-            proxy_id = host.expected_proxy().get(context_key)
-            relayed = [
+            slot = host.slot(context_key)
+            if labelled and not self.relay:
+                return self._memo(
+                    (context_key, None),
+                    ("own", slot.version),
+                    lambda: SealedKnowledge.of(host.knowledge_snapshot(context_key, now=now)),
+                )
+            own = self._own.get(context_key)
+            if own is None or own.version != slot.version:
+                own = own_entry(slot, host.identity.id, received_at=now)
+                self._own[context_key] = own
+            others = [
                 entry
-                for entry in host.knowledge.entries(context_key, proxy_id=proxy_id)
-                if entry.contributor != host.identity.id
+                for entry in host.knowledge.entries(
+                    context_key, proxy_id=host.expected_proxy().get(context_key)
+                )
+                if entry.contributor not in {host.identity.id, receiver}
             ]
-            token: object = ("own", host.slot(context_key).version)
-            freshest = None
-            if self.relay and relayed:
-                freshest = max(relayed, key=lambda e: (e.knowledge.trained_at, e.contributor))
-                token = ("relayed", freshest.contributor, freshest.version)
-            held = self._sealed.get(context_key)
-            if held is not None and held[0] == token:
-                return held[1]
-            if freshest is None:
-                container = host.knowledge_snapshot(context_key, now=now)
-            else:
-                # relayed_knowledge re-signs the same entries, in the same order
-                containers = host.relayed_knowledge(context_key, now=now)
-                container = containers[relayed.index(freshest)]
-            sealed = SealedKnowledge.of(container)
-            self._sealed[context_key] = (token, sealed)
-            return sealed
+            made_of = tuple((e.contributor, e.version, e.knowledge.trained_at) for e in others)
+
+            chosen = [*others, own] if own.knowledge.samples or not others else others
+
+            def combine() -> SealedKnowledge:
+                sealed = self._combiner.seal(chosen, now=now)
+                assert sealed is not None  # never empty
+                return sealed
+
+            return self._memo((context_key, receiver), ("combined", slot.version, made_of), combine)
+
+    def _memo(
+        self, name: tuple[str, str | None], token: object, make: Callable[[], SealedKnowledge]
+    ) -> SealedKnowledge:
+        held = self._sealed.get(name)
+        if held is None or held[0] != token:
+            held = self._sealed[name] = (token, make())
+        return held[1]
