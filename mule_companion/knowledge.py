@@ -86,6 +86,8 @@ class PhoneKnowledge:
         self._replay = replay
         self._max_age = max_age
         self._combiner = Combiner(identity, limits=limits)
+        # (home id, context key) -> what its offer was made of, and the offer
+        self._offers: dict[tuple[str, str], tuple[object, SealedKnowledge | None]] = {}
 
     def receive(self, container: bytes, *, now: float) -> tuple[KnowledgeSnapshot, bool]:
         """Verify a knowledge snapshot and cache it; raises the `SnapshotError` that refuses it.
@@ -117,9 +119,16 @@ class PhoneKnowledge:
 
     def offer_for(self, home_id: str, context_key: str, *, now: float) -> SealedKnowledge | None:
         """The phone's knowledge of `context_key` for `home_id`: its cache combined, without
-        that home's contribution; None when nothing else is known."""
+        that home's contribution; None when nothing else is known. Sealed again only when what
+        it is made of changed, so a home fetches it once."""
         current = self.cache.entries(context_key, proxy_id=self._proxies.get(context_key))
-        return self._combiner.seal([e for e in current if e.contributor != home_id], now=now)
+        entries = [e for e in current if e.contributor != home_id]
+        made_of = tuple((e.contributor, e.knowledge.trained_at) for e in entries)
+        held = self._offers.get((home_id, context_key))
+        if held is None or held[0] != made_of:
+            held = (made_of, self._combiner.seal(entries, now=now))
+            self._offers[(home_id, context_key)] = held
+        return held[1]
 
     def distillation(
         self, context_key: str, *, now: float, exclude: frozenset[str]

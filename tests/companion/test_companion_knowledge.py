@@ -137,6 +137,12 @@ def test_each_home_is_offered_the_ensemble_without_its_own_knowledge(tmp_path: P
     later = peers.knowledge.offer_for(second.id, KEY, now=T0 + 20)
     assert later is not None
     assert later.info.version > offered.info.version  # a receiver never sees it as a replay
+    # sealed again only when what it is made of changed: a home fetches it once
+    assert peers.knowledge.offer_for(first.id, KEY, now=T0 + 30) is offered
+    peers.knowledge.receive(peers.sealed_by(second, 2, shift=2), now=T0 + 40)
+    newer = peers.knowledge.offer_for(first.id, KEY, now=T0 + 50)
+    assert newer is not None
+    assert newer.info.version > later.info.version
 
 
 def test_distillation_pulls_towards_the_others_knowledge_on_the_proxy_set(tmp_path: Path) -> None:

@@ -350,6 +350,7 @@ def test_a_distillation_that_loses_never_costs_the_training(
     space.receive_knowledge(
         teacher.knowledge_snapshot(KEY, now=NOW + 30), now=NOW + 40, distill=False
     )
+    assert space.counters["knowledge_cached"] == 1  # counted once
     good = space.distillation(KEY, now=NOW + 50)
     assert good is not None
     # the opposite of what the teacher knows, pulled hard: the distilled run must lose

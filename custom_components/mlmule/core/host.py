@@ -992,7 +992,6 @@ class ModelHost:
             )
             if not added:
                 return self._knowledge_outcome(received, HELD_BEFORE, "nothing newer")
-            self.counters["knowledge_cached"] += 1
             job = self.start_distillation(key, now=now, config=config) if distill else None
             if job is None:
                 return self._knowledge_outcome(received, CACHED, "kept for distillation")
