@@ -35,6 +35,8 @@ METHODS = (
     "mlmule_personal",
     "mlmule_no_gate",
     "mlmule_no_fine_tune",
+    "mlmule_weights_only",
+    "mlmule_knowledge_only",
 )
 MLMULE_METHODS = frozenset(name for name in METHODS if name.startswith("mlmule"))
 # Server methods have a global model, scored as `final_global` beside the personalised score.

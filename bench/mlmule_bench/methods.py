@@ -27,11 +27,13 @@ from typing import Any, ClassVar
 import numpy as np
 from mlmule_core import families
 from mlmule_core.families import FamilySpec
+from mlmule_core.features import FeatureSchema
 from mlmule_core.host import HostSettings
 from mlmule_core.identity import TrustStore
 from mlmule_core.promotion import Change, HeldOut, Labels, PromotionDecision, PromotionRule
-from mlmule_core.protocol import Mode
+from mlmule_core.protocol import DEFAULT_EXCHANGE_MODE, MULE_EXCHANGE_MODE, Mode, PayloadKind
 from mlmule_core.snapshot import unpack
+from mlmule_core.starter import starter_index
 from mlmule_core.strategies import (
     AggregationContext,
     ModelState,
@@ -46,6 +48,7 @@ from .config import HOUR
 from .data import RELAY_SPACE, Architecture, SpaceSite, TaskData, Unit, is_fixed
 from .mobility import Meeting, Visit
 from .peers import (
+    WEIGHTS_ONLY,
     Exchanges,
     MuleApp,
     Peer,
@@ -572,13 +575,22 @@ class MLMule(PeerMethod):
     # keeps every merge) and phones take no guests
     strategy_options = GUEST_GATE
     mule_carries: str | None = None  # None: the configuration's
+    # what the spaces and the phones swap: the product's defaults (both); knowledge moves for
+    # the keys whose proxy set a phone knows (`knowledge_schemas`), weights alone elsewhere
+    exchange_kinds = DEFAULT_EXCHANGE_MODE.kinds
+    phone_kinds = MULE_EXCHANGE_MODE.kinds
     # an ablation whose knob acts only where spaces train: in mobile-data mode its run is
     # ML Mule's step for step
     fixed_data_only = False
+    # an ablation whose knob acts only where knowledge moves
+    knowledge_only = False
 
     @classmethod
     def same_run_as(cls, data: TaskData) -> str | None:
-        return MLMule.name if cls.fixed_data_only and not is_fixed(data.task) else None
+        idle = (cls.fixed_data_only and not is_fixed(data.task)) or (
+            cls.knowledge_only and not knowledge_schemas(data.architectures)
+        )
+        return MLMule.name if idle else None
 
     def __init__(self, sim: Simulation, root: Path) -> None:
         super().__init__(sim, root)
@@ -606,7 +618,11 @@ class MLMule(PeerMethod):
             seed=sim.seed,
             history=sim.history,
             mule_carries=self.mule_carries or sim.config.mule_carries,
+            kinds=self.exchange_kinds,
+            phone_kinds=self.phone_kinds,
+            knowledge_schemas=knowledge_schemas(self.architectures),
         )
+        sim.distillation_for = self.exchanges.distillation
 
     def options(self) -> dict[str, Any]:
         return {**self.sim.config.mlmule_options, **self.strategy_options}
@@ -637,6 +653,13 @@ class MLMule(PeerMethod):
 
     def on_period_end(self, now: float) -> None:
         self.train_leftovers(now)
+
+
+def knowledge_schemas(architectures: Mapping[str, Architecture]) -> dict[str, FeatureSchema]:
+    """The keys knowledge can move for, with their models' schemas: those the product's phones
+    know the proxy set of (a starter's; the benchmark's research tasks have none)."""
+    starters = starter_index()
+    return {key: arch.schema for key, arch in architectures.items() if key in starters}
 
 
 def relay_space_id(context_key: str) -> str:
@@ -685,6 +708,23 @@ class MLMuleNoFineTune(MLMule):
     promotion_options = MappingProxyType({"fine_tune_refused": False})
 
 
+class MLMuleWeightsOnly(MLMule):
+    """Spaces and phones swap weights alone (ML Mule before knowledge)."""
+
+    name = "mlmule_weights_only"
+    exchange_kinds = phone_kinds = WEIGHTS_ONLY
+    knowledge_only = True
+
+
+class MLMuleKnowledgeOnly(MLMule):
+    """Spaces and phones swap knowledge alone: no weights move (so relay spaces, which start
+    without a model, never hold one)."""
+
+    name = "mlmule_knowledge_only"
+    exchange_kinds = phone_kinds = frozenset({PayloadKind.KNOWLEDGE})
+    knowledge_only = True
+
+
 class MLMuleNoGate(MLMule):
     """Guests' snapshots merge without the validation gate (the promotion rule still judges)."""
 
@@ -709,5 +749,7 @@ METHOD_CLASSES: dict[str, type[Method]] = {
         MLMulePersonal,
         MLMuleNoGate,
         MLMuleNoFineTune,
+        MLMuleWeightsOnly,
+        MLMuleKnowledgeOnly,
     )
 }

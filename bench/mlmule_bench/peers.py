@@ -10,7 +10,10 @@ every snapshot is chunked, reassembled, hash-checked and verified, as over MQTT.
 What a space and a mule do with a delivered snapshot is the application's part. Here it follows
 the integration's `exchange.py` (a space merges, trains, answers) and the mule's role in
 `docs/protocol.md` (adopt the answer in fixed-data mode; merge, train and answer in
-mobile-data mode), plus one rule the product does not have yet (see `KnownWeights`).
+mobile-data mode). Knowledge, where a method exchanges it, moves as in the product: a space
+offers through `core/knowledge_offers.py` and caches what phones bring in its host; a phone
+keeps the companion's `PhoneKnowledge`; a learner's next round distils (`Simulation
+.distillation_for`).
 """
 
 from __future__ import annotations
@@ -22,8 +25,11 @@ from pathlib import Path
 
 import numpy as np
 from mlmule_core import families
-from mlmule_core.host import HELD_BEFORE, UNCHANGED, HostSettings, ModelHost, Outcome
+from mlmule_core.errors import MlmuleError
+from mlmule_core.features import FeatureSchema
+from mlmule_core.host import CACHED, HELD_BEFORE, UNCHANGED, HostSettings, ModelHost, Outcome
 from mlmule_core.identity import Identity, PeerKind, TrustEntry, TrustRole, TrustStore
+from mlmule_core.knowledge_offers import KnowledgeOffers
 from mlmule_core.promotion import HeldOut
 from mlmule_core.protocol import (
     Action,
@@ -33,6 +39,7 @@ from mlmule_core.protocol import (
     Failed,
     Mode,
     MuleEndpoint,
+    PayloadKind,
     Publish,
     SnapshotInfo,
     SpaceEndpoint,
@@ -42,7 +49,9 @@ from mlmule_core.train_numpy import Distillation, TrainConfig, TrainReport
 from mlmule_core.weights import Weights
 from mlmule_world.config import stream
 
-from .data import Architecture, SpaceSite, Unit
+from mule_companion.knowledge import PhoneKnowledge
+
+from .data import RELAY_SPACE, Architecture, SpaceSite, Unit
 
 SERVER = "server"
 
@@ -284,6 +293,8 @@ class MuleApp:
 
 TrainingFor = Callable[[Peer, str, Unit, float], TrainNeed | None]
 Evaluators = Callable[[Peer, Unit, float], Mapping[str, Callable[[Weights], float]]]
+WEIGHTS_ONLY = frozenset({PayloadKind.WEIGHTS})
+KNOWLEDGE_ENTRIES = 32  # the companion's default `knowledge.max_entries`
 
 
 class Exchanges:
@@ -303,7 +314,13 @@ class Exchanges:
         seed: int,
         history: float,
         mule_carries: str = "answer",
+        kinds: frozenset[PayloadKind] = WEIGHTS_ONLY,
+        phone_kinds: frozenset[PayloadKind] | None = None,
+        knowledge_schemas: Mapping[str, FeatureSchema] | None = None,
     ) -> None:
+        """`kinds`: what the spaces exchange, `phone_kinds` what the phones do (default the
+        same); knowledge only for the keys of `knowledge_schemas` (those a phone knows the
+        proxy set of: the product's starters'), weights alone for the others."""
         self.population = population
         self.history = history  # how far back a host's labelled samples reach
         # fixed-data mode: a phone carries the last space's answer, or merges it into its own
@@ -311,14 +328,20 @@ class Exchanges:
         self.ledger = ledger
         self._training_for = training_for
         self._evaluators = evaluators
+        self.kinds = kinds
+        self.phone_kinds = kinds if phone_kinds is None else phone_kinds
+        self.knowledge_schemas = dict(knowledge_schemas or {})
         self.space_endpoints = {
             home: SpaceEndpoint(
                 identity,
                 population.home_trust(home),
                 random_bytes=stream(seed, "sessions", home).bytes,
+                kinds=kinds,
             )
             for home, identity in population.home_identity.items()
         }
+        self.offers: dict[str, KnowledgeOffers] = {}  # space peer -> its knowledge offers
+        self.phone_knowledge: dict[str, PhoneKnowledge] = {}
         self.mule_endpoints: dict[str, MuleEndpoint] = {}
         self._seed = seed
         # (phone, key) -> the space a phone's current model came from, as that space signed it
@@ -332,9 +355,44 @@ class Exchanges:
                 identity,
                 self.population.phone_trust(mule.peer.name),
                 random_bytes=stream(self._seed, "sessions", mule.peer.name).bytes,
+                kinds=self.phone_kinds,
             )
             self.mule_endpoints[mule.peer.name] = endpoint
         return endpoint
+
+    def knowledge_of(self, phone: Peer) -> PhoneKnowledge:
+        """The phone's knowledge cache and offers, as the companion keeps them."""
+        held = self.phone_knowledge.get(phone.name)
+        if held is None:
+            host = phone.host
+            held = PhoneKnowledge(
+                host.root / "knowledge.json",
+                host.identity,
+                host.trust,
+                max_entries=KNOWLEDGE_ENTRIES,
+                limits=host.settings.limits,
+                replay=host.replay_guard,
+                max_age=host.settings.max_age_seconds,
+                schemas=self.knowledge_schemas,
+            )
+            self.phone_knowledge[phone.name] = held
+        return held
+
+    def key_kinds(self, context_key: str) -> frozenset[PayloadKind]:
+        return self.kinds if context_key in self.knowledge_schemas else WEIGHTS_ONLY
+
+    def distillation(self, peer: Peer, context_key: str, now: float) -> Distillation | None:
+        """The term a learner's next round distils towards: a phone's from its knowledge cache
+        (without its own), a space's from its host's; None where no knowledge moves."""
+        if PayloadKind.KNOWLEDGE not in self.key_kinds(context_key):
+            return None
+        held = self.phone_knowledge.get(peer.name)
+        if held is not None:
+            built = held.distillation(
+                context_key, now=now, exclude=frozenset({peer.host.identity.id})
+            )
+            return None if built is None else built[0]
+        return peer.host.distillation(context_key, now=now)
 
     def tick(self, now: float) -> None:
         """Let the endpoints forget sessions that ended long ago (they keep none open)."""
@@ -346,8 +404,8 @@ class Exchanges:
         key = space.site.context_key
         home = self.space_endpoints[space.site.home]
         phone = self.mule_endpoint(mule)
-        self._serve(home, space)
-        self._carry(phone, space, mule)
+        self._serve(home, space, mule, now)
+        self._carry(phone, space, mule, now)
         self.ledger.encounters += 1
         queue: deque[tuple[str, Action]] = deque(
             ("space", action)
@@ -384,12 +442,22 @@ class Exchanges:
         self.ledger.transfers += delivered
         self.ledger.exchanges += delivered > 0
 
-    def _carry(self, phone: MuleEndpoint, space: SpaceApp, mule: MuleApp) -> None:
+    def _carry(self, phone: MuleEndpoint, space: SpaceApp, mule: MuleApp, now: float) -> None:
         """What the mule offers: back in the space its model came from, that space's own
         snapshot (the space knows its hash, so nothing moves unless the space has a newer
-        model); anywhere else, its own re-signed copy, which the other space can verify."""
+        model); anywhere else, its own re-signed copy, which the other space can verify. Where
+        it exchanges knowledge, what it knows without this home's share (`offer_for`)."""
         key = space.site.context_key
-        if not mule.peer.host.has(key):
+        has = mule.peer.host.has(key)
+        if PayloadKind.KNOWLEDGE in self.phone_kinds & self.key_kinds(key):
+            knowledge = self.knowledge_of(mule.peer)
+            if has:
+                knowledge.learn_own(mule.peer.host.slot(key))
+            home_id = self.population.home_identity[space.site.home].id
+            sealed = knowledge.offer_for(home_id, key, now=now)
+            if sealed is not None:
+                phone.carry(sealed.info, sealed.container)
+        if not has:
             return
         slot = mule.peer.host.slot(key)
         origin = self._origin.get((mule.peer.name, key))
@@ -410,6 +478,8 @@ class Exchanges:
     ) -> Generator[TrainNeed, TrainReport | None, list[Action]]:
         key = space.site.context_key
         peer = space.peer
+        if action.snapshot.kind is PayloadKind.KNOWLEDGE:
+            return (yield from self._space_knowledge(home, space, mule, action, now))
         guest = mule.peer.home != space.site.home
         evaluators = (
             self._evaluators(peer, space.unit, now)
@@ -431,7 +501,7 @@ class Exchanges:
                 yield need
         if not peer.host.has(key):
             return follow
-        self._serve(home, space)
+        self._serve(home, space, mule, now)
         # as exchange.py: after a merge and after a refusal alike, the space answers with what
         # it serves (`ModelHost.answer`), so the mule carries it; nothing when the mule carries
         # it already (or a relay has just taken it as its first model)
@@ -446,6 +516,34 @@ class Exchanges:
             )
         return follow
 
+    def _space_knowledge(
+        self,
+        home: SpaceEndpoint,
+        space: SpaceApp,
+        mule: MuleApp,
+        action: Deliver,
+        now: float,
+    ) -> Generator[TrainNeed, TrainReport | None, list[Action]]:
+        """A phone's knowledge: the space caches it (`receive_knowledge`, as the integration,
+        distilling apart) and, where it learns the key, distils in its next round."""
+        peer = space.peer
+        outcome = peer.host.receive_knowledge(action.payload, now=now, distill=False)
+        if not outcome.accepted:
+            self.ledger.reject(outcome.reason)
+        follow = home.settle(
+            action.ref.session,
+            action.transfer,
+            accepted=outcome.accepted,
+            reason=outcome.reason,
+            now=now,
+        )
+        if outcome.reason == CACHED and action.mode is Mode.FIXED and space.unit is not None:
+            need = self._training_for(peer, space.site.context_key, space.unit, now)
+            if need is not None:
+                yield need
+                self._serve(home, space, mule, now)
+        return follow
+
     # -- the mule's application
 
     def _mule_delivered(
@@ -458,6 +556,8 @@ class Exchanges:
     ) -> Generator[TrainNeed, TrainReport | None, list[Action]]:
         key = space.site.context_key
         peer = mule.peer
+        if action.snapshot.kind is PayloadKind.KNOWLEDGE:
+            return (yield from self._mule_knowledge(phone, space, mule, action, now))
         carries_merge = self.mule_carries == "merge" and action.mode is Mode.FIXED
         if (action.mode is Mode.FIXED and not carries_merge) or not peer.host.has(key):
             # the space's answer (or the first model of a key): carried as it is
@@ -504,6 +604,50 @@ class Exchanges:
             )
         return follow
 
+    def _mule_knowledge(
+        self,
+        phone: MuleEndpoint,
+        space: SpaceApp,
+        mule: MuleApp,
+        action: Deliver,
+        now: float,
+    ) -> Generator[TrainNeed, TrainReport | None, list[Action]]:
+        """A space's knowledge: the phone caches it and, in mobile-data mode, distils in its
+        next round; a distillation it serves goes back to the space at once (as the agent)."""
+        key = space.site.context_key
+        knowledge = self.knowledge_of(mule.peer)
+        try:
+            _, changed = knowledge.receive(action.payload, now=now)
+        except MlmuleError as err:
+            self.ledger.reject(err.reason)
+            return phone.settle(
+                action.ref.session, action.transfer, accepted=False, reason=err.reason, now=now
+            )
+        follow = phone.settle(
+            action.ref.session, action.transfer, accepted=True, reason="ok", now=now
+        )
+        unit = mule.units.get(key)
+        if not (changed and action.mode is Mode.MOBILE and unit is not None):
+            return follow
+        if not mule.peer.host.has(key):
+            return follow
+        version = mule.peer.host.slot(key).version
+        need = self._training_for(mule.peer, key, unit, now)
+        if need is None:
+            return follow
+        yield need
+        slot = mule.peer.host.slot(key)
+        if slot.version == version:
+            return follow
+        knowledge.learn_own(slot)
+        home_id = self.population.home_identity[space.site.home].id
+        sealed = knowledge.offer_for(home_id, key, now=now)
+        if sealed is not None:
+            follow += phone.reply(
+                action.ref.session, sealed.info, sealed.container, in_reply_to=None, now=now
+            )
+        return follow
+
     # -- helpers
 
     def _labels_before_training(self, peer: Peer, key: str, unit: Unit | None, now: float) -> None:
@@ -516,13 +660,27 @@ class Exchanges:
         if y.size:
             peer.host.hold_out(key, HeldOut.of(x, y))
 
-    def _serve(self, home: SpaceEndpoint, space: SpaceApp) -> None:
+    def _serve(self, home: SpaceEndpoint, space: SpaceApp, mule: MuleApp, now: float) -> None:
+        """What the space offers the mule: its model, and its knowledge where it exchanges
+        knowledge (without the mule's own share, as the integration offers it)."""
         key = space.site.context_key
+        kinds = self.key_kinds(key)
         if not space.peer.host.has(key):  # a relay space that has not been brought one yet
-            home.serve(space.site.space, key, space.mode)
+            home.serve(space.site.space, key, space.mode, kinds=kinds)
             return
         slot = space.peer.host.slot(key)
-        home.serve(space.site.space, key, space.mode, slot.offer(), slot.container)
+        home.serve(space.site.space, key, space.mode, slot.offer(), slot.container, kinds=kinds)
+        if PayloadKind.KNOWLEDGE in kinds:
+            offers = self.offers.get(space.peer.name)
+            if offers is None:
+                relay = space.site.space.startswith(RELAY_SPACE)
+                offers = self.offers[space.peer.name] = KnowledgeOffers(
+                    space.peer.host, relay=relay
+                )
+            sealed = offers.offer(
+                key, now=now, receiver=self._mule_id(mule), labelled=space.unit is not None
+            )
+            home.serve_knowledge(space.site.space, key, sealed.info, sealed.container)
 
     def _mule_id(self, mule: MuleApp) -> str:
         return self.population.phone_identity[mule.peer.name].id

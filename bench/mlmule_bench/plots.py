@@ -30,6 +30,8 @@ STYLE = {
     "mlmule_personal": ("tab:purple", "-."),
     "mlmule_no_gate": ("tab:pink", "--"),
     "mlmule_no_fine_tune": ("tab:red", ":"),
+    "mlmule_weights_only": ("tab:red", "--"),
+    "mlmule_knowledge_only": ("tab:purple", "-"),
 }
 TITLES = {
     "occupancy": "occupancy (fixed data)",

@@ -48,8 +48,9 @@ from mlmule_bench.run import run_task
 from mlmule_bench.simulate import Method, Simulation
 from mlmule_bench.training import LocalExecutor
 from mlmule_core.families import FamilySpec
+from mlmule_core.knowledge import unpack_knowledge
 from mlmule_core.protocol.wire import decode_chunk, decode_control, is_chunk
-from mlmule_core.snapshot import verify_container
+from mlmule_core.snapshot import payload_kind, verify_container
 from mlmule_core.weights import Weights, weights_digest
 from mlmule_world.residents import ELSEWHERE_CODE
 
@@ -179,12 +180,22 @@ def test_ml_mule_exchanges_run_the_real_protocol(monkeypatch: pytest.MonkeyPatch
     for payload in controls:
         decode_control(payload, 64 * 1024)  # well-formed (signatures are checked on receipt)
     assert all(decode_chunk(payload).total >= 1 for payload in chunks)
+    trust = _AnySigner(simulation, result)
+    kinds = set()
     for payload in delivered:
-        header = verify_container(payload, trust=_AnySigner(simulation, result))
+        kind = payload_kind(payload)
+        kinds.add(kind)
+        header = (
+            unpack_knowledge(payload, trust=trust, expected_proxy=None)
+            if kind == "knowledge"
+            else verify_container(payload, trust=trust)
+        )
         assert header.meta.context_key.startswith("occupancy/")
+    assert kinds == {"weights", "knowledge"}  # the product's default exchanges both
     # back in the space its model came from, a phone offers that space's own snapshot, and
     # nothing moves unless the space has something newer
-    assert ledger.transfers < ledger.encounters / 2
+    weights = [payload for payload in delivered if payload_kind(payload) == "weights"]
+    assert len(weights) < ledger.encounters / 2
 
 
 class _AnySigner:
