@@ -99,13 +99,10 @@ class PhoneTrainer:
                 "distillation is not available with DP-SGD", reason="dp_distillation"
             )
         import torch  # noqa: PLC0415 - torch is heavy and only needed once training starts
-
-        from .distill_torch import DistillingTorchBackend  # noqa: PLC0415 - imports torch
+        from mlmule_models.train import TorchBackend  # noqa: PLC0415 - imports torch
 
         torch.set_num_threads(self.settings.threads)
-        return Trainer(
-            spec, weights, data.x, data.y, config, backend=DistillingTorchBackend, distill=distill
-        )
+        return Trainer(spec, weights, data.x, data.y, config, backend=TorchBackend, distill=distill)
 
     def training_rows(self, samples: int) -> int:
         """Rows of the training split; the latest `val_fraction` validate."""

@@ -703,13 +703,13 @@ def _run_pair(args: tuple[dict[str, Any], str, int, tuple[str, ...]]) -> dict[st
 def distillation_times(config: BenchConfig, seed: int, repeats: int = 3) -> dict[str, Any]:
     """One distillation round per task and model size on a learner's full training window,
     towards a peer's knowledge on the proxy set, with the product's trainer: numpy (what HA
-    runs) and torch (the companion's `DistillingTorchBackend`, when torch is installed).
+    runs) and torch (the companion's `TorchBackend`, when torch is installed).
     Median seconds of `repeats`."""
     try:
-        from mule_companion.distill_torch import DistillingTorchBackend  # noqa: PLC0415
+        from mlmule_models.train import TorchBackend  # noqa: PLC0415
     except ImportError:
-        DistillingTorchBackend = None  # noqa: N806
-    times: dict[str, Any] = {"torch_available": DistillingTorchBackend is not None}
+        TorchBackend = None  # noqa: N806
+    times: dict[str, Any] = {"torch_available": TorchBackend is not None}
     for task in TASKS:
         setting, _, world = heterogeneous(config, task, seed)
         unit = max(setting.data.units, key=lambda u: u.y.size)
@@ -724,7 +724,7 @@ def distillation_times(config: BenchConfig, seed: int, repeats: int = 3) -> dict
                 proxy.x, families.forward(arch.spec, arch.initial, proxy.x), DISTILL_WEIGHT
             )
             entry: dict[str, Any] = {"samples": int(y.size), "proxy": proxy.size}
-            for label, backend in (("numpy", NumpyBackend), ("torch", DistillingTorchBackend)):
+            for label, backend in (("numpy", NumpyBackend), ("torch", TorchBackend)):
                 if backend is None:
                     entry[label] = None
                     continue

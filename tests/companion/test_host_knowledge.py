@@ -24,8 +24,8 @@ from mlmule_core.onnx import OnnxModel
 from mlmule_core.promotion import Change
 from mlmule_core.protocol import PayloadKind
 from mlmule_core.train_numpy import Distillation, TrainConfig
+from mlmule_models.train import TorchBackend
 
-from mule_companion.distill_torch import DistillingTorchBackend
 from tests.support.hosts import KEY, NOW, data, occupancy_model, trust_of
 
 WEAK = TrainConfig(max_epochs=1, learning_rate=1e-3, seed=0)
@@ -291,7 +291,7 @@ def test_a_phone_distils_with_its_torch_step(homes: tuple[ModelHost, ModelHost, 
     np.testing.assert_allclose(
         distill.targets, space.knowledge.entries(KEY)[0].knowledge.probabilities, rtol=1e-6
     )
-    job = space.start_distillation(KEY, now=NOW + 40, config=DISTIL, backend=DistillingTorchBackend)
+    job = space.start_distillation(KEY, now=NOW + 40, config=DISTIL, backend=TorchBackend)
     assert job is not None
     job.commit(now=NOW + 50)
     assert job.decision is not None

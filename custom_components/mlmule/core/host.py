@@ -1059,7 +1059,7 @@ class ModelHost:
         (`distillation`). Its commit is judged by the promotion rule as `Change.DISTILL` on
         the window. None when there is nothing to distil: no labelled samples, or no cached
         knowledge on the key's proxy set. `backend`: the gradient step (a phone passes its
-        torch one, `mule_companion.distill_torch.DistillingTorchBackend`)."""
+        torch one, `mlmule_models.train.TorchBackend`: distillation is sample weights)."""
         with self.lock:
             slot = self.slot(context_key)
             labelled = self._labelled.get(context_key)
