@@ -33,14 +33,16 @@ An encounter moves signed containers between the product's hosts directly (the p
 control messages are the same for every method and are not counted): the learner (a space in
 fixed-data mode, a phone in mobile-data mode) sends what it serves, the other side (the phone
 carrying, or the space relaying) sends what it carries: the weights the last learner served
-(adopted, as a mule does, only within its size) and the freshness- and score-weighted ensemble
-of its knowledge cache (`KnowledgeCache.ensemble`, the receiver's own contribution left out),
-re-signed by it as one knowledge snapshot. Knowledge is cached per contributor; a learner's
-next round (right after new knowledge if its budget allows, else nightly) distils with the
-product's trainer (`train_numpy.Trainer` with a `Distillation` term: the labelled loss plus
-`DISTILL_WEIGHT` times the cross-entropy to its cache's ensemble on the proxy set, as
-`ModelHost.start_distillation`), and the promotion rule judges the result as a distillation.
-`mlmule_knowledge_w05` distils at half that weight, to measure the product's choice.
+(adopted, as a mule does, only within its size) and its knowledge cache combined without the
+receiver's own contribution, signed by it as one knowledge snapshot, as the product's peers
+without labels offer it (`knowledge.combined_knowledge`, `core/knowledge_offers.py`; their own
+model, which has learnt nothing or is the last learner's, adds nothing here). Knowledge is
+cached per contributor; a learner's next round (right after new knowledge if its budget
+allows, else nightly) is the product's `ModelHost.train` with its cache's distillation term
+(`train_numpy.Distillation` at `DISTILL_WEIGHT`: the proxy rows as weighted rows): the
+promotion rule judges the distilled run as a distillation first and falls back to the plain
+run. `mlmule_knowledge_w05` distils at
+half that weight, to measure the product's choice.
 """
 
 from __future__ import annotations
@@ -78,6 +80,7 @@ from mlmule_core.knowledge import (  # noqa: E402
     Knowledge,
     KnowledgeCache,
     KnowledgeCompression,
+    combined_knowledge,
     knowledge_of,
     proxy_set,
     seal_knowledge,
@@ -491,10 +494,8 @@ class HeteroMethod(PeerMethod):
         if not entries or self.last_sent.get((other.name, learner.name)) == state:
             return 0  # nothing the learner has not had from this peer
         self.last_sent[(other.name, learner.name)] = state
-        ensemble = carried.cache.ensemble(self.key, now=now, exclude=frozenset({own}))
-        assert ensemble is not None
-        newest = max(e.knowledge.trained_at for e in entries)
-        knowledge = ensemble_knowledge(self.setting.schema, self.proxy.id, other, ensemble, newest)
+        knowledge = combined_knowledge(entries, now=now)
+        assert knowledge is not None
         container = self.seal(other, knowledge, now)
         self._moved(container, self.knowledge_bytes)
         snapshot = unpack_knowledge(
@@ -603,29 +604,6 @@ def freshest(entries: dict[str, tuple[FloatArray, FloatArray, float]]) -> None:
 def real_bytes(x: FloatArray, p: FloatArray) -> int:
     """What FedCache uploads for these samples: fp16 probabilities and a hash per sample."""
     return int(p.size * 2 + len(x) * HASH_BYTES)
-
-
-def ensemble_knowledge(
-    schema: FeatureSchema,
-    proxy_id: str,
-    relay: Peer,
-    probabilities: FloatArray,
-    trained_at: float,
-) -> Knowledge:
-    """A relay's cache ensemble as one knowledge snapshot: its family field names the
-    relay's own size (informational), nothing of it is scored."""
-    (key,) = relay.host.known_arch
-    return Knowledge(
-        context_key=key,
-        task=key.split("/", 1)[0],
-        proxy_id=proxy_id,
-        family=relay.host.expected_arch()[key],
-        probabilities=np.ascontiguousarray(probabilities, dtype=np.float32),
-        samples=0,
-        score=None,
-        trained_at=trained_at,  # its newest contributor's: a relay adds no freshness
-        schema_hash=schema.schema_hash(),
-    )
 
 
 def _median(values: Sequence[int]) -> float | None:
