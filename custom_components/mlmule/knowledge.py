@@ -2,8 +2,9 @@
 (`core/host.py`: `receive_knowledge`, `start_distillation`; the cache is the host's,
 `<space folder>/knowledge.json`).
 
-- **Offering.** `core/knowledge_offers.py`: a space offers its own model's knowledge, a relay
-  the freshest knowledge a phone brought it.
+- **Offering.** `core/knowledge_offers.py`: a space offers its own model's knowledge for the
+  keys it learns from labels; for the others (a relay's keys, the phones' activity model it
+  hosts) what phones brought it, combined, without the receiving phone's own share.
 - **Counting.** The host counts every refusal with the weight snapshots' (`Snapshots
   rejected`); the knowledge snapshots' are counted here too, by reason, and kept in
   `knowledge_state.json` so that the counts survive restarts.
