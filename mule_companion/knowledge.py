@@ -86,8 +86,6 @@ class PhoneKnowledge:
         self._replay = replay
         self._max_age = max_age
         self._combiner = Combiner(identity, limits=limits)
-        # (home id, context key) -> what its offer was made of, and the offer
-        self._offers: dict[tuple[str, str], tuple[object, SealedKnowledge | None]] = {}
 
     def receive(self, container: bytes, *, now: float) -> tuple[KnowledgeSnapshot, bool]:
         """Verify a knowledge snapshot and cache it; raises the `SnapshotError` that refuses it.
@@ -108,7 +106,12 @@ class PhoneKnowledge:
         return snapshot, changed
 
     def learn_own(self, slot: ModelSlot) -> bool:
-        """Put the knowledge of the model the phone holds into its cache, as its own."""
+        """Put the knowledge of the model the phone holds into its cache, as its own (its
+        predictions are computed only when the cache holds none as recent)."""
+        entries = self.cache.entries(slot.context_key)
+        mine = next((e for e in entries if e.contributor == self._identity.id), None)
+        if mine is not None and mine.knowledge.trained_at >= slot.meta.last_trained:
+            return False
         own = own_entry(
             slot,
             self._identity.id,
@@ -123,12 +126,7 @@ class PhoneKnowledge:
         it is made of changed, so a home fetches it once."""
         current = self.cache.entries(context_key, proxy_id=self._proxies.get(context_key))
         entries = [e for e in current if e.contributor != home_id]
-        made_of = tuple((e.contributor, e.knowledge.trained_at) for e in entries)
-        held = self._offers.get((home_id, context_key))
-        if held is None or held[0] != made_of:
-            held = (made_of, self._combiner.seal(entries, now=now))
-            self._offers[(home_id, context_key)] = held
-        return held[1]
+        return self._combiner.seal((home_id, context_key), entries, now=now)
 
     def distillation(
         self, context_key: str, *, now: float, exclude: frozenset[str]

@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import hashlib
 import threading
-from collections.abc import Callable, Sequence
+from collections.abc import Hashable, Sequence
 from dataclasses import dataclass
 
 from .host import ModelHost, ModelSlot
@@ -72,10 +72,22 @@ class Combiner:
         self.identity = identity
         self._limits = limits
         self._version = 0
+        # offer name -> what it was made of, and the offer
+        self._sealed: dict[Hashable, tuple[object, SealedKnowledge | None]] = {}
 
-    def seal(self, entries: Sequence[CacheEntry], *, now: float) -> SealedKnowledge | None:
+    def seal(
+        self, name: Hashable, entries: Sequence[CacheEntry], *, now: float
+    ) -> SealedKnowledge | None:
         """`entries` combined (descriptive fields from this peer's own entry, if one is among
-        them) and signed; None without entries."""
+        them) and signed, as the offer `name` (a receiver, a key); None without entries. Sealed
+        again only when what it is made of changed, so a receiver fetches it once."""
+        made_of = tuple((e.contributor, e.version, e.knowledge.trained_at) for e in entries)
+        held = self._sealed.get(name)
+        if held is None or held[0] != made_of:
+            held = self._sealed[name] = (made_of, self._seal(entries, now))
+        return held[1]
+
+    def _seal(self, entries: Sequence[CacheEntry], now: float) -> SealedKnowledge | None:
         knowledge = combined_knowledge(entries, now=now, prefer=self.identity.id)
         if knowledge is None:
             return None
@@ -114,9 +126,9 @@ class KnowledgeOffers:
         self.relay = relay
         self._lock = threading.Lock()
         self._combiner = Combiner(host.identity, limits=host.settings.limits)
-        # (context key, receiver) -> what the offer was made of, and the offer
-        self._sealed: dict[tuple[str, str | None], tuple[object, SealedKnowledge]] = {}
-        self._own: dict[str, CacheEntry] = {}  # context key -> its model's knowledge
+        # context key -> its model's knowledge, as an entry and as its own offer
+        self._own: dict[str, CacheEntry] = {}
+        self._own_sealed: dict[str, tuple[int, SealedKnowledge]] = {}
 
     def offer(
         self, context_key: str, *, now: float, receiver: str | None = None, labelled: bool = True
@@ -127,11 +139,11 @@ class KnowledgeOffers:
         with self._lock, host.lock:
             slot = host.slot(context_key)
             if labelled and not self.relay:
-                return self._memo(
-                    (context_key, None),
-                    ("own", slot.version),
-                    lambda: SealedKnowledge.of(host.knowledge_snapshot(context_key, now=now)),
-                )
+                held = self._own_sealed.get(context_key)
+                if held is None or held[0] != slot.version:
+                    sealed = SealedKnowledge.of(host.knowledge_snapshot(context_key, now=now))
+                    held = self._own_sealed[context_key] = (slot.version, sealed)
+                return held[1]
             own = self._own.get(context_key)
             if own is None or own.version != slot.version:
                 own = own_entry(slot, host.identity.id, received_at=now)
@@ -143,21 +155,7 @@ class KnowledgeOffers:
                 )
                 if entry.contributor not in {host.identity.id, receiver}
             ]
-            made_of = tuple((e.contributor, e.version, e.knowledge.trained_at) for e in others)
-
             chosen = [*others, own] if own.knowledge.samples or not others else others
-
-            def combine() -> SealedKnowledge:
-                sealed = self._combiner.seal(chosen, now=now)
-                assert sealed is not None  # never empty
-                return sealed
-
-            return self._memo((context_key, receiver), ("combined", slot.version, made_of), combine)
-
-    def _memo(
-        self, name: tuple[str, str | None], token: object, make: Callable[[], SealedKnowledge]
-    ) -> SealedKnowledge:
-        held = self._sealed.get(name)
-        if held is None or held[0] != token:
-            held = self._sealed[name] = (token, make())
-        return held[1]
+            combined = self._combiner.seal((context_key, receiver), chosen, now=now)
+            assert combined is not None  # never empty
+            return combined
