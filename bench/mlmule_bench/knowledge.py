@@ -259,16 +259,9 @@ class HeteroPopulation(Population):
     def home_of(self, name: str) -> str:
         return self.phone_home.get(name) or name.split("/", 1)[0]
 
-    def host(self, name: str, identity: Any, trust: TrustStore) -> ModelHost:
+    def known_arch_of(self, name: str) -> dict[str, str]:
         arch = self.arch_of_home[self.home_of(name)]
-        known = {key: families.arch_hash(arch.spec, arch.schema) for key in self.architectures}
-        return ModelHost(
-            self.root / name.replace("/", "__"),
-            identity,
-            trust,
-            self.settings,
-            known_arch=known,
-        )
+        return {key: families.arch_hash(arch.spec, arch.schema) for key in self.architectures}
 
     def install(self, peer: Peer, context_key: str) -> None:
         arch = self.arch_of_home[self.home_of(peer.name)]

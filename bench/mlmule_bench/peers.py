@@ -20,7 +20,7 @@ from __future__ import annotations
 
 from collections import deque
 from collections.abc import Callable, Generator, Iterable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -223,14 +223,23 @@ class Population:
         ]
         return trust_of([*homes, *others, (self.server_identity, TrustRole.OWNER)], self.start)
 
-    def host(self, name: str, identity: Identity, trust: TrustStore) -> ModelHost:
+    def host(
+        self, name: str, identity: Identity, trust: TrustStore, *, source: str = ""
+    ) -> ModelHost:
+        """`source`: the space, for a host that signs with its home's key (as the integration
+        names each space's snapshots)."""
         return ModelHost(
             self.root / name.replace("/", "__"),
             identity,
             trust,
-            self.settings,
-            known_arch=self.known_arch,
+            replace(self.settings, source=source),
+            known_arch=self.known_arch_of(name),
         )
+
+    def known_arch_of(self, name: str) -> dict[str, str]:
+        """The architecture hash of each key, as the host `name` runs it."""
+        del name
+        return self.known_arch
 
     def install(self, peer: Peer, context_key: str) -> None:
         arch = self.architectures[context_key]
@@ -239,7 +248,7 @@ class Population:
 
     def space_peer(self, site: SpaceSite, trust: TrustStore) -> Peer:
         identity = self.home_identity[site.home]
-        host = self.host(f"{site.home}/{site.space}", identity, trust)
+        host = self.host(f"{site.home}/{site.space}", identity, trust, source=site.space)
         peer = Peer(f"{site.home}/{site.space}", site.home, host)
         self.install(peer, site.context_key)
         return peer
@@ -248,7 +257,7 @@ class Population:
         """A relay space: the place's identity, no model until a phone brings one."""
         identity = self.home_identity[site.home]
         name = f"{site.home}/{site.space}"
-        return Peer(name, site.home, self.host(name, identity, trust))
+        return Peer(name, site.home, self.host(name, identity, trust, source=site.space))
 
     def phone_peer(self, phone: str, keys: Iterable[str], *, carry_initial: bool) -> Peer:
         host = self.host(phone, self.phone_identity[phone], self.phone_trust(phone))

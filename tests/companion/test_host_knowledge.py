@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from mlmule_core import families
 from mlmule_core.features import room_schema
-from mlmule_core.host import ModelHost
+from mlmule_core.host import HostSettings, ModelHost
 from mlmule_core.identity import Identity
 from mlmule_core.knowledge import (
     combined_knowledge,
@@ -167,6 +167,37 @@ def test_a_host_without_labels_caches_and_relays_knowledge(
     reopened = ModelHost(tmp_path / "mule", mule.identity, mule.trust)
     assert reopened.knowledge.as_dict() == mule.knowledge.as_dict()
     assert reopened.status()["knowledge"][KEY][teacher.identity.id]["score"] is not None
+
+
+def test_knowledge_versions_count_per_space_of_one_home(tmp_path: Path) -> None:
+    """Two bedrooms of one home sign their knowledge with the home's key, each with its own
+    versions (own model's and combined): a phone takes both, and refuses each one's replay."""
+    home = Identity.generate(kind="space", name="home")
+    phone = Identity.generate(kind="mule", name="phone")
+    rooms = [
+        ModelHost(tmp_path / name, home, trust_of(phone), HostSettings(source=name))
+        for name in ("kids", "parents")
+    ]
+    for seed, room in enumerate(rooms):
+        room.install(occupancy_model(seed), context_key=KEY, samples=0, data_time=NOW, now=NOW)
+    rooms[0].train(KEY, *data(3000, 6), config=STRONG, data_time=NOW + 10, now=NOW + 20)
+    mule = ModelHost(tmp_path / "mule", phone, trust_of(home))
+    mule.install(occupancy_model(9), context_key=KEY, samples=0, data_time=NOW, now=NOW)
+    assert rooms[0].slot(KEY).version > rooms[1].slot(KEY).version
+    first, second = (room.knowledge_snapshot(KEY, now=NOW + 30) for room in rooms)
+    assert mule.receive_knowledge(first, now=NOW + 40).accepted
+    # the second room's lower version is not a replay of the first room's
+    outcome = mule.receive_knowledge(second, now=NOW + 41)
+    assert outcome.reason != "replayed", outcome.detail
+    assert mule.receive_knowledge(second, now=NOW + 42).reason == "replayed"
+    # combined offers (as a space makes for the phones' model): versions from the clock
+    sealed_later, sealed_earlier = (
+        KnowledgeOffers(room, relay=True).offer(KEY, now=NOW + 60 - i, receiver=phone.id)
+        for i, room in enumerate(rooms)
+    )
+    assert sealed_earlier.info.version < sealed_later.info.version
+    assert mule.receive_knowledge(sealed_later.container, now=NOW + 70).reason != "replayed"
+    assert mule.receive_knowledge(sealed_earlier.container, now=NOW + 71).reason != "replayed"
 
 
 def test_knowledge_cached_on_an_older_proxy_set_is_not_relayed(

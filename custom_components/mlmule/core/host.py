@@ -66,6 +66,7 @@ from .snapshot import (
     SnapshotMeta,
     pack,
     seal,
+    source_extra,
     unpack,
 )
 from .storage import atomic_write_text
@@ -250,14 +251,6 @@ def _decisions(document: dict[str, Any]) -> dict[str, PromotionDecision]:
             with contextlib.suppress(KeyError, TypeError, ValueError):
                 decisions[str(key)] = PromotionDecision.from_dict(str(key), entry)
     return decisions
-
-
-def _replay_key(meta: SnapshotMeta) -> str:
-    """What a signer's versions count up within: the context key, per source."""
-    source = meta.extra.get("source")
-    return (
-        f"{meta.context_key}@{source}" if isinstance(source, str) and source else meta.context_key
-    )
 
 
 def predicted(
@@ -869,13 +862,13 @@ class ModelHost:
             now=now,
             max_age=self.settings.max_age_seconds,
         )
-        self.replay_guard.check(snapshot.origin, _replay_key(snapshot.meta), snapshot.meta.version)
+        self.replay_guard.check(snapshot.origin, snapshot.replay_key, snapshot.meta.version)
         return snapshot
 
     def _record_replay(self, snapshot: Snapshot) -> None:
         # only once the outcome is stored: a crash before that must not make the phone's
         # next try look like a replay
-        self.replay_guard.record(snapshot.origin, _replay_key(snapshot.meta), snapshot.meta.version)
+        self.replay_guard.record(snapshot.origin, snapshot.replay_key, snapshot.meta.version)
 
     def export(self, context_key: str, *, compression: Compression | None = None) -> bytes:
         """The current model of `context_key` as a snapshot signed by this host."""
@@ -948,6 +941,7 @@ class ModelHost:
             created_at=max(now, meta.last_trained),
             compression=compression,
             limits=self.settings.limits,
+            source=self.settings.source,
         )
 
     def receive_knowledge(
@@ -1115,7 +1109,7 @@ class ModelHost:
             samples=state.samples,
             version=state.version,
             lineage=state.lineage[-self.settings.max_lineage :],
-            extra={"source": self.settings.source} if self.settings.source else {},
+            extra=source_extra(self.settings.source),
             trained_at=state.trained_at,
         )
         # built once and not read back: the store gets the bytes, the slot the built model

@@ -74,6 +74,7 @@ from .snapshot import (
     SnapshotLimits,
     payload_kind,
     signed_container,
+    source_extra,
     tensor_table,
     verified_frame,
 )
@@ -367,8 +368,8 @@ class KnowledgeSnapshot(SnapshotHeader):
     def replay_key(self) -> str:
         """What its signer's knowledge versions count up within: per context key and
         contributor (a relay passes on several contributors' knowledge, each with its own
-        versions), apart from the signer's model versions."""
-        return f"knowledge:{self.meta.context_key}@{self.contributor}"
+        versions) and per source (the spaces of one home), apart from the model versions."""
+        return self.meta.versions_key(f"knowledge:{self.meta.context_key}@{self.contributor}")
 
 
 def seal_knowledge(
@@ -380,10 +381,12 @@ def seal_knowledge(
     lineage: Sequence[str] = (),
     compression: KnowledgeCompression = DEFAULT_KNOWLEDGE_COMPRESSION,
     limits: SnapshotLimits = DEFAULT_LIMITS,
+    source: str = "",
 ) -> bytes:
     """Sign `knowledge` into a container. A relay passes on a contributor's knowledge with the
-    contributor first in `lineage`. What this writes is read back as a receiver reads it, so
-    it is never what receivers refuse."""
+    contributor first in `lineage`; `source` names the signer's host that wrote it (the space
+    of a home). What this writes is read back as a receiver reads it, so it is never what
+    receivers refuse."""
     if compression not in KNOWLEDGE_COMPRESSIONS:
         raise MalformedSnapshot(f"knowledge compression must be one of {KNOWLEDGE_COMPRESSIONS}")
     probabilities = np.asarray(knowledge.probabilities, dtype=np.float32)
@@ -420,7 +423,7 @@ def seal_knowledge(
         "samples": knowledge.samples,
         "version": version,
         "lineage": list(lineage),
-        "extra": {},
+        "extra": source_extra(source),
         "compression": compression,
         "tensors": [tensor.to_json()],
     }

@@ -68,9 +68,13 @@ class Combiner:
     """Seals combined knowledge under one identity, each version strictly newer than any it
     sealed before, across restarts too (wall seconds)."""
 
-    def __init__(self, identity: Identity, *, limits: SnapshotLimits = DEFAULT_LIMITS) -> None:
+    def __init__(
+        self, identity: Identity, *, limits: SnapshotLimits = DEFAULT_LIMITS, source: str = ""
+    ) -> None:
         self.identity = identity
         self._limits = limits
+        self._source = source  # which of the identity's hosts seals (a space of a home)
+
         self._version = 0
         # offer name -> what it was made of, and the offer
         self._sealed: dict[Hashable, tuple[object, SealedKnowledge | None]] = {}
@@ -93,7 +97,12 @@ class Combiner:
             return None
         self._version = max(self._version + 1, int(now))
         container = seal_knowledge(
-            knowledge, self.identity, version=self._version, created_at=now, limits=self._limits
+            knowledge,
+            self.identity,
+            version=self._version,
+            created_at=now,
+            limits=self._limits,
+            source=self._source,
         )
         return SealedKnowledge.of(container)
 
@@ -125,7 +134,9 @@ class KnowledgeOffers:
         self.host = host
         self.relay = relay
         self._lock = threading.Lock()
-        self._combiner = Combiner(host.identity, limits=host.settings.limits)
+        self._combiner = Combiner(
+            host.identity, limits=host.settings.limits, source=host.settings.source
+        )
         # context key -> its model's knowledge, as an entry and as its own offer
         self._own: dict[str, CacheEntry] = {}
         self._own_sealed: dict[str, tuple[int, SealedKnowledge]] = {}

@@ -209,6 +209,22 @@ class SnapshotMeta:
         """When the model was last trained, as far as the header tells: what staleness measures."""
         return self.data_time if self.trained_at is None else self.trained_at
 
+    @property
+    def source(self) -> str:
+        """Which of the signer's hosts wrote it ("" when not stated): the spaces of one home
+        sign with the home's key, each counting its own versions (`extra.source`)."""
+        source = self.extra.get("source")
+        return source if isinstance(source, str) else ""
+
+    def versions_key(self, base: str) -> str:
+        """What the signer's versions of `base` count up within: `base`, per source."""
+        return f"{base}@{self.source}" if self.source else base
+
+
+def source_extra(source: str) -> dict[str, JsonValue]:
+    """The `extra` that names a snapshot's source (none for a signer with one host)."""
+    return {"source": source} if source else {}
+
 
 @dataclass(frozen=True)
 class SnapshotHeader:
@@ -221,6 +237,11 @@ class SnapshotHeader:
     format_version: int
     compression: Compression
     size: int
+
+    @property
+    def replay_key(self) -> str:
+        """What its signer's versions count up within: the context key, per source."""
+        return self.meta.versions_key(self.meta.context_key)
 
 
 @dataclass(frozen=True)
@@ -445,7 +466,8 @@ def unpack(
     How much a model under that cap counts is the strategy's business, by its training age.
 
     With a `replay_guard`, a version not newer than the last one accepted from the same origin
-    and context key is refused, and this one is recorded once every check has passed.
+    and context key (per source, `SnapshotMeta.versions_key`) is refused, and this one is
+    recorded once every check has passed.
     """
     info, frame = verified_frame(data, trust, limits, "weights")
     meta = info.meta
@@ -465,14 +487,14 @@ def unpack(
     if max_age is not None and current - meta.data_time > max_age:
         raise StaleSnapshot(f"its newest data is {current - meta.data_time:.0f} s old")
     if replay_guard is not None:
-        replay_guard.check(info.origin, meta.context_key, meta.version)
+        replay_guard.check(info.origin, meta.versions_key(meta.context_key), meta.version)
     if info.compression == "none":
         onnx_bytes = frame.body
     else:
         onnx_bytes = _decompress(frame.body, tensor_table(frame.header, limits), limits)
     model, canonical = _checked_model(onnx_bytes, meta, limits, canonical=expected_arch is not None)
     if replay_guard is not None:
-        replay_guard.record(info.origin, meta.context_key, meta.version)
+        replay_guard.record(info.origin, meta.versions_key(meta.context_key), meta.version)
     return Snapshot(
         meta=meta,
         origin=info.origin,
