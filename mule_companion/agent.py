@@ -60,6 +60,7 @@ from mlmule_core.protocol import (
     Completed,
     Deliver,
     EncounterRef,
+    ExchangeMode,
     Failed,
     Mode,
     MuleEndpoint,
@@ -455,10 +456,16 @@ class Agent:
                 "training.seed is set: anyone who knows it can replay the DP noise; "
                 "leave it null on a phone whose privacy rests on DP"
             )
+        if self._config.dp is not None and self._config.own_exchange_mode is ExchangeMode.KNOWLEDGE:
+            _LOGGER.warning(
+                "own_exchange_mode is knowledge with privacy.dp on: DP-SGD does not distil, so "
+                "the phone's own models learn nothing from homes; set it to both"
+            )
         self._requests: queue.Queue[TrainRequest | DistilRequest | None] = queue.Queue()
         self.kinds = self._config.exchange_mode.kinds
+        self.own_kinds = self._config.own_exchange_mode.kinds
         self.knowledge: PhoneKnowledge | None = None
-        if PayloadKind.KNOWLEDGE in self.kinds:
+        if PayloadKind.KNOWLEDGE in self.kinds | self.own_kinds:
             self.knowledge = PhoneKnowledge(
                 companion.paths.knowledge,
                 companion.identity,
@@ -492,6 +499,7 @@ class Agent:
                 OneHome(companion.trust, home.home_id),
                 config=replace(self._config.protocol, prefix=home.prefix),
                 kinds=self.kinds,
+                own_kinds=self.own_kinds,
             )
             options = home.broker_options(
                 client_id=f"mlmule-{companion.identity.id}-{home.home_id[:6]}",

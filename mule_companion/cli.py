@@ -455,6 +455,7 @@ def status_document(companion: Companion, now: float) -> dict[str, Any]:
         "promotions": promotions,
         "knowledge": {
             "exchange_mode": companion.config.exchange_mode.value,
+            "own_exchange_mode": companion.config.own_exchange_mode.value,
             "cache": cached_knowledge(companion.paths.knowledge),
             "distillation": {k: asdict(v) for k, v in sorted(ledger.distillation.items())},
         },
@@ -529,7 +530,10 @@ def cmd_status(args: argparse.Namespace) -> int:
 
 def _print_knowledge(knowledge: dict[str, Any], names: dict[str, str], now: float) -> None:
     cache, distillation = knowledge["cache"], knowledge["distillation"]
-    print(f"Knowledge (exchange mode {knowledge['exchange_mode']}): {len(cache)} models cached")
+    print(
+        f"Knowledge (exchange mode {knowledge['exchange_mode']}, own models "
+        f"{knowledge['own_exchange_mode']}): {len(cache)} models cached"
+    )
     for key, entries in cache.items():
         held = ", ".join(
             f"{names.get(e['contributor'], e['contributor'])} "

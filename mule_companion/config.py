@@ -37,7 +37,12 @@ from mlmule_core.errors import MlmuleError
 from mlmule_core.families import DEFAULT_MODEL_SIZE, MODEL_SIZES, ModelSize, model_size
 from mlmule_core.features import resolve_timezone
 from mlmule_core.identity import TrustRole
-from mlmule_core.protocol import MULE_EXCHANGE_MODE, ExchangeMode, ProtocolConfig
+from mlmule_core.protocol import (
+    MULE_EXCHANGE_MODE,
+    MULE_OWN_EXCHANGE_MODE,
+    ExchangeMode,
+    ProtocolConfig,
+)
 from mlmule_core.protocol.wire import check_id
 from mlmule_core.storage import atomic_write_text
 from mlmule_core.strategies import STRATEGIES, make_strategy
@@ -181,8 +186,11 @@ class CompanionConfig:
     strategy_options: Mapping[str, Any] = field(default_factory=dict)
     status_interval: float = 60.0
     # what the phone swaps with homes: weights, knowledge (predictions on the shared proxy set,
-    # which any model family can distil) or both
+    # which any model family can distil) or both; for the spaces' models it carries, and for
+    # the models it learns itself (mobile-data mode; both by default under DP-SGD, which does
+    # not distil)
     exchange_mode: ExchangeMode = MULE_EXCHANGE_MODE
+    own_exchange_mode: ExchangeMode = MULE_OWN_EXCHANGE_MODE
     # the size of the models the phone learns itself (mobile-data mode); a model it only
     # carries for a space keeps that space's size
     model_size: ModelSize = DEFAULT_MODEL_SIZE
@@ -355,6 +363,11 @@ _CONFIG_SCHEMA = vol.Schema(
         ),
         vol.Optional("status_interval"): _number(1.0, 86400.0),
         vol.Optional("exchange_mode"): _one_of(EXCHANGE_MODES),
+        vol.Optional("own_exchange_mode"): vol.Any(
+            None,
+            _one_of(EXCHANGE_MODES),
+            msg=f"expected null or one of {', '.join(EXCHANGE_MODES)}",
+        ),
         vol.Optional("model_size"): _one_of(MODEL_SIZES),
         vol.Optional("knowledge"): _section({vol.Optional("max_entries"): _integer(1, 1024)}),
         # not written by `init`: a replay's scene clock (core/clock.py), for the demo
@@ -452,6 +465,10 @@ def _config_from(data: dict[str, Any], source: str) -> CompanionConfig:
         strategy_options=options,
         status_interval=data.get("status_interval", 60.0),
         exchange_mode=ExchangeMode(data.get("exchange_mode", MULE_EXCHANGE_MODE)),
+        own_exchange_mode=ExchangeMode(
+            data.get("own_exchange_mode")
+            or (MULE_OWN_EXCHANGE_MODE if dp is None else ExchangeMode.BOTH)
+        ),
         model_size=model_size(data.get("model_size", DEFAULT_MODEL_SIZE)),
         knowledge_max_entries=(data.get("knowledge") or {}).get("max_entries", 32),
         replay_clock=ReplayClock.from_config(data.get("replay_clock")),
@@ -516,9 +533,12 @@ strategy:            # how a space's model is merged into the one the phone carr
   options: {{}}
 
 exchange_mode: {MULE_EXCHANGE_MODE.value}  # weights, knowledge or both: what the phone swaps
-                         # with homes (both: whatever each home's space exchanges); knowledge
-                         # (predictions on a shared proxy set, distilled into the phone's
-                         # models) crosses model families
+                         # with homes for the spaces' models it carries (both: whatever each
+                         # home's space exchanges); knowledge (predictions on a shared proxy
+                         # set, distilled into the models) crosses model families
+own_exchange_mode: null  # the same, for the models the phone learns itself (its activity
+                         # model); null: {MULE_OWN_EXCHANGE_MODE.value}, or both when privacy.dp is
+                         # on (DP-SGD does not distil)
 
 model_size: {DEFAULT_MODEL_SIZE}  # compact or large: the models the phone learns itself (its
                      # activity model); large needs a recent phone and more labelled minutes

@@ -31,7 +31,13 @@ from mlmule_core.features import FeatureSchema
 from mlmule_core.host import HostSettings
 from mlmule_core.identity import TrustStore
 from mlmule_core.promotion import Change, HeldOut, Labels, PromotionDecision, PromotionRule
-from mlmule_core.protocol import DEFAULT_EXCHANGE_MODE, MULE_EXCHANGE_MODE, Mode, PayloadKind
+from mlmule_core.protocol import (
+    DEFAULT_EXCHANGE_MODE,
+    MULE_EXCHANGE_MODE,
+    MULE_OWN_EXCHANGE_MODE,
+    Mode,
+    PayloadKind,
+)
 from mlmule_core.snapshot import unpack
 from mlmule_core.starter import starter_index
 from mlmule_core.strategies import (
@@ -575,10 +581,12 @@ class MLMule(PeerMethod):
     # keeps every merge) and phones take no guests
     strategy_options = GUEST_GATE
     mule_carries: str | None = None  # None: the configuration's
-    # what the spaces and the phones swap: the product's defaults (both); knowledge moves for
-    # the keys whose proxy set a phone knows (`knowledge_schemas`), weights alone elsewhere
+    # what the spaces and the phones swap: the product's defaults (both, and knowledge alone
+    # for a phone's own models); knowledge moves for the keys whose proxy set a phone knows
+    # (`knowledge_schemas`), weights alone elsewhere
     exchange_kinds = DEFAULT_EXCHANGE_MODE.kinds
     phone_kinds = MULE_EXCHANGE_MODE.kinds
+    phone_own_kinds = MULE_OWN_EXCHANGE_MODE.kinds
     # an ablation whose knob acts only where spaces train: in mobile-data mode its run is
     # ML Mule's step for step
     fixed_data_only = False
@@ -620,6 +628,7 @@ class MLMule(PeerMethod):
             mule_carries=self.mule_carries or sim.config.mule_carries,
             kinds=self.exchange_kinds,
             phone_kinds=self.phone_kinds,
+            phone_own_kinds=self.phone_own_kinds,
             knowledge_schemas=knowledge_schemas(self.architectures),
         )
         sim.distillation_for = self.exchanges.distillation
@@ -712,7 +721,7 @@ class MLMuleWeightsOnly(MLMule):
     """Spaces and phones swap weights alone (ML Mule before knowledge)."""
 
     name = "mlmule_weights_only"
-    exchange_kinds = phone_kinds = WEIGHTS_ONLY
+    exchange_kinds = phone_kinds = phone_own_kinds = WEIGHTS_ONLY
     knowledge_only = True
 
 
@@ -721,7 +730,7 @@ class MLMuleKnowledgeOnly(MLMule):
     without a model, never hold one)."""
 
     name = "mlmule_knowledge_only"
-    exchange_kinds = phone_kinds = frozenset({PayloadKind.KNOWLEDGE})
+    exchange_kinds = phone_kinds = phone_own_kinds = frozenset({PayloadKind.KNOWLEDGE})
     knowledge_only = True
 
 

@@ -325,11 +325,13 @@ class Exchanges:
         mule_carries: str = "answer",
         kinds: frozenset[PayloadKind] = WEIGHTS_ONLY,
         phone_kinds: frozenset[PayloadKind] | None = None,
+        phone_own_kinds: frozenset[PayloadKind] | None = None,
         knowledge_schemas: Mapping[str, FeatureSchema] | None = None,
     ) -> None:
-        """`kinds`: what the spaces exchange, `phone_kinds` what the phones do (default the
-        same); knowledge only for the keys of `knowledge_schemas` (those a phone knows the
-        proxy set of: the product's starters'), weights alone for the others."""
+        """`kinds`: what the spaces exchange, `phone_kinds` what the phones do for the spaces'
+        models they carry and `phone_own_kinds` for their own (mobile-data mode; defaults: the
+        same as the spaces); knowledge only for the keys of `knowledge_schemas` (those a phone
+        knows the proxy set of: the product's starters'), weights alone for the others."""
         self.population = population
         self.history = history  # how far back a host's labelled samples reach
         # fixed-data mode: a phone carries the last space's answer, or merges it into its own
@@ -339,6 +341,7 @@ class Exchanges:
         self._evaluators = evaluators
         self.kinds = kinds
         self.phone_kinds = kinds if phone_kinds is None else phone_kinds
+        self.phone_own_kinds = kinds if phone_own_kinds is None else phone_own_kinds
         self.knowledge_schemas = dict(knowledge_schemas or {})
         self.space_endpoints = {
             home: SpaceEndpoint(
@@ -365,6 +368,7 @@ class Exchanges:
                 self.population.phone_trust(mule.peer.name),
                 random_bytes=stream(self._seed, "sessions", mule.peer.name).bytes,
                 kinds=self.phone_kinds,
+                own_kinds=self.phone_own_kinds,
             )
             self.mule_endpoints[mule.peer.name] = endpoint
         return endpoint
@@ -458,7 +462,8 @@ class Exchanges:
         it exchanges knowledge, what it knows without this home's share (`offer_for`)."""
         key = space.site.context_key
         has = mule.peer.host.has(key)
-        if PayloadKind.KNOWLEDGE in self.phone_kinds & self.key_kinds(key):
+        phone_kinds = self.phone_own_kinds if space.mode is Mode.MOBILE else self.phone_kinds
+        if PayloadKind.KNOWLEDGE in phone_kinds & self.key_kinds(key):
             knowledge = self.knowledge_of(mule.peer)
             if has:
                 knowledge.learn_own(mule.peer.host.slot(key))

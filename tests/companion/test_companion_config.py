@@ -102,6 +102,24 @@ def test_a_phone_exchanges_both_kinds_until_told_otherwise_and_the_mode_names_wh
         assert config.knowledge_max_entries == 4
 
 
+def test_a_phone_swaps_knowledge_alone_for_its_own_models_unless_dp_is_on(tmp_path: Path) -> None:
+    """Measured in the learning benchmark (wire.py); DP-SGD does not distil, so under it the
+    phone's own models swap both kinds, unless the user says otherwise."""
+    assert load_config(write_config(tmp_path / "bare.yaml")).own_exchange_mode is (
+        ExchangeMode.KNOWLEDGE
+    )
+    private = write_config(tmp_path / "dp.yaml", privacy__dp={"noise_multiplier": 1.0})
+    assert load_config(private).own_exchange_mode is ExchangeMode.BOTH
+    chosen = write_config(
+        tmp_path / "chosen.yaml", privacy__dp={"noise_multiplier": 1.0}, own_exchange_mode="weights"
+    )
+    assert load_config(chosen).own_exchange_mode is ExchangeMode.WEIGHTS
+    bad = write_config(tmp_path / "bad.yaml", own_exchange_mode="all")
+    assert problems(bad) == [
+        ("own_exchange_mode", "expected null or one of weights, knowledge, both")
+    ]
+
+
 @pytest.mark.parametrize(
     ("changes", "expected"),
     [

@@ -226,7 +226,7 @@ def test_two_peers_exchange_knowledge_the_phone_caches_and_distils_in_mobile_dat
     assert home_activity["knowledge_sent"] >= 1
     assert (home_activity["received"], home_activity["sent"]) == (0, 0)
     text = phone.cli("status").stdout
-    assert "Knowledge (exchange mode knowledge): 1 models cached" in text
+    assert "Knowledge (exchange mode knowledge, own models knowledge): 1 models cached" in text
     assert f"distilled {KITCHEN}: 1 runs" in text
 
 
@@ -238,7 +238,8 @@ def test_a_large_phone_without_a_model_starts_from_its_own_starter_and_learns_fr
     # knowledge only: no weights to adopt; both: the space's compact weights do not fit
     knowing = KnowledgeHome(home, kinds)
     try:
-        mule = kitchen_phone(tmp_path, home, phone, model_size="large")  # the home: compact
+        # the home: compact; the phone takes the weights of its own model where they are offered
+        mule = kitchen_phone(tmp_path, home, phone, model_size="large", own_exchange_mode="both")
         knowing.offer(KITCHEN_SPACE, KITCHEN, knowing.own(KITCHEN, version=1))
         phone.start()
         phone.wait_connected()

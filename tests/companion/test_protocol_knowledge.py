@@ -108,11 +108,13 @@ class KnowledgeNet(Net):
 def knowledge_net(
     *,
     mule: frozenset[PayloadKind] = BOTH,
+    mule_own: frozenset[PayloadKind] | None = None,
     config: ProtocolConfig = SMALL,
     **options: object,
 ) -> KnowledgeNet:
     peers = make_peers(config)
     peers.mule.kinds = mule
+    peers.mule.own_kinds = mule_own
     return KnowledgeNet(peers, **options)  # type: ignore[arg-type]
 
 
@@ -248,6 +250,25 @@ def test_a_mule_that_exchanges_weights_only_ignores_knowledge_and_offers_none() 
     # and the weights went as without knowledge
     assert len(net.delivered("space", PayloadKind.WEIGHTS)) == 2
     assert len(net.delivered("mule", PayloadKind.WEIGHTS)) == 2
+
+
+def test_a_mule_swaps_knowledge_alone_for_its_own_models_and_both_for_those_it_carries() -> None:
+    """The companion's defaults: `own_exchange_mode` knowledge for the keys it learns itself
+    (mobile-data mode), `exchange_mode` both for the spaces' models it carries."""
+    net = knowledge_net(mule=BOTH, mule_own=KNOWLEDGE_ONLY)
+    open_with(net, BOTH)
+    for side in ("space", "mule"):
+        assert {d.snapshot.context_key for d in net.delivered(side, PayloadKind.WEIGHTS)} == {
+            OCCUPANCY
+        }
+        assert {d.snapshot.context_key for d in net.delivered(side, PayloadKind.KNOWLEDGE)} == {
+            OCCUPANCY,
+            PHONE_ACTIVITY,
+        }
+    # the mule did not even name its own model's weights in its offer
+    first = offers_of(net, net.peers.phone.id)[0]
+    assert {e.context_key for e in first.entries if e.snapshot is not None} == {OCCUPANCY}
+    assert net.failures("space") == net.failures("mule") == []
 
 
 def test_a_space_that_exchanges_weights_only_sends_and_gets_no_knowledge() -> None:

@@ -213,8 +213,8 @@ class Endpoint(ABC):
     def _current(self, space: str, context_key: str, kind: PayloadKind) -> Holding | None:
         """What this side holds now for a context key in a space, of one payload kind."""
 
-    def _kinds_for(self, space: str, context_key: str) -> Kinds:
-        """The payload kinds this side exchanges for a context key in a space."""
+    def _kinds_for(self, space: str, context_key: str, mode: Mode) -> Kinds:
+        """The payload kinds this side exchanges for a context key in a space, in `mode`."""
         return self.kinds
 
     def _receive(self, topic: str, payload: bytes, now: float) -> list[Action]:
@@ -282,14 +282,21 @@ class Endpoint(ABC):
         if len(self._sessions) >= self.config.max_sessions:
             raise UnexpectedMessage("too many encounters at once", reason="too_many_sessions")
         home, space, mule = pair
+
+        def kinds(context_key: str) -> Kinds:
+            return self._kinds_for(space, context_key, modes[context_key])
+
+        def current(context_key: str, kind: PayloadKind) -> Holding | None:
+            return self._current(space, context_key, kind) if kind in kinds(context_key) else None
+
         encounter = Encounter(
             self._shared,
             ref=EncounterRef(session, home, space, mule),
             role=self.role,
             topic_out=topic_out,
             modes=modes,
-            current=lambda context_key, kind: self._current(space, context_key, kind),
-            kinds=lambda context_key: self._kinds_for(space, context_key),
+            current=current,
+            kinds=kinds,
             now=now,
         )
         self._sessions[session] = encounter
@@ -450,7 +457,7 @@ class SpaceEndpoint(Endpoint):
             return None
         return served.weights if kind is PayloadKind.WEIGHTS else served.knowledge
 
-    def _kinds_for(self, space: str, context_key: str) -> Kinds:
+    def _kinds_for(self, space: str, context_key: str, mode: Mode) -> Kinds:
         served = self._served.get(space, {}).get(context_key)
         return self.kinds if served is None else served.kinds
 
@@ -472,14 +479,25 @@ class MuleEndpoint(Endpoint):
         policy: WantPolicy | None = None,
         random_bytes: Callable[[int], bytes] = os.urandom,
         kinds: Collection[PayloadKind] = (PayloadKind.WEIGHTS,),
+        own_kinds: Collection[PayloadKind] | None = None,
     ) -> None:
+        """`kinds`: what the mule exchanges for the models it carries between spaces
+        (fixed-data mode); `own_kinds`: for the models it learns itself (mobile-data mode),
+        default the same."""
         super().__init__(
             identity, trust, config=config, policy=policy, random_bytes=random_bytes, kinds=kinds
         )
+        self.own_kinds = None if own_kinds is None else check_kinds(own_kinds)
         self._carried: dict[tuple[str, PayloadKind], Holding] = {}
 
     def subscriptions(self) -> list[str]:
         return [self.topics.mule_filter(self.identity_id)]
+
+    def kinds_in(self, mode: Mode) -> Kinds:
+        """The payload kinds this mule exchanges for a key in `mode`."""
+        if mode is Mode.MOBILE and self.own_kinds is not None:
+            return self.own_kinds
+        return self.kinds
 
     def carry(self, snapshot: SnapshotInfo, payload: bytes) -> None:
         """Carry `snapshot` for its context key from now on, instead of any earlier one of its
@@ -512,7 +530,11 @@ class MuleEndpoint(Endpoint):
         encounter, actions = self._start(pair, envelope.session, modes, topic_out, now)
         holdings: list[tuple[OfferEntry, bytes | None]] = []
         for key, mode in modes.items():
-            held = self._current(space, key, PayloadKind.WEIGHTS)
+            held = (
+                self._current(space, key, PayloadKind.WEIGHTS)
+                if PayloadKind.WEIGHTS in self.kinds_in(mode)
+                else None
+            )
             snapshot, payload = held if held is not None else (None, None)
             holdings.append((OfferEntry(key, mode, snapshot), payload))
         # Our offer goes first, so the answer to the space's offer knows what we carry. Our
@@ -521,6 +543,7 @@ class MuleEndpoint(Endpoint):
         return actions + encounter.receive(envelope, now)
 
     def _current(self, space: str, context_key: str, kind: PayloadKind) -> Holding | None:
-        if kind not in self.kinds:
-            return None
         return self._carried.get((context_key, kind))
+
+    def _kinds_for(self, space: str, context_key: str, mode: Mode) -> Kinds:
+        return self.kinds_in(mode)

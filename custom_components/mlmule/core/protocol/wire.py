@@ -161,13 +161,21 @@ class ExchangeMode(StrEnum):
 
 # A new space's. In the knowledge benchmark (bench/results/knowledge.json) knowledge alone ended
 # at or above weights-only at the median in every setting, with 7 to 31 times fewer bytes per
-# exchange, and both within the seed spread of knowledge alone. Both, because knowledge alone
-# leaves a space nothing to learn for the phones' own activity model it hosts: it has no labels
-# to distil with, so only merging the phones' weights improves it.
+# exchange, and both within the seed spread of knowledge alone; in the learning benchmark both
+# matched either alone on the spaces' occupancy (0.984). Both, so that a space learns from every
+# phone, whichever kinds the phone swaps.
 DEFAULT_EXCHANGE_MODE = ExchangeMode.BOTH
-# A phone's: whatever each space it visits exchanges (a side that does not exchange a kind
-# neither offers nor fetches it), so one phone learns in weights and knowledge homes alike.
+# A phone's, for the spaces' models it carries (fixed-data mode): whatever each space it visits
+# exchanges (a side that does not exchange a kind neither offers nor fetches it), so one phone
+# carries in weights and knowledge homes alike.
 MULE_EXCHANGE_MODE = ExchangeMode.BOTH
+# A phone's, for the models it learns itself from its own labels (mobile-data mode: its activity
+# model). In the learning benchmark's phone activity (5 seeds) knowledge alone ended at 0.489
+# against 0.478 for both, with 120 against 192 next-day regressions and a fifth of the bytes;
+# 0.496 against 0.487 at the learning world's size (bench/results/README.md). A space learns
+# nothing from the phones' model it hosts (it cannot read the phones' sensors), so weights add
+# nothing there. With DP-SGD on, a phone does not distil, so its own models swap both.
+MULE_OWN_EXCHANGE_MODE = ExchangeMode.KNOWLEDGE
 # A space added before exchange modes existed swapped weights, and keeps doing so.
 LEGACY_EXCHANGE_MODE = ExchangeMode.WEIGHTS
 
