@@ -341,8 +341,11 @@ class Exchanges:
         self._evaluators = evaluators
         self.kinds = kinds
         self.phone_kinds = kinds if phone_kinds is None else phone_kinds
-        self.phone_own_kinds = kinds if phone_own_kinds is None else phone_own_kinds
         self.knowledge_schemas = dict(knowledge_schemas or {})
+        # without a proxy set (the research tasks) knowledge cannot move: there a phone swaps
+        # weights for its own models, as ML Mule did before knowledge
+        own = kinds if phone_own_kinds is None else phone_own_kinds
+        self.phone_own_kinds = own if self.knowledge_schemas else WEIGHTS_ONLY
         self.space_endpoints = {
             home: SpaceEndpoint(
                 identity,
